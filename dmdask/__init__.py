@@ -1,0 +1,55 @@
+"""dmdask: datamodels at any scale.
+
+Training runs land in a Zarr run store (models × examples) read as xarray; Dask arrays with
+NumPy or CuPy chunks run the solver and the analyses out of core.
+"""
+
+__version__ = "0.1.0"
+
+from . import config  # noqa: E402,F401  (registers the dmdask dask.config defaults)
+from .errors import DmdaskError, InputError, JobError, StoreError, WriteRefused  # noqa: E402
+from .jobspec import Job  # noqa: E402
+from .store import (  # noqa: E402
+    KINDS,
+    add_models,
+    create_jobless_store,
+    create_store,
+    open_store,
+    store_info,
+    write_block,
+)
+
+__all__ = [
+    "KINDS",
+    "DmdaskError",
+    "InputError",
+    "Job",
+    "JobError",
+    "StoreError",
+    "WriteRefused",
+    "__version__",
+    "add_models",
+    "create_jobless_store",
+    "create_store",
+    "open_store",
+    "store_info",
+    "train",
+    "write_block",
+]
+
+
+def __getattr__(name):
+    # heavier entry points import lazily (distributed, torch users)
+    if name == "train":
+        from .train import train
+
+        return train
+    if name in ("import_madrylab", "export_madrylab"):
+        from . import madrylab
+
+        return getattr(madrylab, name)
+    if name in ("fit_datamodels", "save_datamodels"):
+        from . import fit
+
+        return getattr(fit, name)
+    raise AttributeError(f"module 'dmdask' has no attribute {name!r}")

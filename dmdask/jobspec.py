@@ -1,0 +1,149 @@
+"""Jobs: the learning algorithm and dataset a run store trains.
+
+A job is a class named by an import path ``"module:Class"``, constructed with keyword
+parameters. It must define two methods on the class itself:
+
+``describe() -> dict``
+    ``train_label`` (int [n_train]), ``target_label`` (int [n_target]) and
+    ``target_train_index`` (int [n_target], -1 where the target is not a training example);
+    optionally ``train_id`` / ``target_id`` (str or int arrays).
+``train_block(masks, seeds, train_labels=None) -> float32 [B, n_target]``
+    The correct-class margin of B models, model b trained on the training examples selected
+    by the bool row ``masks[b]`` with seed ``seeds[b]``; ``train_labels`` ([B, n_train] int,
+    or None) replaces the labels the models train on (label-flip experiments).
+
+A store is data, not code: the class a store names is checked for this interface *before*
+it is constructed (:func:`resolve_job_class`), so neither a caller nor an edited store can
+make dmdask construct or run a class that is not a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+from typing import Any
+
+import numpy as np
+
+from .errors import JobError
+
+REQUIRED_METHODS = ("describe", "train_block")
+
+
+class Job:
+    """Optional base class for jobs: documents the interface; subclassing is not required."""
+
+    def describe(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def train_block(self, masks, seeds, train_labels=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def parse_job_path(path: str) -> tuple[str, str]:
+    """Split ``"module:Class"`` into its parts, refusing anything else."""
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise JobError(f"job {path!r} is not an import path of the form 'module:Class'")
+    module, name = path.split(":")
+    ident = all(p.isidentifier() for p in module.split(".")) and name.isidentifier()
+    if not ident:
+        raise JobError(f"job {path!r} is not an import path of the form 'module:Class'")
+    return module, name
+
+
+def resolve_job_class(path: str) -> type:
+    """Import the class named by ``path`` and check it has the job interface.
+
+    Nothing is constructed. Raises :class:`JobError` if the module does not import, the name
+    is not a class, or the class lacks ``describe``/``train_block`` with the right signatures.
+    """
+    module_name, name = parse_job_path(path)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        raise JobError(f"job {path!r}: cannot import module {module_name!r} ({e})") from e
+    obj = getattr(module, name, None)
+    if obj is None:
+        raise JobError(f"job {path!r}: module {module_name!r} has no attribute {name!r}")
+    if not inspect.isclass(obj):
+        raise JobError(f"job {path!r} names a {type(obj).__name__}, not a job class")
+    for meth in REQUIRED_METHODS:
+        fn = inspect.getattr_static(obj, meth, None)
+        if fn is None or not callable(getattr(obj, meth, None)) or isinstance(fn, staticmethod):
+            raise JobError(
+                f"job {path!r} is not a job: class {obj.__qualname__} has no method {meth}() "
+                f"(a job defines describe() and train_block(masks, seeds, train_labels=None))"
+            )
+    try:
+        sig = inspect.signature(obj.train_block)
+        sig.bind(None, np.zeros((1, 1), bool), np.zeros(1, np.uint64), train_labels=None)
+        inspect.signature(obj.describe).bind(None)
+    except (TypeError, ValueError) as e:
+        raise JobError(
+            f"job {path!r}: {obj.__qualname__}.train_block must accept "
+            f"(masks, seeds, train_labels=None) and describe() no arguments ({e})"
+        ) from e
+    return obj
+
+
+def check_params(cls: type, params: dict[str, Any], path: str) -> dict[str, Any]:
+    """Check ``params`` are JSON-serialisable keywords that ``cls``'s constructor accepts."""
+    params = dict(params or {})
+    try:
+        json.dumps(params, sort_keys=True)
+    except TypeError as e:
+        raise JobError(f"job {path!r}: parameters must be JSON-serialisable ({e})") from e
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as e:
+        raise JobError(f"job {path!r}: parameters {params} do not fit its constructor ({e})") from e
+    return params
+
+
+def construct_job(path: str, params: dict[str, Any] | None = None):
+    """Resolve, check and only then construct the job ``path(**params)``."""
+    cls = resolve_job_class(path)
+    params = check_params(cls, params or {}, path)
+    return cls(**params)
+
+
+def validate_description(desc: dict, path: str = "job") -> dict[str, np.ndarray]:
+    """Normalise a job's ``describe()`` output into int64/str arrays, refusing bad shapes."""
+    if not isinstance(desc, dict):
+        raise JobError(f"{path}: describe() returned {type(desc).__name__}, not a dict")
+    out: dict[str, np.ndarray] = {}
+    for key in ("train_label", "target_label", "target_train_index"):
+        if key not in desc:
+            raise JobError(f"{path}: describe() lacks {key!r}")
+        arr = np.asarray(desc[key])
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise JobError(f"{path}: describe()[{key!r}] must be a 1-d integer array, got "
+                           f"{arr.dtype} with shape {arr.shape}")
+        out[key] = arr.astype(np.int64)
+    n_train, n_target = out["train_label"].size, out["target_label"].size
+    if out["target_train_index"].size != n_target:
+        raise JobError(f"{path}: target_train_index has {out['target_train_index'].size} entries "
+                       f"for {n_target} targets")
+    tti = out["target_train_index"]
+    if ((tti < -1) | (tti >= n_train)).any():
+        raise JobError(f"{path}: target_train_index must be -1 or in [0, {n_train})")
+    for key, n in (("train_id", n_train), ("target_id", n_target)):
+        if desc.get(key) is not None:
+            arr = np.asarray(desc[key])
+            if arr.shape != (n,):
+                raise JobError(f"{path}: describe()[{key!r}] has shape {arr.shape}, expected ({n},)")
+            out[key] = arr.astype(str) if arr.dtype.kind in "OUS" else arr.astype(np.int64)
+    return out
+
+
+def fingerprint(desc: dict[str, np.ndarray]) -> str:
+    """A short hash of a job's description: detects a dataset that changed under a store."""
+    h = hashlib.sha256()
+    for key in sorted(desc):
+        arr = np.ascontiguousarray(desc[key])
+        h.update(key.encode())
+        h.update(str(arr.dtype.str if arr.dtype.kind != "U" else "U").encode())
+        h.update(arr.astype(str).tobytes() if arr.dtype.kind == "U" else arr.tobytes())
+    return h.hexdigest()[:16]

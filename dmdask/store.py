@@ -1,0 +1,584 @@
+"""The run store: one Zarr v3 group of models × examples, read lazily as an ``xarray.Dataset``.
+
+Layout (dims ``model``, ``train``, ``target``):
+
+==================  ==============  ========  ==============================================
+variable            dims            dtype     notes
+==================  ==============  ========  ==============================================
+mask                model, train    bool      1 = example in the model's subset; Blosc zstd +
+                                              bitshuffle (about 1 bit per entry)
+margin              model, target   float32   correct-class margin; NaN = not trained yet
+completed           model           bool      the commit mark of a block, written last
+seed                model           uint64    training seed
+kind                model           int8      code into :data:`KINDS` (decoded to str on open)
+alpha               model           float32   subset fraction drawn with (NaN: hand-made)
+replicate_of        model           int64     model whose mask this one repeats, or -1
+train_label_override model, train   int16     (only if label-flip models exist) -1 = keep
+train_label         train           int64     coordinate
+target_label        target          int64     coordinate
+target_train_index  target          int64     coordinate; -1 if the target is not a train example
+==================  ==============  ========  ==============================================
+
+Every array along ``model`` is chunked by ``block_size`` models: a *block* is one chunk, the
+unit of training and of writing.
+
+Write protocol. Only the coordinator (:func:`create_store`, :func:`add_models`,
+:func:`dmdask.madrylab.import_madrylab`) resizes arrays and writes masks; it commits growth by
+updating ``attrs["dmdask"]["n_models"]`` last, so a killed ``add_models`` leaves rows that
+nothing reads and the next call overwrites. Workers write whole blocks of ``margin`` and then
+``completed`` (:func:`write_block`); a rerun retrains exactly the blocks not completed. Local
+chunk writes are atomic (zarr writes a temporary file and renames it), so a killed writer
+never leaves a torn chunk. Margins that are NaN/inf, of the wrong shape or dtype, or a
+misaligned or partial block are refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from . import config, jobspec
+from .errors import InputError, StoreError, WriteRefused
+from .sampling import SAMPLING_SCHEMES, check_alpha, model_seeds, sample_masks
+
+SCHEMA_VERSION = 1
+KINDS = ("random", "heldout", "replicate", "counterfactual", "flip", "custom")
+KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+COORDS = ("train_label", "target_label", "target_train_index", "train_id", "target_id")
+MODEL_ARRAYS = ("mask", "margin", "completed", "seed", "kind", "alpha", "replicate_of")
+
+__all__ = [
+    "KINDS",
+    "SCHEMA_VERSION",
+    "add_models",
+    "block_range",
+    "create_jobless_store",
+    "create_store",
+    "incomplete_blocks",
+    "open_store",
+    "read_meta",
+    "store_info",
+    "write_block",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _path(path: str | os.PathLike) -> str:
+    return os.fspath(path)
+
+
+def _open_group(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    p = _path(path)
+    if not os.path.exists(p):
+        raise StoreError(f"{p}: no such run store")
+    try:
+        return zarr.open_group(p, mode=mode, zarr_format=3)
+    except Exception as e:
+        raise StoreError(f"{p}: not a Zarr v3 group ({e})") from e
+
+
+def _meta_of(group: zarr.Group, path: str) -> dict[str, Any]:
+    meta = group.attrs.get("dmdask")
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: not a dmdask run store (no 'dmdask' attributes)")
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: run store schema version {version!r}, this dmdask reads version "
+            f"{SCHEMA_VERSION}; refusing to guess"
+        )
+    return dict(meta)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The store's ``dmdask`` root attributes (schema, job, sampling, seed, sizes)."""
+    return _meta_of(_open_group(path), _path(path))
+
+
+def _set_meta(group: zarr.Group, meta: dict[str, Any]) -> None:
+    group.attrs["dmdask"] = meta
+
+
+def block_range(meta: dict[str, Any], block: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of block ``block`` among the committed models."""
+    b, n = int(meta["block_size"]), int(meta["n_models"])
+    start = block * b
+    if block < 0 or start >= n:
+        raise WriteRefused(f"block {block} does not exist (store has {n} models in blocks of {b})")
+    return start, min(start + b, n)
+
+
+def _mask_codec() -> BloscCodec:
+    return BloscCodec(
+        cname="zstd", clevel=int(config.get("store.mask-clevel", 5)), shuffle="bitshuffle",
+        typesize=1,
+    )
+
+
+def _model_array(group, name, width, dtype, fill, block, dims, compressors="auto"):
+    shape = (0,) if width is None else (0, width)
+    chunks = (block,) if width is None else (block, max(width, 1))
+    return group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+        dimension_names=dims, compressors=compressors,
+    )
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def _init_store(
+    path: str,
+    desc: dict[str, np.ndarray],
+    *,
+    job: dict[str, Any] | None,
+    seed: int,
+    sampling: str,
+    alpha: float | None,
+    block_size: int | None,
+    source: dict[str, Any] | None = None,
+) -> None:
+    if sampling not in SAMPLING_SCHEMES:
+        raise InputError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
+    block = int(block_size or config.get("store.block-size", 256))
+    if block < 1:
+        raise InputError(f"block_size must be positive, got {block}")
+    n_train, n_target = desc["train_label"].size, desc["target_label"].size
+    group = zarr.open_group(path, mode="w-", zarr_format=3)
+    _model_array(group, "mask", n_train, "bool", False, block, ("model", "train"),
+                 compressors=_mask_codec())
+    _model_array(group, "margin", n_target, "float32", np.nan, block, ("model", "target"))
+    _model_array(group, "completed", None, "bool", False, block, ("model",))
+    _model_array(group, "seed", None, "uint64", 0, block, ("model",))
+    kind = _model_array(group, "kind", None, "int8", -1, block, ("model",))
+    kind.attrs.update({"flag_values": list(range(len(KINDS))), "flag_meanings": " ".join(KINDS)})
+    _model_array(group, "alpha", None, "float32", np.nan, block, ("model",))
+    _model_array(group, "replicate_of", None, "int64", -1, block, ("model",))
+    for name, arr in desc.items():
+        dim = "train" if name.startswith("train_") else "target"
+        if arr.dtype.kind == "U":
+            arr = arr.astype(object)
+            a = group.create_array(name, shape=arr.shape, dtype=str, dimension_names=(dim,))
+        else:
+            a = group.create_array(name, shape=arr.shape, dtype=arr.dtype, dimension_names=(dim,))
+        a[...] = arr
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "job": job,
+        "fingerprint": jobspec.fingerprint(desc),
+        "sampling": sampling,
+        "seed": int(seed),
+        "alpha": None if alpha is None else float(alpha),
+        "block_size": block,
+        "n_models": 0,
+        "n_train": int(n_train),
+        "n_target": int(n_target),
+        "additions": [],
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created_by": _version(),
+    }
+    _set_meta(group, meta)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"dmdask {__version__}"
+
+
+def create_store(
+    path: str | os.PathLike,
+    job: str,
+    n_models: int,
+    alpha: float = 0.5,
+    *,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+    sampling: str = "fixed",
+    block_size: int | None = None,
+) -> str:
+    """Create a run store for ``job`` with ``n_models`` random α-subset models; return its path.
+
+    ``job`` is an import path ``"module:Class"`` and ``params`` its keyword arguments. The
+    class is checked for the job interface before it is constructed (to read its dataset
+    description). Masks and seeds are written now; margins come from :func:`dmdask.train`.
+    If ``path`` already holds a store made with the same job, parameters, seed and sampling,
+    it is returned unchanged; a store of another job is refused.
+    """
+    path = _path(path)
+    cls = jobspec.resolve_job_class(job)
+    params = jobspec.check_params(cls, params or {}, job)
+    spec = {"path": job, "params": params}
+    check_alpha(alpha)
+    if os.path.exists(path):
+        meta = read_meta(path)
+        same = (meta["job"] == spec and meta["seed"] == int(seed) and meta["sampling"] == sampling)
+        if not same:
+            raise StoreError(
+                f"{path}: a run store already exists here with job {meta['job']}, seed "
+                f"{meta['seed']}, sampling {meta['sampling']!r}; refusing to reuse it for job "
+                f"{spec}, seed {seed}, sampling {sampling!r}"
+            )
+        return path
+    job_obj = cls(**params)
+    if block_size is None:
+        block_size = getattr(job_obj, "preferred_block_size", None)
+    desc = jobspec.validate_description(job_obj.describe(), job)
+    _init_store(path, desc, job=spec, seed=seed, sampling=sampling, alpha=alpha,
+                block_size=block_size)
+    if n_models:
+        add_models(path, "random", n=n_models, alpha=alpha)
+    return path
+
+
+def create_jobless_store(
+    path: str | os.PathLike,
+    n_train: int,
+    n_target: int,
+    *,
+    block_size: int | None = None,
+    seed: int = 0,
+    sampling: str = "fixed",
+    alpha: float | None = None,
+    train_label: np.ndarray | None = None,
+    target_label: np.ndarray | None = None,
+    target_train_index: np.ndarray | None = None,
+    source: dict[str, Any] | None = None,
+) -> str:
+    """Create an empty run store with no job (imported or synthetic runs); return its path.
+
+    Labels default to -1 (unknown) and ``target_train_index`` to -1 (no target is a training
+    example). Models are added with :func:`add_models` and margins written with
+    :func:`write_block`; :func:`dmdask.train` refuses such a store (there is nothing to run).
+    """
+    path = _path(path)
+    if os.path.exists(path):
+        raise StoreError(f"{path}: already exists; refusing to overwrite it")
+
+    def arr(a, n):
+        return np.full(n, -1, np.int64) if a is None else np.asarray(a)
+
+    desc = jobspec.validate_description(
+        {
+            "train_label": arr(train_label, n_train),
+            "target_label": arr(target_label, n_target),
+            "target_train_index": arr(target_train_index, n_target),
+        },
+        path,
+    )
+    if desc["train_label"].size != n_train or desc["target_label"].size != n_target:
+        raise InputError(f"{path}: label arrays do not match n_train={n_train}, n_target={n_target}")
+    _init_store(path, desc, job=None, seed=seed, sampling=sampling, alpha=alpha,
+                block_size=block_size, source=source)
+    return path
+
+
+# --------------------------------------------------------------------------- growth
+
+
+def _model_dim_arrays(group: zarr.Group) -> list[zarr.Array]:
+    out = []
+    for _, a in group.arrays():
+        dims = a.metadata.dimension_names
+        if dims and dims[0] == "model":
+            out.append(a)
+    return out
+
+
+def _resize_models(group: zarr.Group, n: int) -> None:
+    for a in _model_dim_arrays(group):
+        if a.shape[0] != n:
+            a.resize((n,) + a.shape[1:])
+
+
+def _block_pieces(start: int, stop: int, block: int):
+    """Split [start, stop) at block boundaries: each piece lies in one chunk."""
+    s = start
+    while s < stop:
+        e = min(stop, (s // block + 1) * block)
+        yield s, e
+        s = e
+
+
+def add_models(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    n: int | None = None,
+    alpha: float | None = None,
+    masks: np.ndarray | None = None,
+    replicate_of: np.ndarray | list[int] | None = None,
+    train_labels: np.ndarray | None = None,
+) -> np.ndarray:
+    """Append models of ``kind`` to the store and return their model indices.
+
+    Exactly one way of giving masks:
+
+    * ``n`` (and ``alpha``, default the store's): fresh random α-subsets (``"random"``
+      models to fit on, ``"heldout"`` models to evaluate on), a pure function of
+      (store seed, model index);
+    * ``replicate_of``: indices of existing models whose masks are repeated with new seeds
+      (noise floor, averaged counterfactuals); ``kind`` is usually ``"replicate"``;
+    * ``masks``: hand-made bool masks ``[m, n_train]`` (counterfactuals and the like;
+      their ``alpha`` is NaN).
+
+    ``train_labels`` (int ``[m, n_train]`` or ``[n_train]``) replaces the labels these models
+    train on. Only the coordinator calls this; never while a training run is writing.
+    """
+    path = _path(path)
+    if kind not in KIND_CODE:
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
+    group = _open_group(path, "r+")
+    meta = _meta_of(group, path)
+    n_train, block = meta["n_train"], meta["block_size"]
+    start = int(meta["n_models"])
+    given = [x is not None for x in (masks, replicate_of)]
+    if sum(given) > 1:
+        raise InputError("give masks or replicate_of, not both")
+
+    rep = None
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[1] != n_train:
+            raise InputError(f"{path}: masks have shape {masks.shape}, expected (m, {n_train})")
+        if masks.dtype != bool:
+            if not np.isin(masks, (0, 1)).all():
+                raise InputError(f"{path}: masks must be bool or 0/1, got values outside 0/1")
+            masks = masks.astype(bool)
+        m = masks.shape[0]
+        alphas = np.full(m, np.nan if alpha is None else check_alpha(alpha), np.float32)
+    elif replicate_of is not None:
+        rep = np.asarray(replicate_of, dtype=np.int64).ravel()
+        if rep.size and ((rep < 0) | (rep >= start)).any():
+            raise InputError(f"{path}: replicate_of must index existing models [0, {start})")
+        m = rep.size
+        alphas = group["alpha"][:][rep] if m else np.zeros(0, np.float32)
+    else:
+        if n is None or int(n) < 0:
+            raise InputError("give n (number of models), masks, or replicate_of")
+        m = int(n)
+        a = meta.get("alpha") if alpha is None else alpha
+        if a is None:
+            raise InputError(f"{path}: the store has no default alpha; pass alpha=")
+        alpha = check_alpha(a)
+        alphas = np.full(m, alpha, np.float32)
+    if n is not None and int(n) != m:
+        raise InputError(f"n={n} disagrees with the {m} masks given")
+
+    if train_labels is not None:
+        tl = np.asarray(train_labels)
+        if tl.ndim == 1:
+            tl = np.broadcast_to(tl, (m, tl.size))
+        if tl.shape != (m, n_train) or not np.issubdtype(tl.dtype, np.integer):
+            raise InputError(f"{path}: train_labels must be int [{m}, {n_train}], got "
+                             f"{tl.dtype} {tl.shape}")
+        if tl.size and (tl.min() < 0 or tl.max() > np.iinfo(np.int16).max):
+            raise InputError(f"{path}: train_labels must be in [0, 32767]")
+        if "train_label_override" not in group:
+            a = _model_array(group, "train_label_override", n_train, "int16", -1, block,
+                             ("model", "train"))
+            a.resize((start, n_train))
+    else:
+        tl = None
+    if m == 0:
+        return np.zeros(0, np.int64)
+
+    stop = start + m
+    _resize_models(group, stop)
+    code = KIND_CODE[kind]
+    for s, e in _block_pieces(start, stop, block):
+        r = slice(s - start, e - start)
+        idx = np.arange(s, e)
+        if masks is not None:
+            mk = masks[r]
+        elif rep is not None:
+            mk = group["mask"].get_orthogonal_selection((rep[r], slice(None)))
+        else:
+            mk = sample_masks(meta["seed"], idx, n_train, alpha, meta["sampling"])
+        group["mask"][s:e] = mk
+        group["seed"][s:e] = model_seeds(meta["seed"], idx)
+        group["alpha"][s:e] = alphas[r]
+        group["replicate_of"][s:e] = rep[r] if rep is not None else -1
+        group["margin"][s:e] = np.nan
+        group["completed"][s:e] = False
+        if "train_label_override" in group:
+            group["train_label_override"][s:e] = tl[r] if tl is not None else -1
+        group["kind"][s:e] = code
+    # commit: the rows exist for readers only once n_models says so
+    meta["n_models"] = stop
+    meta["additions"] = list(meta.get("additions", [])) + [
+        {"kind": kind, "start": start, "stop": stop,
+         "alpha": None if not np.isfinite(alphas[0]) else float(alphas[0]),
+         "source": "masks" if masks is not None else "replicate" if rep is not None else "sampled"}
+    ]
+    _set_meta(group, meta)
+    return np.arange(start, stop)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_block(
+    path: str | os.PathLike,
+    block: int,
+    margins: np.ndarray,
+    *,
+    job: dict[str, Any] | None = None,
+    start: int | None = None,
+) -> None:
+    """Write the margins of one whole block, then mark its models completed.
+
+    ``margins`` must be float32 ``[rows of the block, n_target]`` and finite. If ``start`` is
+    given it must equal the block's first row (a check against misaligned writers); if
+    ``job`` is given it must equal the store's job spec. Any violation raises
+    :class:`WriteRefused` naming the store and block, and nothing is written.
+    """
+    path = _path(path)
+    group = _open_group(path, "r+")
+    meta = _meta_of(group, path)
+    where = f"{path} block {block}"
+    if not isinstance(block, (int, np.integer)):
+        raise WriteRefused(f"{path}: block index must be an int, got {block!r}")
+    try:
+        s, e = block_range(meta, int(block))
+    except WriteRefused as err:
+        raise WriteRefused(f"{path}: {err}") from None
+    if start is not None and int(start) != s:
+        raise WriteRefused(f"{where}: misaligned write at row {start}; the block starts at row {s}"
+                           f" (blocks are {meta['block_size']} models)")
+    if job is not None and job != meta["job"]:
+        raise WriteRefused(f"{where}: written by job {job}, but the store belongs to {meta['job']}")
+    margins = np.asarray(margins)
+    expect = (e - s, meta["n_target"])
+    if margins.shape != expect:
+        kind = "partial" if margins.ndim == 2 and margins.shape[0] < expect[0] else "wrong-shape"
+        raise WriteRefused(f"{where}: {kind} write of shape {margins.shape}; a block write must "
+                           f"cover rows {s}..{e - 1} with shape {expect}")
+    if margins.dtype != np.float32:
+        raise WriteRefused(f"{where}: margins have dtype {margins.dtype}, expected float32")
+    bad = ~np.isfinite(margins)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0]) + s
+        raise WriteRefused(f"{where}: {int(bad.sum())} margins are NaN or inf (models "
+                           f"{_fmt_rows(rows)}); nothing written")
+    group["margin"][s:e] = margins
+    group["completed"][s:e] = True
+
+
+def _fmt_rows(rows: np.ndarray, k: int = 6) -> str:
+    rows = list(map(int, rows))
+    return ", ".join(map(str, rows[:k])) + (f", … ({len(rows)} in all)" if len(rows) > k else "")
+
+
+def incomplete_blocks(path: str | os.PathLike) -> list[int]:
+    """Blocks holding at least one committed model that is not completed."""
+    group = _open_group(path)
+    meta = _meta_of(group, _path(path))
+    n, b = meta["n_models"], meta["block_size"]
+    if n == 0:
+        return []
+    done = group["completed"][:n]
+    nb = -(-n // b)
+    pad = np.ones(nb * b, bool)
+    pad[:n] = done
+    return [int(i) for i in np.nonzero(~pad.reshape(nb, b).all(axis=1))[0]]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _decode_kind(codes: np.ndarray) -> np.ndarray:
+    table = np.array(list(KINDS) + ["unset"], dtype="<U14")
+    c = np.asarray(codes).astype(np.int64)
+    return table[np.where((c >= 0) & (c < len(KINDS)), c, len(KINDS))]
+
+
+def open_store(path: str | os.PathLike) -> xr.Dataset:
+    """Open a run store as a dask-backed ``xarray.Dataset`` (nothing is loaded eagerly).
+
+    Only committed models are visible. ``kind`` is decoded to strings lazily; the coordinate
+    ``model`` holds the model indices, so they survive selections such as
+    ``ds.sel(model=ds.kind == "heldout")``.
+    """
+    path = _path(path)
+    meta = read_meta(path)
+    ds = xr.open_zarr(path, consolidated=False, chunks={}, mask_and_scale=False,
+                      zarr_format=3)
+    n = int(meta["n_models"])
+    ds = ds.isel(model=slice(0, n))
+    ds = ds.set_coords([c for c in COORDS if c in ds.variables])
+    ds = ds.assign_coords(
+        model=np.arange(n), train=np.arange(meta["n_train"]), target=np.arange(meta["n_target"])
+    )
+    kind = ds["kind"]
+    ds["kind"] = kind.copy(data=kind.data.map_blocks(_decode_kind, dtype="<U14"))
+    ds["kind"].attrs = {"description": "model kind: " + ", ".join(KINDS)}
+    for v in ds.variables.values():
+        v.encoding.pop("_FillValue", None)
+    ds.attrs = {"dmdask": {**meta, "path": os.path.abspath(path)}}
+    return ds
+
+
+def _du(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def store_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Summary of a store: models done/pending per kind, α values, bytes on disk per array,
+    and stored bits per mask entry."""
+    path = _path(path)
+    group = _open_group(path)
+    meta = _meta_of(group, path)
+    n = meta["n_models"]
+    kinds = _decode_kind(group["kind"][:n]) if n else np.zeros(0, "<U14")
+    done = group["completed"][:n] if n else np.zeros(0, bool)
+    alphas = group["alpha"][:n] if n else np.zeros(0, np.float32)
+    per_kind = {}
+    for k in KINDS:
+        sel = kinds == k
+        if sel.any():
+            a = np.unique(alphas[sel][np.isfinite(alphas[sel])]).round(6).tolist()
+            per_kind[k] = {"models": int(sel.sum()), "done": int(done[sel].sum()),
+                           "pending": int((~done[sel]).sum()), "alphas": a}
+    sizes = {name: _du(os.path.join(path, name)) for name, _ in group.arrays()}
+    entries = n * meta["n_train"]
+    return {
+        "path": os.path.abspath(path),
+        "job": meta["job"],
+        "sampling": meta["sampling"],
+        "seed": meta["seed"],
+        "block_size": meta["block_size"],
+        "n_models": n,
+        "n_train": meta["n_train"],
+        "n_target": meta["n_target"],
+        "done": int(done.sum()),
+        "pending": int(n - done.sum()),
+        "kinds": per_kind,
+        "bytes": sizes,
+        "bytes_total": _du(path),
+        "mask_bits_per_entry": (8 * sizes.get("mask", 0) / entries) if entries else float("nan"),
+    }
+
+
+def store_path_of(obj: Any) -> str:
+    """The path of a store given a path or an opened run-store Dataset."""
+    if isinstance(obj, xr.Dataset):
+        try:
+            return obj.attrs["dmdask"]["path"]
+        except KeyError:
+            raise StoreError("this Dataset was not opened with dmdask.open_store") from None
+    return str(Path(obj))

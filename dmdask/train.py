@@ -1,0 +1,190 @@
+"""Training: map the incomplete blocks of a run store onto a ``dask.distributed`` cluster.
+
+Each block is one task. The task opens the store on the worker, reads the block's masks,
+seeds and label overrides, trains the block with the store's job (constructed once per
+worker process, after the class passed the job-interface check), checks the margins and
+writes them, ``completed`` last (:func:`dmdask.store.write_block`). Nothing else is shared
+between tasks, so a killed worker or a killed coordinator loses at most the blocks in
+flight: a rerun trains exactly the blocks whose ``completed`` is false.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import config, jobspec
+from .errors import DmdaskError, JobError, StoreError
+from .store import _meta_of, _open_group, block_range, incomplete_blocks, read_meta, write_block
+
+_JOBS: dict[str, Any] = {}
+_JOBS_LOCK = threading.Lock()
+
+
+def _job_for(spec: dict[str, Any], fingerprint: str, store: str):
+    """The job of ``spec``, constructed once per process and checked against the store."""
+    key = json.dumps(spec, sort_keys=True)
+    with _JOBS_LOCK:
+        job = _JOBS.get(key)
+        if job is None:
+            job = jobspec.construct_job(spec["path"], spec.get("params") or {})
+            desc = jobspec.validate_description(job.describe(), spec["path"])
+            if jobspec.fingerprint(desc) != fingerprint:
+                raise JobError(
+                    f"{store}: job {spec['path']} now describes a different dataset than the "
+                    f"store was made with (fingerprint {jobspec.fingerprint(desc)} != "
+                    f"{fingerprint}); refusing to mix them"
+                )
+            _JOBS[key] = job
+    return job
+
+
+def train_block_task(path: str, block: int, spec: dict[str, Any]) -> dict[str, Any]:
+    """Train and write one block (runs on a worker). Returns timing for the coordinator."""
+    group = _open_group(path, "r")
+    meta = _meta_of(group, path)
+    if meta["job"] != spec:
+        raise JobError(f"{path}: store job is {meta['job']}, this task was sent {spec}")
+    start, stop = block_range(meta, block)
+    job = _job_for(spec, meta["fingerprint"], path)
+    masks = group["mask"][start:stop]
+    seeds = group["seed"][start:stop]
+    labels = None
+    if "train_label_override" in group:
+        over = group["train_label_override"][start:stop].astype(np.int64)
+        if (over >= 0).any():
+            base = group["train_label"][:]
+            labels = np.where(over >= 0, over, base[None, :])
+    t0 = time.perf_counter()
+    margins = job.train_block(masks, seeds, train_labels=labels)
+    seconds = time.perf_counter() - t0
+    if not isinstance(margins, np.ndarray):
+        raise JobError(f"{path} block {block}: job {spec['path']}.train_block returned "
+                       f"{type(margins).__name__}, not a numpy array")
+    write_block(path, block, margins, job=spec, start=start)
+    return {"block": block, "models": stop - start, "seconds": seconds, "pid": os.getpid()}
+
+
+@dataclass
+class TrainReport:
+    """What a :func:`train` call did."""
+
+    store: str
+    blocks: int = 0
+    models: int = 0
+    wall_seconds: float = 0.0
+    task_seconds: float = 0.0
+    failed: dict[int, str] = field(default_factory=dict)
+    dashboard: str | None = None
+
+    @property
+    def models_per_second(self) -> float:
+        return self.models / self.wall_seconds if self.wall_seconds else float("nan")
+
+
+def _client_for(scheduler: str | None, workers: int | None, threads: int | None):
+    """(client, cluster-or-None) — join ``scheduler`` or start a LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except OSError as e:
+            raise DmdaskError(f"cannot reach dask scheduler at {scheduler} ({e})") from e
+    workers = workers or config.get("train.workers") or os.cpu_count() or 1
+    threads = threads or config.get("train.threads-per-worker") or 1
+    cluster = LocalCluster(
+        n_workers=int(workers), threads_per_worker=int(threads), processes=True,
+        dashboard_address=":0", silence_logs=40,
+    )
+    return Client(cluster), cluster
+
+
+def train(
+    path: str | os.PathLike,
+    client=None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    retries: int | None = None,
+    progress: bool = True,
+    on_start: Callable[[str | None, int], None] | None = None,
+) -> TrainReport:
+    """Train every incomplete block of the store at ``path``; return a :class:`TrainReport`.
+
+    Uses ``client`` if given, else joins ``scheduler`` (a ``tcp://`` address of a
+    ``dask scheduler``), else starts a ``LocalCluster`` of ``workers`` processes with
+    ``threads_per_worker`` threads (settings ``dmdask.train.*``). Failed tasks are retried
+    ``retries`` times; blocks that still fail are reported in one :class:`DmdaskError` after
+    every other block is written. Safe to interrupt and rerun at any moment.
+    """
+    path = os.path.abspath(os.fspath(path))
+    meta = read_meta(path)
+    spec = meta["job"]
+    pending = incomplete_blocks(path)
+    if spec is None:
+        if pending:
+            n_pending = sum(np.subtract(*block_range(meta, b)[::-1]) for b in pending)
+            raise StoreError(f"{path}: the store has no job (it was imported or made by hand), "
+                             f"so its {n_pending} incomplete models cannot be trained")
+        return TrainReport(store=path)
+    # Check the class before any worker constructs it: an edited store cannot run a non-job.
+    cls = jobspec.resolve_job_class(spec["path"])
+    jobspec.check_params(cls, spec.get("params") or {}, spec["path"])
+    report = TrainReport(store=path)
+    if not pending:
+        return report
+    retries = int(config.get("train.retries", 3) if retries is None else retries)
+
+    cluster = None
+    if client is None:
+        client, cluster = _client_for(scheduler, workers, threads_per_worker)
+    report.dashboard = getattr(client, "dashboard_link", None)
+    total = sum(e - s for s, e in (block_range(meta, b) for b in pending))
+    if on_start is not None:
+        on_start(report.dashboard, total)
+    try:
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        futures = [
+            client.submit(train_block_task, path, b, spec, retries=retries, pure=False,
+                          key=f"dmdask-train-block-{b}-{os.urandom(4).hex()}")
+            for b in pending
+        ]
+        fmap = {f.key: b for f, b in zip(futures, pending)}
+        t0 = time.perf_counter()
+        with tqdm(total=total, unit="model", desc="train", disable=not progress,
+                  smoothing=0.1) as bar:
+            for fut in as_completed(futures):
+                b = fmap[fut.key]
+                try:
+                    res = fut.result()
+                except Exception as e:  # keep going: every other block still lands
+                    report.failed[b] = f"{type(e).__name__}: {e}"
+                    continue
+                report.blocks += 1
+                report.models += res["models"]
+                report.task_seconds += res["seconds"]
+                bar.update(res["models"])
+        report.wall_seconds = time.perf_counter() - t0
+    finally:
+        if cluster is not None:
+            client.close()
+            cluster.close()
+    if report.failed:
+        first = min(report.failed)
+        raise DmdaskError(
+            f"{path}: {len(report.failed)} of {len(pending)} blocks failed after {retries} "
+            f"retries; the other {report.blocks} are written. First: block {first}: "
+            f"{report.failed[first]}"
+        )
+    return report

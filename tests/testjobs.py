@@ -1,0 +1,72 @@
+"""Jobs that live outside the dmdask package, used by the tests.
+
+``RidgeDigits`` is real training on real data: a one-vs-rest ridge classifier on
+scikit-learn's digits, solved in closed form, so it is deterministic given the mask and
+cheap. ``delay`` slows each block down so tests can kill workers mid-training.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+
+def _digits(n_target: int):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.data.astype(np.float64) / 16.0
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(x))
+    tgt, tr = perm[:n_target], perm[n_target:]
+    return x[tr], d.target[tr], x[tgt], d.target[tgt], tr, tgt
+
+
+class RidgeDigits:
+    """One-vs-rest ridge classifier on digits, closed form: margins deterministic per mask."""
+
+    preferred_block_size = 16
+
+    def __init__(self, n_train: int = 200, n_target: int = 40, l2: float = 1.0,
+                 delay: float = 0.0, nan_models: int = 0):
+        xtr, ytr, xte, yte, tr, tgt = _digits(n_target)
+        self.x, self.y = xtr[:n_train], ytr[:n_train]
+        self.xt, self.yt = xte, yte
+        self.ids = (tr[:n_train], tgt)
+        self.l2, self.delay, self.nan_models = l2, delay, nan_models
+
+    def describe(self) -> dict:
+        return {"train_label": self.y, "target_label": self.yt,
+                "target_train_index": np.full(len(self.yt), -1), "train_id": self.ids[0],
+                "target_id": self.ids[1]}
+
+    def train_block(self, masks, seeds, train_labels=None):
+        if self.delay:
+            time.sleep(self.delay)
+        xa = np.hstack([self.x, np.ones((len(self.x), 1))])
+        xt = np.hstack([self.xt, np.ones((len(self.xt), 1))])
+        out = np.empty((len(masks), len(self.yt)), np.float32)
+        for b, m in enumerate(masks):
+            y = self.y if train_labels is None else train_labels[b]
+            yy = -np.ones((len(y), 10))
+            yy[np.arange(len(y)), y] = 1.0
+            a = xa[m]
+            w = np.linalg.solve(a.T @ a + self.l2 * np.eye(a.shape[1]), a.T @ yy[m])
+            z = xt @ w
+            zc = z[np.arange(len(self.yt)), self.yt]
+            z[np.arange(len(self.yt)), self.yt] = -np.inf
+            out[b] = zc - z.max(axis=1)
+        if self.nan_models:
+            out[: self.nan_models, 0] = np.nan
+        return out
+
+
+class Boom:
+    """Not a job: constructing it has a side effect (a file appears)."""
+
+    def __init__(self, path: str = "/tmp/dmdask-boom"):
+        with open(path, "w") as f:
+            f.write("constructed")
+        os.environ["DMDASK_BOOM"] = "1"
