@@ -530,6 +530,8 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
 
 
 def _du(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
@@ -555,6 +557,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             per_kind[k] = {"models": int(sel.sum()), "done": int(done[sel].sum()),
                            "pending": int((~done[sel]).sum()), "alphas": a}
     sizes = {name: _du(os.path.join(path, name)) for name, _ in group.arrays()}
+    mask_chunks = _du(os.path.join(path, "mask", "c"))  # chunk data only, not metadata
     entries = n * meta["n_train"]
     return {
         "path": os.path.abspath(path),
@@ -570,7 +573,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         "kinds": per_kind,
         "bytes": sizes,
         "bytes_total": _du(path),
-        "mask_bits_per_entry": (8 * sizes.get("mask", 0) / entries) if entries else float("nan"),
+        "mask_bits_per_entry": (8 * mask_chunks / entries) if entries else float("nan"),
     }
 
 

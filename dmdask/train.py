@@ -160,7 +160,7 @@ def train(
                           key=f"dmdask-train-block-{b}-{os.urandom(4).hex()}")
             for b in pending
         ]
-        fmap = {f.key: b for f, b in zip(futures, pending)}
+        fmap = {f.key: b for f, b in zip(futures, pending, strict=True)}
         t0 = time.perf_counter()
         with tqdm(total=total, unit="model", desc="train", disable=not progress,
                   smoothing=0.1) as bar:

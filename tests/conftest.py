@@ -1,0 +1,31 @@
+"""Shared test configuration: optional-dependency markers skip cleanly without their extra."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from dmdask import optional
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# Job classes used by the tests live in tests/testjobs.py, outside the package: child
+# processes (dask workers, `dmdask` subprocesses) find them through PYTHONPATH.
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [TESTS] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    skips = {
+        "torch": (not optional.has("torch"), "torch not installed (pip install 'dmdask[torch]')"),
+        "gpu": (not optional.has_gpu(), "no CUDA GPU with CuPy"),
+        "viz": (not optional.has("matplotlib"), "matplotlib not installed"),
+    }
+    for item in items:
+        for mark, (skip, why) in skips.items():
+            if skip and mark in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=why))
