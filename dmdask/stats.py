@@ -1,0 +1,295 @@
+"""Sufficient statistics of the LASSO problems that share one design (REFERENCE.md §1.4).
+
+One pass over row blocks of the masks ``X`` (n × d, 0/1) and outputs ``Y`` (n × T) gives, per
+contiguous group of rows (a holdout split or the K folds of cross-validation):
+
+    n,  G = XᵀX,  s = Xᵀ1,  C = XᵀY,  Σy,  Σy²
+
+Statistics are additive (``a + b``, ``total - fold``), so any union of groups costs nothing
+more and the masks are read exactly once. Exactness: 0/1 masks make every entry of ``XᵀX`` an
+integer ≤ rows, so a float32 GEMM on a block of ≤ 2^24 rows is exact (products are 0/1, every
+partial sum an integer < 2^24); blocks are summed in float64 (exact to 2^53). ``C``, ``Σy``,
+``Σy²`` are accumulated in float64 (setting ``dmdask.solve.stats-c-dtype``: ``float32`` makes
+the ``XᵀY`` GEMM faster at ~1e-6 relative error). Centring ``G − s sᵀ/n`` happens in float64.
+
+The pass runs on dask: blocks in parallel on the threads of the local scheduler or on the
+workers of a ``distributed.Client``, reduced by a tree of sums per group; NumPy or CuPy chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import config
+from .backend import dask_to_backend, get_namespace, to_numpy
+from .errors import InputError
+
+__all__ = ["SufficientStats", "compute_stats", "group_bounds_for"]
+
+_EXACT_ROWS = 2**24
+
+
+@dataclass
+class SufficientStats:
+    """Statistics of one group of rows: ``n`` rows, ``G`` [d, d], ``s`` [d], ``C`` [d, T],
+    ``sy`` [T], ``syy`` [T] (float64, NumPy or CuPy)."""
+
+    n: int
+    G: object
+    s: object
+    C: object
+    sy: object
+    syy: object
+
+    # ----------------------------------------------------------------- algebra
+    def __add__(self, other: SufficientStats) -> SufficientStats:
+        return SufficientStats(
+            self.n + other.n,
+            self.G + other.G,
+            self.s + other.s,
+            self.C + other.C,
+            self.sy + other.sy,
+            self.syy + other.syy,
+        )
+
+    def __sub__(self, other: SufficientStats) -> SufficientStats:
+        return SufficientStats(
+            self.n - other.n,
+            self.G - other.G,
+            self.s - other.s,
+            self.C - other.C,
+            self.sy - other.sy,
+            self.syy - other.syy,
+        )
+
+    @staticmethod
+    def sum(parts) -> SufficientStats:
+        parts = list(parts)
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + p
+        return out
+
+    @property
+    def xp(self):
+        return get_namespace(self.G)
+
+    @property
+    def d(self) -> int:
+        return self.G.shape[0]
+
+    @property
+    def n_targets(self) -> int:
+        return self.C.shape[1]
+
+    def take_targets(self, index) -> SufficientStats:
+        """Statistics of a subset of the targets (``G``, ``s`` shared, not copied)."""
+        return SufficientStats(self.n, self.G, self.s, self.C[:, index], self.sy[index],
+                               self.syy[index])
+
+    def to_numpy(self) -> SufficientStats:
+        return SufficientStats(self.n, *(to_numpy(a) for a in
+                                         (self.G, self.s, self.C, self.sy, self.syy)))
+
+    # ------------------------------------------------------------- derived
+    @property
+    def mu(self):
+        return self.s / self.n
+
+    @property
+    def ybar(self):
+        return self.sy / self.n
+
+    @property
+    def sigma(self):
+        """σ_j = sqrt(mean(X_j²) − μ_j²) (1/n), from diag(G); 0 for constant columns."""
+        xp = self.xp
+        var = xp.diagonal(self.G) / self.n - self.mu**2
+        return xp.sqrt(xp.maximum(var, 0.0))
+
+    def centred(self):
+        """(G_c, C_c, yss_c): XᵀX, XᵀY and ‖y‖² of the column-centred problem (float64)."""
+        xp = self.xp
+        Gc = self.G - xp.outer(self.s, self.s) / self.n
+        Cc = self.C - xp.outer(self.s, self.sy) / self.n
+        yss = self.syy - self.sy**2 / self.n
+        return Gc, Cc, xp.maximum(yss, 0.0)
+
+    def standardised(self):
+        """The standardised, centred problem scaled by 1/n: ``(Q, q, yv, mu, sigma, ybar)`` with
+        Q = X̃_cᵀX̃_c/n [d, d], q = X̃_cᵀy_c/n [d, T], yv = ‖y_c‖²/n [T]; σ_j = 0 columns are zero
+        rows/columns of Q and q (X̃ = (X − μ)/σ, REFERENCE §1.2)."""
+        xp = self.xp
+        Gc, Cc, yss = self.centred()
+        sigma = self.sigma
+        inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
+        Q = (Gc * inv[:, None]) * (inv[None, :] / self.n)
+        q = Cc * (inv[:, None] / self.n)
+        return Q, q, yss / self.n, self.mu, sigma, self.ybar
+
+    def sse(self, W, b):
+        """Sum of squared errors of raw-space models ``W`` [T, d], ``b`` [T] (REFERENCE §1.4):
+        Σy² − 2wᵀc − 2bΣy + wᵀGw + 2b·sᵀw + n·b²."""
+        xp = self.xp
+        W = xp.asarray(W, dtype=xp.float64)
+        b = xp.asarray(b, dtype=xp.float64)
+        wc = xp.sum(W.T * self.C, axis=0)
+        wGw = xp.sum((self.G @ W.T) * W.T, axis=0)
+        sw = W @ self.s
+        return self.syy - 2 * wc - 2 * b * self.sy + wGw + 2 * b * sw + self.n * b**2
+
+    def mse(self, W, b):
+        """Mean squared error of raw-space models on these rows."""
+        return self.sse(W, b) / self.n
+
+
+# ------------------------------------------------------------------ the pass
+def _block_stats(xb, yb, c_dtype: str) -> SufficientStats:
+    xp = get_namespace(xb, yb)
+    nb = xb.shape[0]
+    exact_int = xb.dtype == bool or xp.issubdtype(xb.dtype, xp.integer)
+    if exact_int and nb <= _EXACT_ROWS:
+        xf = xb.astype(xp.float32)
+        G = xf.T @ xf  # exact: integer entries < 2^24
+    else:
+        xf = xb.astype(xp.float64)
+        G = xf.T @ xf
+    s = xf.sum(axis=0, dtype=xp.float64)
+    y64 = yb.astype(xp.float64)
+    if c_dtype == "float32":
+        C = (xf.astype(xp.float32).T @ yb.astype(xp.float32)).astype(xp.float64)
+    else:
+        C = xf.astype(xp.float64).T @ y64
+    sy = y64.sum(axis=0)
+    if not bool(xp.isfinite(sy).all()):
+        from .solve.base import UnsupportedTargets
+
+        raise UnsupportedTargets("outputs contain NaN/inf: targets with missing rows cannot use the "
+                         "shared-design statistics (route them to a per-target-rows solver)")
+    syy = (y64 * y64).sum(axis=0)
+    return SufficientStats(int(nb), G, s, C, sy, syy)
+
+
+def _sum_block_stats(*parts: SufficientStats) -> SufficientStats:
+    xp = get_namespace(parts[0].G)
+    out = parts[0]
+    G = out.G.astype(xp.float64, copy=True)
+    res = SufficientStats(out.n, G, out.s.copy(), out.C.copy(), out.sy.copy(), out.syy.copy())
+    for p in parts[1:]:
+        res.n += p.n
+        res.G += p.G
+        res.s += p.s
+        res.C += p.C
+        res.sy += p.sy
+        res.syy += p.syy
+    return res
+
+
+def _row_chunks(n: int, row_block: int, bounds) -> tuple[int, ...]:
+    cuts = set(range(0, n, row_block)) | {int(b) for b in bounds} | {n}
+    cuts = sorted(c for c in cuts if 0 <= c <= n)
+    return tuple(int(b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
+
+
+def group_bounds_for(n: int, split) -> np.ndarray:
+    """Row boundaries of the groups a :class:`~dmdask.solve.base.Split` needs: holdout →
+    ``[0, n_val, n]`` (group 0 validates), cv → the K fold boundaries."""
+    from .solve.grid import fold_bounds, holdout_size
+
+    if split.kind == "holdout":
+        return np.array([0, holdout_size(n, split.val_fraction), n])
+    return fold_bounds(n, split.folds)
+
+
+def compute_stats(
+    X,
+    Y,
+    bounds=None,
+    *,
+    row_block_size: int | None = None,
+    client=None,
+    c_dtype: str | None = None,
+    backend: str | None = None,
+    progress: bool = False,
+) -> list[SufficientStats]:
+    """One pass over row blocks of ``X`` (n × d, 0/1) and ``Y`` (n × T): the statistics of
+    each contiguous group of rows ``[bounds[g], bounds[g+1])`` (default: one group, all rows).
+
+    ``X``/``Y``: NumPy or dask arrays (e.g. ``ds.mask.data``); read once, block by block, in
+    parallel (local dask scheduler, or ``client``'s workers). Memory: a few blocks of
+    ``row_block_size`` rows (setting ``dmdask.solve.row-block-size``) plus one float64 d × d
+    accumulator per group in flight.
+    """
+    row_block = int(row_block_size or config.get("solve.row-block-size", 8192))
+    if row_block < 1 or row_block > _EXACT_ROWS:
+        raise InputError(f"row_block_size must lie in [1, 2^24], not {row_block}")
+    c_dtype = c_dtype or config.get("solve.stats-c-dtype", "float64")
+    if c_dtype not in ("float64", "float32"):
+        raise InputError(f"stats C dtype must be float64 or float32, not {c_dtype!r}")
+    X = da.asarray(X)
+    Y = da.asarray(Y)
+    if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
+        raise InputError(f"X {X.shape} and Y {Y.shape} must be 2-d with the same rows")
+    n = X.shape[0]
+    bounds = np.asarray([0, n] if bounds is None else bounds, dtype=np.int64)
+    if bounds[0] != 0 or bounds[-1] != n or np.any(np.diff(bounds) <= 0):
+        raise InputError(f"group bounds {bounds.tolist()} must increase from 0 to {n}")
+    rows = _row_chunks(n, row_block, bounds)
+    X = dask_to_backend(X.rechunk((rows, X.shape[1])), backend)
+    Y = dask_to_backend(Y.rechunk((rows, Y.shape[1])), backend)
+    xblocks = X.to_delayed().ravel()
+    yblocks = Y.to_delayed().ravel()
+    starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
+    group_of = np.searchsorted(bounds, starts, side="right") - 1
+    block_fn = dask.delayed(_block_stats, pure=True)
+    sum_fn = dask.delayed(_sum_block_stats, pure=True)
+    per_group = []
+    for g in range(len(bounds) - 1):
+        parts = [block_fn(xblocks[i], yblocks[i], c_dtype) for i in np.flatnonzero(group_of == g)]
+        while len(parts) > 1:
+            parts = [sum_fn(*parts[i : i + 4]) for i in range(0, len(parts), 4)]
+        if len(parts) == 1:
+            parts = [sum_fn(parts[0])]  # promote G to float64
+        per_group.append(parts[0])
+    return list(_compute(per_group, client=client, progress=progress, desc="statistics"))
+
+
+def _compute(objs, *, client=None, progress=False, desc=""):
+    """Compute dask objects locally or on ``client``, with an optional tqdm bar."""
+    if client is not None:
+        futures = client.compute(objs)
+        if progress:
+            from distributed import as_completed
+            from tqdm.auto import tqdm
+
+            for _ in tqdm(as_completed(futures), total=len(futures), desc=desc):
+                pass
+        return client.gather(futures)
+    if progress:
+        with _TqdmCallback(desc):
+            return dask.compute(*objs)
+    return dask.compute(*objs)
+
+
+class _TqdmCallback(dask.callbacks.Callback):
+    def __init__(self, desc=""):
+        super().__init__()
+        self._desc = desc
+        self._bar = None
+
+    def _start_state(self, dsk, state):
+        from tqdm.auto import tqdm
+
+        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
+        self._bar = tqdm(total=total, desc=self._desc)
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self._bar.update(1)
+
+    def _finish(self, dsk, state, errored):
+        if self._bar is not None:
+            self._bar.close()
