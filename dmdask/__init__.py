@@ -19,6 +19,10 @@ from .store import (  # noqa: E402
     write_block,
 )
 
+# Eager on purpose: importing the submodule ``dmdask.train`` would otherwise rebind the
+# package attribute ``train`` from the function to the module.
+from .train import TrainReport, train  # noqa: E402
+
 __all__ = [
     "KINDS",
     "DmdaskError",
@@ -26,6 +30,7 @@ __all__ = [
     "Job",
     "JobError",
     "StoreError",
+    "TrainReport",
     "WriteRefused",
     "__version__",
     "add_models",
@@ -40,10 +45,6 @@ __all__ = [
 
 def __getattr__(name):
     # heavier entry points import lazily (distributed, torch users)
-    if name == "train":
-        from .train import train
-
-        return train
     if name in ("import_madrylab", "export_madrylab"):
         from . import madrylab
 

@@ -95,7 +95,7 @@ def _client_for(scheduler: str | None, workers: int | None, threads: int | None)
 
     if scheduler:
         try:
-            return Client(scheduler, timeout="20s"), None
+            return Client(scheduler, timeout=config.get("train.connect-timeout", "20s")), None
         except OSError as e:
             raise DmdaskError(f"cannot reach dask scheduler at {scheduler} ({e})") from e
     workers = workers or config.get("train.workers") or os.cpu_count() or 1
