@@ -190,7 +190,9 @@ def test_sigkill_the_train_process_group_then_rerun(tmp_path, reference):
     proc.wait(30)
     done = _done(p)
     assert 0 < done < 96, done
-    dmdask.open_store(p).margin.values  # the store is readable as it is
+    ds = dmdask.open_store(p)  # readable as it is: completed rows whole, the rest NaN
+    comp = ds.completed.values
+    assert np.isfinite(ds.margin.values[comp]).all() and np.isnan(ds.margin.values[~comp]).all()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"trained {96 - done} models" in r.stdout
