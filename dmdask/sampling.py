@@ -4,9 +4,10 @@ Model ``i`` of a store with seed ``s`` always gets the same mask and training se
 block it is generated in, on whichever machine, in whichever order: a rerun, or a second store
 made with the same arguments, reproduces them bit for bit.
 
-* Mask randomness: a Philox generator keyed by ``(mix(s), i)`` draws ``u ~ U[0,1)^n_train``.
+* Mask randomness: a Philox bit generator keyed by ``(mix(s), i)`` draws ``n_train`` raw
+  uint64 words ``u`` (ties have probability ~n²/2⁶⁵, so the order is well defined).
 * ``sampling="fixed"`` (default; the paper's eq. 6): exactly ``k = floor(alpha*n_train + 1/2)``
-  ones, at the ``k`` smallest ``u``. ``sampling="bernoulli"``: ``mask = u < alpha``.
+  ones, at the ``k`` smallest ``u``. ``sampling="bernoulli"``: ``mask = u < alpha·2⁶⁴``.
 * Training seed: ``splitmix64(mix(s) ^ (i + 1))``, a uint64.
 """
 
@@ -65,12 +66,11 @@ def sample_masks(
     alpha = check_alpha(alpha)
     idx = np.asarray(indices, dtype=np.uint64).ravel()
     key0 = _mix(store_seed) ^ _MASK_STREAM
-    u = np.empty((idx.size, n_train), dtype=np.float64)
+    u = np.empty((idx.size, n_train), dtype=np.uint64)
     for r, i in enumerate(idx):
-        gen = np.random.Generator(np.random.Philox(key=np.array([key0, i], dtype=np.uint64)))
-        gen.random(out=u[r])
+        u[r] = np.random.Philox(key=np.array([key0, i], dtype=np.uint64)).random_raw(n_train)
     if sampling == "bernoulli":
-        return u < alpha
+        return u < np.uint64(min(int(alpha * 2.0**64), 2**64 - 1))
     k = subset_size(alpha, n_train)
     masks = np.zeros((idx.size, n_train), dtype=bool)
     if k >= n_train:

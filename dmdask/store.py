@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +397,10 @@ def add_models(
     stop = start + m
     _resize_models(group, stop)
     code = KIND_CODE[kind]
-    for s, e in _block_pieces(start, stop, block):
+    has_override = "train_label_override" in group
+
+    def write_piece(piece: tuple[int, int]) -> None:
+        s, e = piece
         r = slice(s - start, e - start)
         idx = np.arange(s, e)
         if masks is not None:
@@ -411,9 +415,17 @@ def add_models(
         group["replicate_of"][s:e] = rep[r] if rep is not None else -1
         group["margin"][s:e] = np.nan
         group["completed"][s:e] = False
-        if "train_label_override" in group:
+        if has_override:
             group["train_label_override"][s:e] = tl[r] if tl is not None else -1
         group["kind"][s:e] = code
+
+    # Each piece lies in its own chunk of every array, so pieces can be written concurrently.
+    pieces = list(_block_pieces(start, stop, block))
+    if len(pieces) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(pieces), os.cpu_count() or 1)) as pool:
+            list(pool.map(write_piece, pieces))
+    elif pieces:
+        write_piece(pieces[0])
     # commit: the rows exist for readers only once n_models says so
     meta["n_models"] = stop
     meta["additions"] = list(meta.get("additions", [])) + [
@@ -445,7 +457,10 @@ def write_block(
     """
     path = _path(path)
     group = _open_group(path, "r+")
-    meta = _meta_of(group, path)
+    _write_block_to(group, _meta_of(group, path), path, block, margins, job=job, start=start)
+
+
+def _write_block_to(group, meta, path, block, margins, *, job=None, start=None) -> None:
     where = f"{path} block {block}"
     if not isinstance(block, (int, np.integer)):
         raise WriteRefused(f"{path}: block index must be an int, got {block!r}")

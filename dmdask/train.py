@@ -22,7 +22,14 @@ import numpy as np
 
 from . import config, jobspec
 from .errors import DmdaskError, JobError, StoreError
-from .store import _meta_of, _open_group, block_range, incomplete_blocks, read_meta, write_block
+from .store import (
+    _meta_of,
+    _open_group,
+    _write_block_to,
+    block_range,
+    incomplete_blocks,
+    read_meta,
+)
 
 _JOBS: dict[str, Any] = {}
 _JOBS_LOCK = threading.Lock()
@@ -48,7 +55,7 @@ def _job_for(spec: dict[str, Any], fingerprint: str, store: str):
 
 def train_block_task(path: str, block: int, spec: dict[str, Any]) -> dict[str, Any]:
     """Train and write one block (runs on a worker). Returns timing for the coordinator."""
-    group = _open_group(path, "r")
+    group = _open_group(path, "r+")
     meta = _meta_of(group, path)
     if meta["job"] != spec:
         raise JobError(f"{path}: store job is {meta['job']}, this task was sent {spec}")
@@ -68,7 +75,7 @@ def train_block_task(path: str, block: int, spec: dict[str, Any]) -> dict[str, A
     if not isinstance(margins, np.ndarray):
         raise JobError(f"{path} block {block}: job {spec['path']}.train_block returned "
                        f"{type(margins).__name__}, not a numpy array")
-    write_block(path, block, margins, job=spec, start=start)
+    _write_block_to(group, meta, path, block, margins, job=spec, start=start)
     return {"block": block, "models": stop - start, "seconds": seconds, "pid": os.getpid()}
 
 
