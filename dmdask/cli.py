@@ -219,7 +219,8 @@ def import_(src_dir, store, alpha, block_size, margins_key, progress):
 @main.command()
 @click.argument("store", type=click.Path(exists=True))
 @click.argument("dst_dir", type=click.Path())
-@click.option("--margins-key", default="margins", show_default=True)
+@click.option("--margins-key", default=None,
+              help="Name of the margins file (default: the key recorded at import, else 'margins').")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
 def export(store, dst_dir, margins_key, progress):

@@ -1,0 +1,105 @@
+"""The `dmdask` command line: help, refusals as one line, and the commands end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import dmdask
+from dmdask.cli import main
+
+COMMANDS = ["init", "add", "train", "info", "import", "export", "quickstart"]
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dmdask.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_explains_itself(cmd):
+    r = CliRunner().invoke(main, [cmd, "--help"])
+    assert r.exit_code == 0
+    doc = r.output.split("Options:")[0]
+    assert len(doc.split()) > 12  # a real explanation, not just a usage line
+    for opt in r.output.split("Options:")[1].splitlines():
+        if opt.strip().startswith("--") and "--help" not in opt and "/--no-" not in opt:
+            assert len(opt.split()) >= 2, opt  # every option says something
+
+
+def test_top_level_help_lists_commands():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0 and all(c in r.output for c in COMMANDS)
+
+
+def test_refusals_are_one_line_without_traceback(tmp_path):
+    p = tmp_path / "s"
+    r = run("init", p, "--job", "testjobs:RidgeDigits", "-n", 8)
+    assert r.returncode == 0, r.stderr
+    cases = [
+        ("init", p, "--job", "testjobs:RidgeDigits", "-n", 8, "--seed", 5),  # other seed
+        ("init", tmp_path / "t", "--job", "os:getcwd"),                       # not a job
+        ("init", tmp_path / "t", "--job", "testjobs:RidgeDigits", "--alpha", 1.5),
+        ("add", p, "--kind", "replicate", "--of", "0:99"),                   # no such models
+        ("info", tmp_path),                                                  # not a store
+    ]
+    for args in cases:
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dmdask: error: "), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_init_add_train_info(tmp_path):
+    p = tmp_path / "s"
+    r = CliRunner().invoke(main, ["init", str(p), "--job", "testjobs:RidgeDigits", "-n", "20",
+                                  "--param", "n_train=60", "--block-size", "8"])
+    assert r.exit_code == 0, r.output
+    assert "20 models (20 to train) x 60 training examples x 40 targets" in r.output
+    r = CliRunner().invoke(main, ["add", str(p), "--kind", "heldout", "-n", "6"])
+    assert r.exit_code == 0 and "added 6 heldout models (indices 20..25)" in r.output
+    r = CliRunner().invoke(main, ["add", str(p), "--kind", "replicate", "--of", "heldout",
+                                  "--times", "2"])
+    assert r.exit_code == 0 and "added 12 replicate models" in r.output
+    r = run("train", p, "--workers", "1", "--no-progress")
+    assert r.returncode == 0 and "trained 38 models" in r.stdout, r.stderr
+    assert "dashboard: http" in r.stderr
+    r = CliRunner().invoke(main, ["info", str(p), "--json"])
+    info = json.loads(r.output)
+    assert info["kinds"]["replicate"] == {"models": 12, "done": 12, "pending": 0, "alphas": [0.5]}
+    assert info["pending"] == 0 and info["n_models"] == 38
+    ds = dmdask.open_store(p)
+    rep = ds.sel(model=(ds.kind == "replicate").values)
+    np.testing.assert_array_equal(rep.mask.values, ds.mask.values[np.repeat(np.arange(20, 26), 2)])
+    r = CliRunner().invoke(main, ["info", str(p)])
+    assert "stored bits per entry" in r.output and "heldout" in r.output
+
+
+def test_quickstart_on_a_small_job(tmp_path):
+    r = run("quickstart", "--dir", tmp_path / "q", "-n", 48, "--job", "testjobs:RidgeDigits",
+            "--workers", 1, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
+    assert ds.completed.values.sum() >= 48
+    r2 = run("quickstart", "--dir", tmp_path / "q", "-n", 48, "--job", "testjobs:RidgeDigits",
+             "--workers", 1, "--no-progress")
+    assert r2.returncode == 0 and "trained" not in r2.stdout.split("[2/")[0]  # resumed, no work
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+def test_quickstart_default_job(tmp_path):
+    r = run("quickstart", "--dir", tmp_path / "q", "-n", 512, "--no-progress", timeout=900)
+    assert r.returncode == 0, r.stderr
+    ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
+    assert ds.attrs["dmdask"]["job"]["path"] == "jobs.digits:DigitsMLP"
+    rnd = ds.sel(model=(ds.kind == "random").values)
+    assert rnd.completed.values.all() and rnd.sizes["model"] == 512
+    acc = (rnd.margin.values > 0).mean()
+    assert acc > 0.9  # half-data digits MLPs classify most test digits correctly
