@@ -20,7 +20,10 @@ Conventions (REFERENCE.md §1, shared by all solvers):
 * refit on all fitting rows at the chosen λ (standardised with their μ, σ);
 * per-target rows: a row is unused for target t if ``Y[i, t]`` is NaN, or, when
   ``target_train_index[t] = j ≥ 0``, if ``X[i, j] = 1`` (paper eq. 9; then ``weight[t, j] = 0``).
-  Solvers with ``per_target_rows = False`` refuse such targets (``UnsupportedTargets``).
+  The split stays defined by row position over *all* n rows (validation = rows
+  ``[0, holdout_size(n, val_fraction))``); an unused row simply drops out of the split it is in,
+  and ``n_rows[t]`` counts the used fitting rows. Solvers with ``per_target_rows = False``
+  refuse such targets (``UnsupportedTargets``).
 """
 
 from __future__ import annotations

@@ -88,6 +88,42 @@ class _Problem:
         self.method = method
         self.cd_block = cd_block
         self._L = None
+        # Fixed-size subsets: X̃_c σ = X_c 1 = 0, so Q σ = 0 exactly and w̃ → w̃ + tσ changes
+        # only the L1 term (REFERENCE §0, §1 checks). CD and FISTA crawl along such a flat
+        # direction; an exact line search along it (a weighted median) removes the crawl.
+        self.gauge = None
+
+    def set_gauge(self, sigma):
+        """Use σ as the null direction when Qσ vanishes (fixed-size sampling)."""
+        xp = self.xp
+        v = xp.where(self.usable, sigma, 0.0)
+        nv = float(xp.linalg.norm(v))
+        if nv > 0 and float(xp.linalg.norm(self.Q @ v)) <= 1e-9 * nv:
+            self.gauge = v
+        return self
+
+    def gauge_shift(self, W, U):
+        """Move W (rows U of the full vector; U must hold every usable coordinate) along the
+        null direction to the L1-minimal point: t* = weighted median of −w_j/v_j, weights v_j."""
+        xp = self.xp
+        v = self.gauge[U]
+        keep = v > 0
+        if not bool(keep.all()):
+            vv = v[keep]
+            W[keep] = self._shift(W[keep], vv)
+            return W
+        return self._shift(W, v)
+
+    def _shift(self, W, v):
+        xp = self.xp
+        a = -W / v[:, None]
+        order = xp.argsort(a, axis=0)
+        a_s = xp.take_along_axis(a, order, axis=0)
+        cw = xp.cumsum(v[order], axis=0)
+        half = cw[-1] / 2
+        idx = xp.argmax(cw >= half[None, :], axis=0)
+        t = a_s[idx, xp.arange(W.shape[1])]
+        return W + v[:, None] * t[None, :]
 
     @property
     def L(self):
@@ -104,7 +140,7 @@ class _Problem:
         return q - self.Q[:, U] @ W[U]
 
     # ------------------------------------------------------------------ inner solvers
-    def _cd(self, QU, dU, qU, CU, WU, lam, yv, thr, cinf_out, max_sweeps):
+    def _cd(self, QU, dU, qU, CU, WU, lam, yv, thr, cinf_out, max_sweeps, full_U=None):
         xp = self.xp
         u = QU.shape[0]
         m = self.cd_block
@@ -127,12 +163,15 @@ class _Problem:
                     cB -= QBB[:, k : k + 1] * dlt[None, :]
                 D = WU[b0:b1] - Wold
                 CU -= QU[:, b0:b1] @ D
+            if self.gauge is not None and full_U is not None:
+                WU = self.gauge_shift(WU, full_U)
             cinf = xp.maximum(xp.abs(CU).max(axis=0), cinf_out)
             if bool((_gap(yv, lam, WU, CU, qU, cinf) <= thr).all()):
                 break
         return WU, CU, sweeps
 
-    def _fista(self, QU, dU, qU, CU, WU, lam, yv, thr, cinf_out, max_iter, check_every=5):
+    def _fista(self, QU, dU, qU, CU, WU, lam, yv, thr, cinf_out, max_iter, full_U=None,
+               check_every=5):
         xp = self.xp
         L = self.L
         x = WU
@@ -149,6 +188,10 @@ class _Problem:
             y = xn + mom[None, :] * (xn - x)
             x, t = xn, tn
             if it % check_every == 0:
+                if self.gauge is not None and full_U is not None:
+                    x = self.gauge_shift(x, full_U)
+                    y = x.copy()
+                    t = xp.ones(x.shape[1])
                 CU = qU - QU @ x
                 cinf = xp.maximum(xp.abs(CU).max(axis=0), cinf_out)
                 if bool((_gap(yv, lam, x, CU, qU, cinf) <= thr).all()):
@@ -174,12 +217,10 @@ class _Problem:
                 cinf_out = (xp.abs(C[out]).max(axis=0) if out.size else
                             xp.zeros(q.shape[1]))
                 budget = max(max_iter - total, 1)
-                if self.method == "cd":
-                    WU, _, it = self._cd(QU, self.diag[U], q[U], C[U].copy(), W[U].copy(), lam,
-                                         yv, thr, cinf_out, budget)
-                else:
-                    WU, _, it = self._fista(QU, self.diag[U], q[U], C[U].copy(), W[U].copy(),
-                                            lam, yv, thr, cinf_out, budget)
+                full_U = U if int(self.usable[U].sum()) == int(self.usable.sum()) else None
+                inner = self._cd if self.method == "cd" else self._fista
+                WU, _, it = inner(QU, self.diag[U], q[U], C[U].copy(), W[U].copy(), lam, yv,
+                                  thr, cinf_out, budget, full_U=full_U)
                 total += it
                 W[U] = WU
             C = self.corr(q, W)
@@ -392,8 +433,9 @@ def solve_from_stats(
     else:
         tr_stats = [full - g for g in groups]
         val_stats = list(groups)
-    tr_probs = [_Problem(_std_gram(st), method, cd_block) for st in tr_stats]
-    full_prob = _Problem(_std_gram(full), method, cd_block)
+    tr_probs = [_Problem(_std_gram(st), method, cd_block).set_gauge(st.sigma)
+                for st in tr_stats]
+    full_prob = _Problem(_std_gram(full), method, cd_block).set_gauge(full.sigma)
     T = full.n_targets
     tb = int(options.target_block_size or config.get("solve.target-block-size", 512))
     blocks = [np.arange(i, min(i + tb, T)) for i in range(0, T, tb)]

@@ -1,0 +1,253 @@
+"""``fit_datamodels``: from a run store to the datamodels Dataset (DESIGN.md, issue 4).
+
+Which models: ``kind == "random"``, completed, of one α (``alpha=`` picks when the store holds
+several). Held-out, replicate and counterfactual models are never used. Rows are the fitting
+models in model-index order; the holdout validates on the first ``val_fraction`` of them, CV
+uses ``folds`` contiguous folds (:mod:`dmdask.solve.base`).
+
+Which solver (``solver="auto"``): targets whose rows are shared by all (no NaN margin among the
+fitting models, not a training example) go to the Gram solver; the others — NaN margins, and
+training-example targets, which use only the models that exclude them (paper eq. 9) — go to
+the streaming solver ``dmdask.solve.saga`` (holdout selection). ``solver="gram"`` refuses such
+targets with an error naming them; ``solver="saga"`` sends every target to the streaming solver.
+
+Which selection (``selection="auto"``): K-fold CV when the holdout would have fewer than
+``dmdask.solve.auto-cv-below`` validation models, else the holdout. The threshold was measured
+on planted problems by ``benchmarks/bench_solve.py --crossover`` (see
+``benchmarks/RESULTS_solve.md``): below it, the 10% holdout's chosen λ costs measurably more
+prediction error than CV's; above it the two agree and the holdout is K times cheaper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import config
+from .errors import DmdaskError, InputError
+from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
+from .solve.grid import holdout_size
+
+__all__ = ["fit_datamodels", "save_datamodels", "select_models", "choose_selection"]
+
+SOLVER_CODES = ("gram", "saga")
+
+
+def _versions() -> dict[str, str]:
+    import dask
+    import numpy
+    import scipy
+    import zarr
+
+    from . import __version__
+
+    return {"dmdask": __version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
+            "dask": dask.__version__, "xarray": xr.__version__, "zarr": zarr.__version__}
+
+
+def select_models(ds: xr.Dataset, alpha: float | None = None) -> tuple[np.ndarray, float]:
+    """Positions of the fitting models (``kind == "random"``, completed, one α), ascending,
+    and that α. Several α and ``alpha=None`` is an error listing them."""
+    kind = np.asarray(ds["kind"].values).astype(str)
+    done = np.asarray(ds["completed"].values).astype(bool)
+    alphas = np.asarray(ds["alpha"].values, dtype=np.float64)
+    ok = (kind == "random") & done
+    if not ok.any():
+        raise InputError("no completed models of kind 'random' to fit datamodels on")
+    present = np.unique(np.round(alphas[ok], 6))
+    if alpha is None:
+        if present.size > 1:
+            raise InputError(
+                f"the store holds random models of several alpha values {present.tolist()}; "
+                "pick one with alpha=… (--alpha)")
+        alpha = float(present[0])
+    sel = ok & np.isclose(alphas, alpha, rtol=0, atol=1e-6)
+    if not sel.any():
+        raise InputError(f"no completed random models with alpha={alpha}; present: "
+                         f"{present.tolist()}")
+    return np.flatnonzero(sel), float(alpha)
+
+
+def choose_selection(selection: str, n_models: int, val_fraction: float) -> str:
+    """Resolve ``selection="auto"``: CV when the holdout would have fewer than
+    ``dmdask.solve.auto-cv-below`` validation models, else the holdout."""
+    if selection in ("holdout", "cv"):
+        return selection
+    if selection != "auto":
+        raise InputError(f"selection must be 'auto', 'holdout' or 'cv', not {selection!r}")
+    below = int(config.get("solve.auto-cv-below", 2000))
+    return "cv" if holdout_size(n_models, val_fraction) < below else "holdout"
+
+
+def _open(ds_or_path) -> xr.Dataset:
+    if isinstance(ds_or_path, xr.Dataset):
+        return ds_or_path
+    if isinstance(ds_or_path, (str, os.PathLike)):
+        from .store import open_store
+
+        return open_store(ds_or_path)
+    raise InputError(f"expected a run-store Dataset or path, not {type(ds_or_path).__name__}")
+
+
+def fit_datamodels(
+    ds,
+    *,
+    alpha: float | None = None,
+    selection: str = "auto",
+    folds: int = 5,
+    val_fraction: float = 0.1,
+    n_lambdas: int = 30,
+    lambda_ratio: float = 1e-3,
+    solver: str = "auto",
+    targets=None,
+    client=None,
+    tol: float = 1e-6,
+    max_iter: int = 5000,
+    early_stop: bool = False,
+    progress: bool = False,
+) -> xr.Dataset:
+    """Fit one sparse linear datamodel per target; return the datamodels Dataset.
+
+    ``ds``: a run-store Dataset (:func:`dmdask.open_store`, or any Dataset with its schema) or
+    a store path. ``targets``: positions along ``target`` (default all). ``solver``: ``auto``
+    (Gram where rows are shared, streaming SAGA elsewhere), ``gram`` or ``saga``. See the
+    module docstring for models, selection and routing; ``tol`` is the relative duality-gap
+    tolerance, ``early_stop`` the fast_l1 validation early stop.
+
+    Returns variables ``weight(target, train)`` float32 in raw-mask space (prediction =
+    mask @ weight + bias), ``bias``, ``lam`` (standardised-space λ), ``val_mse``,
+    ``lambdas(target, lam_index)``, ``val_mse_path``, ``n_models``, ``n_iter``, ``converged``,
+    ``solver`` (code into ``attrs['solver_codes']``), the store's coordinates, and provenance
+    attributes.
+    """
+    t0 = time.perf_counter()
+    ds = _open(ds)
+    if solver not in ("auto", "gram", "saga"):
+        raise InputError(f"solver must be 'auto', 'gram' or 'saga', not {solver!r}")
+    rows, alpha = select_models(ds, alpha)
+    n = rows.size
+    n_target = ds.sizes["target"]
+    tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
+    if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
+        raise InputError(f"targets must be positions in [0, {n_target})")
+    sel_kind = choose_selection(selection, n, val_fraction)
+    X = ds["mask"].data[rows]
+    Y = ds["margin"].data[rows][:, tpos]
+    if "target_train_index" in ds.coords:
+        tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
+    else:
+        tti = np.full(tpos.size, -1, np.int64)
+    import dask.array as da
+
+    from .stats import _compute
+
+    has_nan = np.asarray(_compute([da.isnan(Y).any(axis=0)], client=client)[0])
+    own_rows = has_nan | (tti >= 0)
+    if solver == "gram" and own_rows.any():
+        bad = tpos[own_rows]
+        why = "NaN margins" if has_nan.any() else "training-example targets"
+        raise UnsupportedTargets(
+            f"solver='gram' needs targets that share rows; {bad.size} target(s) have their "
+            f"own rows ({why}), e.g. {bad[:10].tolist()}; use solver='auto' or 'saga'")
+    options = PathOptions(n_lambdas=n_lambdas, lambda_ratio=lambda_ratio, tol=tol,
+                          max_iter=max_iter, early_stop=early_stop, progress=progress)
+    gram_t = np.flatnonzero(~own_rows) if solver != "saga" else np.zeros(0, np.int64)
+    saga_t = np.setdiff1d(np.arange(tpos.size), gram_t)
+    parts: list[tuple[np.ndarray, PathResult]] = []
+    if gram_t.size:
+        split = Split(sel_kind, val_fraction=val_fraction, folds=folds)
+        res = get_solver("gram").fit(X, Y[:, gram_t], split=split, options=options,
+                                     client=client)
+        parts.append((gram_t, res))
+    if saga_t.size:
+        try:
+            saga = get_solver("saga")
+        except DmdaskError as e:
+            raise DmdaskError(f"{saga_t.size} target(s) need the streaming solver: {e}") from e
+        split = Split("holdout", val_fraction=val_fraction, folds=folds)
+        res = saga.fit(X, Y[:, saga_t], split=split, options=options,
+                       target_train_index=tti[saga_t], client=client)
+        parts.append((saga_t, res))
+    return _build_dataset(ds, rows, tpos, parts, alpha=alpha, selection=sel_kind,
+                          options=dict(selection_requested=selection, folds=folds,
+                                       val_fraction=val_fraction, n_lambdas=n_lambdas,
+                                       lambda_ratio=lambda_ratio, solver_requested=solver,
+                                       tol=tol, max_iter=max_iter, early_stop=early_stop),
+                          seconds=time.perf_counter() - t0)
+
+
+def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds):
+    T = tpos.size
+    d = ds.sizes["train"]
+    L = max(p.lambdas.shape[1] for _, p in parts)
+    weight = np.zeros((T, d), np.float32)
+    out = {k: np.full(T, np.nan) for k in ("bias", "lam", "val_mse")}
+    lambdas = np.full((T, L), np.nan)
+    vpath = np.full((T, L), np.nan)
+    n_rows = np.zeros(T, np.int64)
+    n_iter = np.zeros(T, np.int64)
+    conv = np.zeros(T, bool)
+    code = np.zeros(T, np.int8)
+    for idx, p in parts:
+        weight[idx] = p.weight
+        out["bias"][idx] = p.bias
+        out["lam"][idx] = p.lam
+        out["val_mse"][idx] = p.val_mse
+        lambdas[idx, : p.lambdas.shape[1]] = p.lambdas
+        vpath[idx, : p.val_mse_path.shape[1]] = p.val_mse_path
+        n_rows[idx] = p.n_rows
+        n_iter[idx] = p.n_iter
+        conv[idx] = p.converged
+        code[idx] = SOLVER_CODES.index(p.solver.split("+")[0]) if p.solver else 0
+    coords: dict[str, Any] = {"target": ds["target"].values[tpos], "train": ds["train"].values}
+    for c in ("target_label", "target_train_index"):
+        if c in ds.coords:
+            coords[c] = ("target", np.asarray(ds[c].values)[tpos])
+    if "train_label" in ds.coords:
+        coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
+    model_ids = np.asarray(ds["model"].values)[rows].astype(np.int64)
+    src = ds.attrs.get("dmdask", {})
+    attrs = {
+        "dmdask_datamodels": 1,
+        "store": str(src.get("path", "")) if isinstance(src, dict) else "",
+        "alpha": alpha,
+        "selection": selection,
+        "n_models": int(rows.size),
+        "model_first": int(model_ids[0]),
+        "model_last": int(model_ids[-1]),
+        "model_sha1": hashlib.sha1(model_ids.tobytes()).hexdigest(),
+        "solver_codes": list(SOLVER_CODES),
+        "solvers_used": sorted({SOLVER_CODES[c] for c in np.unique(code)}),
+        "seconds": float(seconds),
+        "versions": _versions(),
+        **{f"opt_{k}": v for k, v in options.items()},
+    }
+    data = {
+        "weight": (("target", "train"), weight,
+                   {"description": "raw-mask space: prediction = mask @ weight + bias"}),
+        "bias": ("target", out["bias"]),
+        "lam": ("target", out["lam"], {"description": "chosen λ, standardised space, 1/(2n)"}),
+        "val_mse": ("target", out["val_mse"]),
+        "lambdas": (("target", "lam_index"), lambdas),
+        "val_mse_path": (("target", "lam_index"), vpath),
+        "n_models": ("target", n_rows),
+        "n_iter": ("target", n_iter),
+        "converged": ("target", conv),
+        "solver": ("target", code, {"flag_values": list(range(len(SOLVER_CODES))),
+                                    "flag_meanings": " ".join(SOLVER_CODES)}),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def save_datamodels(dm: xr.Dataset, path, *, overwrite: bool = False) -> str:
+    """Write a datamodels Dataset as a Zarr store readable with ``xr.open_zarr``."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path}: already exists (overwrite=True replaces it)")
+    dm.to_zarr(path, mode="w", consolidated=False)
+    return path

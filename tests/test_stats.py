@@ -1,0 +1,155 @@
+"""dmdask.stats: one-pass sufficient statistics equal brute force, are additive, and do not
+depend on chunking or on the number of dask workers."""
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from dmdask.solve.base import Split, UnsupportedTargets
+from dmdask.stats import SufficientStats, compute_stats, group_bounds_for
+
+
+def _problem(n=300, d=17, T=4, seed=0, fixed=False):
+    rng = np.random.default_rng(seed)
+    if fixed:
+        X = np.argsort(rng.random((n, d)), axis=1) < d // 3
+    else:
+        X = rng.random((n, d)) < 0.4
+    Y = (X @ rng.standard_normal((d, T)) + rng.standard_normal((n, T)) + 5).astype(np.float32)
+    return X, Y
+
+
+def _brute(X, Y):
+    Xf = X.astype(np.float64)
+    Yf = Y.astype(np.float64)
+    return Xf.T @ Xf, Xf.sum(0), Xf.T @ Yf, Yf.sum(0), (Yf**2).sum(0)
+
+
+def _check(st, X, Y):
+    G, s, C, sy, syy = _brute(X, Y)
+    assert st.n == X.shape[0]
+    np.testing.assert_array_equal(st.G, G)  # exact
+    np.testing.assert_array_equal(st.s, s)
+    np.testing.assert_allclose(st.C, C, rtol=1e-12)
+    np.testing.assert_allclose(st.sy, sy, rtol=1e-12)
+    np.testing.assert_allclose(st.syy, syy, rtol=1e-12)
+
+
+def test_equals_brute_force_per_group():
+    X, Y = _problem()
+    bounds = [0, 31, 200, 300]
+    groups = compute_stats(X, Y, bounds, row_block_size=64)
+    assert len(groups) == 3
+    for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        _check(groups[g], X[a:b], Y[a:b])
+    assert groups[0].G.dtype == np.float64
+
+
+def test_additive_and_complement():
+    X, Y = _problem(seed=1)
+    folds = compute_stats(X, Y, group_bounds_for(300, Split("cv", folds=4)), row_block_size=50)
+    total = compute_stats(X, Y, row_block_size=1000)[0]
+    summed = SufficientStats.sum(folds)
+    np.testing.assert_array_equal(summed.G, total.G)
+    np.testing.assert_allclose(summed.C, total.C, rtol=1e-12)
+    comp = total - folds[2]
+    _check(comp, np.concatenate([X[:150], X[225:]]), np.concatenate([Y[:150], Y[225:]]))
+
+
+@pytest.mark.parametrize("chunks,row_block", [((7, 17), 13), ((300, 17), 300), ((64, 5), 1)])
+def test_independent_of_chunking(chunks, row_block):
+    X, Y = _problem(seed=2)
+    ref = compute_stats(X, Y, [0, 30, 300], row_block_size=8192)
+    got = compute_stats(da.from_array(X, chunks=chunks), da.from_array(Y, chunks=(11, 2)),
+                        [0, 30, 300], row_block_size=row_block)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(a.G, b.G)
+        np.testing.assert_allclose(a.C, b.C, rtol=1e-13)
+        np.testing.assert_allclose(a.syy, b.syy, rtol=1e-13)
+
+
+def test_float32_c_is_close():
+    X, Y = _problem(seed=3)
+    a = compute_stats(X, Y, c_dtype="float32")[0]
+    b = compute_stats(X, Y, c_dtype="float64")[0]
+    np.testing.assert_array_equal(a.G, b.G)
+    np.testing.assert_allclose(a.C, b.C, rtol=1e-5)
+
+
+def test_mse_formula_equals_direct():
+    X, Y = _problem(seed=4)
+    st = compute_stats(X, Y)[0]
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((Y.shape[1], X.shape[1]))
+    b = rng.standard_normal(Y.shape[1]) * 3
+    direct = ((X @ W.T + b - Y.astype(np.float64)) ** 2).mean(0)
+    np.testing.assert_allclose(st.mse(W, b), direct, rtol=1e-10)
+
+
+def test_standardised_matches_brute_force():
+    X, Y = _problem(seed=5)
+    st = compute_stats(X, Y)[0]
+    Q, q, yv, mu, sigma, ybar = st.standardised()
+    Xf = X.astype(np.float64)
+    Xs = (Xf - Xf.mean(0)) / Xf.std(0)
+    Yc = Y - Y.astype(np.float64).mean(0)
+    n = X.shape[0]
+    np.testing.assert_allclose(Q, Xs.T @ Xs / n, atol=1e-12)
+    np.testing.assert_allclose(q, Xs.T @ Yc / n, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(yv, (Yc**2).mean(0), rtol=1e-9)
+    np.testing.assert_allclose(sigma, Xf.std(0), rtol=1e-12)
+
+
+def test_fixed_size_gauge_null_vector():
+    # fixed-size masks: X_c 1 = 0, so the standardised Gram has σ as an exact null vector
+    X, Y = _problem(seed=6, fixed=True)
+    st = compute_stats(X, Y)[0]
+    Q, *_, sigma, _ = st.standardised()
+    assert np.linalg.norm(Q @ sigma) < 1e-10 * np.linalg.norm(sigma)
+    X2, Y2 = _problem(seed=6, fixed=False)
+    Q2, *_, sigma2, _ = compute_stats(X2, Y2)[0].standardised()
+    assert np.linalg.norm(Q2 @ sigma2) > 1e-3 * np.linalg.norm(sigma2)
+
+
+def test_constant_column_has_zero_sigma():
+    X, Y = _problem(seed=7)
+    X[:, 3] = True
+    X[:, 5] = False
+    st = compute_stats(X, Y)[0]
+    Q, q, *_ = st.standardised()
+    assert st.sigma[3] == 0 and st.sigma[5] == 0
+    assert not Q[3].any() and not q[5].any()
+
+
+def test_nan_outputs_are_refused():
+    X, Y = _problem(seed=8)
+    Y[10, 1] = np.nan
+    with pytest.raises(UnsupportedTargets, match="NaN"):
+        compute_stats(X, Y)
+
+
+def test_bad_bounds():
+    X, Y = _problem()
+    with pytest.raises(Exception, match="bounds"):
+        compute_stats(X, Y, [0, 50, 50, 300])
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster:
+        with distributed.Client(cluster) as c:
+            yield c
+
+
+@pytest.mark.cluster
+def test_independent_of_workers(client):
+    X, Y = _problem(n=500, seed=9)
+    ref = compute_stats(X, Y, [0, 50, 500], row_block_size=500)
+    got = compute_stats(da.from_array(X, chunks=(40, 17)), Y, [0, 50, 500], row_block_size=37,
+                        client=client)
+    assert len(client.scheduler_info()["workers"]) == 2
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(a.G, b.G)
+        np.testing.assert_allclose(a.C, b.C, rtol=1e-13)
