@@ -105,7 +105,6 @@ class _Problem:
     def gauge_shift(self, W, U):
         """Move W (rows U of the full vector; U must hold every usable coordinate) along the
         null direction to the L1-minimal point: t* = weighted median of −w_j/v_j, weights v_j."""
-        xp = self.xp
         v = self.gauge[U]
         keep = v > 0
         if not bool(keep.all()):
@@ -346,7 +345,7 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
     conv = np.ones(T, dtype=bool)
     vals = []
     W_warm = None
-    for k, (prob, st, vst) in enumerate(zip(tr_probs, tr_stats, val_stats, strict=True)):
+    for _k, (prob, st, vst) in enumerate(zip(tr_probs, tr_stats, val_stats, strict=True)):
         _, q_tr, yv_tr, mu, sig, ybar = _std_targets(st, cols)
         fn = _val_fn(vst, mu, sig, ybar, cols)
         res = gram_path(prob, q_tr, yv_tr, lam_x, tol=tol, max_iter=max_iter,

@@ -1,0 +1,236 @@
+"""The Gram solver against scikit-learn, KKT/duality gap at every path point, λ_max, and
+λ selection (holdout, CV) against brute-force loops and LassoCV."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.linear_model import Lasso, LassoCV
+from sklearn.model_selection import KFold
+
+from dmdask.solve.base import PathOptions, Split
+from dmdask.solve.gram import (
+    GramSolver,
+    _gap,
+    _Problem,
+    _std_gram,
+    _std_targets,
+    gram_path,
+    lambda_max,
+    solve_from_stats,
+)
+from dmdask.solve.grid import fold_bounds, holdout_size, lambda_grid, select_lambda
+from dmdask.stats import compute_stats, group_bounds_for
+
+METHODS = ["cd", "fista"]
+
+
+def _problem(n=400, d=30, T=3, seed=0, fixed=False, k=5, noise=1.0):
+    rng = np.random.default_rng(seed)
+    if fixed:
+        X = np.argsort(rng.random((n, d)), axis=1) < d // 2
+    else:
+        X = rng.random((n, d)) < 0.5
+    W = np.zeros((d, T))
+    for t in range(T):
+        W[rng.choice(d, k, replace=False), t] = rng.standard_normal(k)
+    Y = X @ W + noise * rng.standard_normal((n, T)) + 2.0
+    return X, Y
+
+
+def _standardise(X):
+    Xf = X.astype(np.float64)
+    mu = Xf.mean(0)
+    sd = Xf.std(0)
+    return (Xf - mu) / np.where(sd > 0, sd, 1.0), mu, sd
+
+
+def _path(X, Y, method, n_lambdas=12, ratio=1e-2, tol=1e-12, fixed_gauge=True):
+    """Every path point (W_std per λ) of the full-data problem."""
+    st = compute_stats(X, Y)[0]
+    prob = _Problem(_std_gram(st), method, 8)
+    if fixed_gauge:
+        prob.set_gauge(st.sigma)
+    _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+    lams = lambda_grid(lambda_max(q), n_lambdas, ratio)
+    points = []
+
+    def record(W, idx):
+        points.append(W.copy())
+        return np.zeros(len(idx))
+
+    res = gram_path(prob, q, yv, lams, tol=tol, max_iter=100000, val_fn=record)
+    return st, prob, q, yv, lams, points, res
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fixed", [False, True])
+def test_matches_sklearn_along_path(method, fixed):
+    X, Y = _problem(seed=1, fixed=fixed)
+    st, prob, q, yv, lams, points, res = _path(X, Y, method)
+    assert res["converged"].all()
+    Xs, mu, sd = _standardise(X)
+    for li in range(0, lams.shape[1], 3):
+        for t in range(Y.shape[1]):
+            m = Lasso(alpha=lams[t, li], tol=1e-14, max_iter=200000).fit(Xs, Y[:, t])
+            w = points[li][:, t]
+            scale = max(np.abs(m.coef_).max(), 1e-12)
+            assert np.abs(w - m.coef_).max() <= 1e-4 * scale, (li, t)
+            # raw-space predictions agree with standardised ones
+            wr = np.where(sd > 0, w / np.where(sd > 0, sd, 1), 0)
+            br = Y[:, t].mean() - mu @ wr
+            np.testing.assert_allclose(X @ wr + br, m.predict(Xs), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_kkt_and_gap_at_every_path_point(method):
+    X, Y = _problem(seed=2, n=300, d=25, fixed=True)
+    tol = 1e-10
+    st, prob, q, yv, lams, points, res = _path(X, Y, method, n_lambdas=15, ratio=1e-3, tol=tol)
+    Xs, *_ = _standardise(X)
+    n = X.shape[0]
+    Yc = Y - Y.mean(0)
+    for li, W in enumerate(points):
+        for t in range(Y.shape[1]):
+            lam = lams[t, li]
+            r = Yc[:, t] - Xs @ W[:, t]
+            g = Xs.T @ r / n
+            act = W[:, t] != 0
+            kkt_tol = 1e-4 * lams[t, 0]
+            assert np.all(np.abs(g[act] - lam * np.sign(W[act, t])) <= kkt_tol)
+            assert np.all(np.abs(g[~act]) <= lam * (1 + 1e-4) + 1e-12)
+            assert abs(r.sum()) <= 1e-8 * np.abs(Yc[:, t]).sum()
+            # duality gap from the statistics equals the brute-force gap and meets tol
+            C = q[:, t] - prob.Q @ W[:, t]
+            gap = _gap(yv[t], lam, W[:, t:t + 1], C[:, None], q[:, t:t + 1],
+                       np.abs(C).max())[0]
+            P = (r @ r) / (2 * n) + lam * np.abs(W[:, t]).sum()
+            theta = r / max(n * lam, np.abs(Xs.T @ r).max())
+            D = (Yc[:, t] @ Yc[:, t]) / (2 * n) - n * lam**2 / 2 * np.sum(
+                (theta - Yc[:, t] / (n * lam)) ** 2)
+            assert gap == pytest.approx(P - D, abs=1e-9 * yv[t])
+            assert gap <= tol * yv[t] / 2 * (1 + 1e-6) + 1e-15
+
+
+def test_lambda_max():
+    X, Y = _problem(seed=3)
+    st = compute_stats(X, Y)[0]
+    prob = _Problem(_std_gram(st), "cd", 8)
+    _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+    lm = lambda_max(q)
+    Xs, *_ = _standardise(X)
+    np.testing.assert_allclose(lm, np.abs(Xs.T @ (Y - Y.mean(0))).max(0) / X.shape[0],
+                               rtol=1e-10)
+    for factor, zero in [(1 + 1e-9, True), (1 - 1e-3, False)]:
+        lam = lm * factor
+        W = np.zeros_like(q)
+        W, C, _, conv = prob.solve(q, yv, lam, W, q.copy(), lam, 1e-12, 10000)
+        assert conv.all()
+        assert (~W.any(axis=0)).all() if zero else W.any(axis=0).all()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(20, 120), d=st.integers(2, 15), seed=st.integers(0, 10**6),
+       fixed=st.booleans(), lam_frac=st.floats(1e-3, 1.0))
+def test_property_kkt_random_problems(n, d, seed, fixed, lam_frac):
+    X, Y = _problem(n=n, d=d, T=2, seed=seed, fixed=fixed and d >= 4, k=min(2, d))
+    st_ = compute_stats(X, Y)[0]
+    prob = _Problem(_std_gram(st_), "cd", 4).set_gauge(st_.sigma)
+    _, q, yv, *_ = _std_targets(st_, np.arange(2))
+    lam = lambda_max(q) * lam_frac
+    W, C, _, conv = prob.solve(q, yv, lam, np.zeros_like(q), q.copy(), lambda_max(q), 1e-10,
+                               200000)
+    assert conv.all()
+    Xs, *_ = _standardise(X)
+    g = Xs.T @ (Y - Y.mean(0) - Xs @ W) / n
+    assert np.all(np.abs(g) <= lam * (1 + 1e-4) + 1e-9)
+    act = W != 0
+    assert np.all(np.abs(g - lam * np.sign(W))[act] <= 1e-4 * lambda_max(q).max() + 1e-9)
+
+
+def _brute_holdout(X, Y, lams, n_val):
+    """Validation MSE of every λ by a loop with scikit-learn (train-split standardisation)."""
+    Xtr, Ytr, Xv, Yv = X[n_val:], Y[n_val:], X[:n_val], Y[:n_val]
+    Xs, mu, sd = _standardise(Xtr)
+    out = np.zeros(lams.shape)
+    for t in range(Y.shape[1]):
+        for li, lam in enumerate(lams[t]):
+            m = Lasso(alpha=lam, tol=1e-13, max_iter=200000).fit(Xs, Ytr[:, t])
+            w = m.coef_ / sd
+            b = Ytr[:, t].mean() - mu @ w
+            out[t, li] = np.mean((Xv @ w + b - Yv[:, t]) ** 2)
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_holdout_selection_matches_brute_force(method):
+    X, Y = _problem(seed=4, n=500, d=20, noise=2.0)
+    n_val = holdout_size(500, 0.1)
+    groups = compute_stats(X, Y, group_bounds_for(500, Split("holdout")))
+    res = solve_from_stats(groups, Split("holdout"), PathOptions(n_lambdas=10, tol=1e-12,
+                                                                 lambda_ratio=1e-2),
+                           method=method)
+    brute = _brute_holdout(X, Y, res.lambdas, n_val)
+    np.testing.assert_allclose(res.val_mse_path, brute, rtol=1e-7)
+    best = select_lambda(brute)
+    np.testing.assert_array_equal(res.lam, res.lambdas[np.arange(3), best])
+    # refit on all rows at the chosen λ: sklearn on all-rows standardisation
+    Xs, mu, sd = _standardise(X)
+    for t in range(3):
+        m = Lasso(alpha=res.lam[t], tol=1e-14, max_iter=200000).fit(Xs, Y[:, t])
+        np.testing.assert_allclose(res.weight[t], m.coef_ / sd, rtol=0,
+                                   atol=1e-5 * np.abs(m.coef_ / sd).max())
+        np.testing.assert_allclose(X @ res.weight[t] + res.bias[t], m.predict(Xs), atol=1e-5)
+
+
+def test_cv_selection_matches_brute_force_and_lassocv():
+    n, K = 500, 5
+    X, Y = _problem(seed=5, n=n, d=20, T=2, noise=3.0)
+    groups = compute_stats(X, Y, group_bounds_for(n, Split("cv", folds=K)))
+    res = solve_from_stats(groups, Split("cv", folds=K),
+                           PathOptions(n_lambdas=12, tol=1e-12, lambda_ratio=1e-2))
+    # grid: λ_max of all rows (as LassoCV)
+    Xs, mu, sd = _standardise(X)
+    lm = np.abs(Xs.T @ (Y - Y.mean(0))).max(0) / n
+    np.testing.assert_allclose(res.lambdas[:, 0], lm, rtol=1e-10)
+    # brute force with the same convention (each fold standardised on its training part)
+    b = fold_bounds(n, K)
+    cv = np.zeros(res.lambdas.shape)
+    for k in range(K):
+        val = np.arange(b[k], b[k + 1])
+        tr = np.setdiff1d(np.arange(n), val)
+        Xt, mut, sdt = _standardise(X[tr])
+        for t in range(2):
+            for li, lam in enumerate(res.lambdas[t]):
+                m = Lasso(alpha=lam, tol=1e-13, max_iter=200000).fit(Xt, Y[tr, t])
+                w = m.coef_ / sdt
+                bb = Y[tr, t].mean() - mut @ w
+                cv[t, li] += np.mean((X[val] @ w + bb - Y[val, t]) ** 2) / K
+    np.testing.assert_allclose(res.val_mse_path, cv, rtol=1e-7)
+    # LassoCV on globally standardised X, same grid and contiguous KFold: its folds use the
+    # global scaling, so the curves agree closely (not exactly) and pick the same λ here
+    for t in range(2):
+        m = LassoCV(alphas=res.lambdas[t], cv=KFold(K), tol=1e-12, max_iter=200000).fit(
+            Xs, Y[:, t])
+        np.testing.assert_allclose(m.mse_path_.mean(1), res.val_mse_path[t], rtol=2e-2)
+        assert m.alpha_ == pytest.approx(res.lam[t], rel=1e-12)
+        np.testing.assert_allclose(res.weight[t] * sd, m.coef_, atol=1e-5 * np.abs(m.coef_).max())
+
+
+def test_early_stop_rule_truncates_path():
+    X, Y = _problem(seed=6, n=400, d=30, noise=3.0)
+    groups = compute_stats(X, Y, group_bounds_for(400, Split("holdout")))
+    full = solve_from_stats(groups, Split("holdout"), PathOptions(n_lambdas=30))
+    es = solve_from_stats(groups, Split("holdout"), PathOptions(n_lambdas=30, early_stop=True))
+    assert np.isnan(es.val_mse_path).any()
+    done = ~np.isnan(es.val_mse_path)
+    np.testing.assert_allclose(es.val_mse_path[done], full.val_mse_path[done], rtol=1e-6)
+    assert (done.sum(1) >= 10).all()
+
+
+def test_gram_solver_refuses_training_example_targets():
+    X, Y = _problem(seed=7)
+    from dmdask.solve.base import UnsupportedTargets
+
+    with pytest.raises(UnsupportedTargets, match="training-example"):
+        GramSolver().fit(X, Y, target_train_index=np.array([-1, 4, -1]))
