@@ -1,0 +1,879 @@
+"""Streaming minibatch SAGA: the LASSO path for many targets over row blocks of the masks.
+
+This is the solver for targets whose rows differ (REFERENCE.md §1.1 eq. 9 and NaN margins) and
+the faithful fast_l1-style baseline (REFERENCE.md §1.6) the Gram solver is measured against.
+
+What it solves, per target t (columns of one GEMM), on standardised features
+X̃ = (X − μ_t)/σ_t, with μ_t, σ_t of the target's *own* rows of the split the solve uses (so a
+target with NaN margins or eq. 9 rows gets exactly the fit on its rows alone)::
+
+    min_{w̃, b̃}  (1/(2 n_t)) Σ_i m_it (x̃_iᵀw̃ + b̃ − y_it)² + λ_t ‖w̃‖₁
+
+with the row weight m_it ∈ {0, 1}: 0 where ``Y[i, t]`` is NaN, and, for a target that is
+training example j (``target_train_index[t] = j ≥ 0``), 0 where ``X[i, j] = 1`` (paper eq. 9;
+column j is then constant on the target's rows, σ_jt = 0, and ``w_j = 0``). ``n_t = Σ_i m_it``.
+
+How (one *pass* = one sweep over the row blocks; masks are never whole in memory):
+
+* **Statistics pass.** Column sums per split, and per target n_t, Σmy, Σmy², Xᵀm, Xᵀ(m∘y) and
+  the row weights m (n × T bool) — one GEMM pair per block. Margins (n × T) are held in
+  memory, as is the SAGA table, which is the same size.
+* **SAGA epochs** (§1.6, per step for all active targets at once)::
+
+      r = X̃_B w̃ + b̃ − y_B,  δ = m_B∘(r − A[B]),  g = c_t X̃_Bᵀδ + ḡ,  A[B] = r,
+      ḡ += X̃_Bᵀδ / n_t,  w̃ = soft(w̃ − lr_t g, lr_t λ_t)
+
+  with c_t = n/(|B| n_t) (each row's loss is scaled by n/n_t so that the mean over all n rows is
+  the target's objective). X̃ is never formed: X̃v = X(v/σ) − μᵀ(v/σ) and
+  X̃ᵀz = (Xᵀz − μ Σz)/σ, so the GEMMs run on the 0/1 block cast to float. Row blocks are visited in a random order each epoch and rows
+  are shuffled within a block (block-level shuffling, as out-of-core loaders do); the order
+  depends on the seed and the row-block size, never on the storage chunking or the workers.
+* **Step size.** ``lr_t = 1/(3 L_B · n/n_t)`` where L_B is the largest eigenvalue of
+  ``[X̃_B 1]ᵀ[X̃_B 1]/|B|`` measured by power iteration on a few minibatches (×1.1 safety;
+  ≈ (1 + sqrt(d/B))², §1.6). Dividing by n/n_t is the safe bound for a per-target weighted
+  batch (X̃_Bᵀ diag(m) X̃_B ≼ X̃_BᵀX̃_B). Minibatches have between B and 2B rows (the
+  remainder is merged, never a tiny unstable batch).
+* **Stopping (not fast_l1's).** A target leaves the "step" phase when, over one epoch,
+  ‖Δw̃‖² + Δb̃² ≤ tol·Var_t(y) (a relative trigger, unlike fast_l1's absolute eps on
+  σ²-scaled standardised weights), or every ``refresh_every`` epochs. It then spends one pass
+  frozen in a "refresh" phase: the pass recomputes its exact residuals (refreshing the SAGA
+  table and the gradient average — an SVRG-style snapshot, so no pass is wasted) and gives the
+  exact duality gap of §1.5. The λ is done when gap ≤ tol·‖y_c‖²/(2 n_t), the contract's
+  tolerance (``PathOptions.tol``); the intercept is then set to its exact optimum for w̃.
+  Epochs per λ are capped (``extra["max_epochs"]``, default 200, and ``options.max_iter``);
+  a capped solve is marked not converged.
+* **Path.** Per target, the shared grid (``grid.lambda_grid``) from λ_max in the standardised
+  space of the training split with the target's own rows; w = 0 is exact at λ_max (certified
+  from the statistics, no epoch). Warm starts along the path, the SAGA table persists between
+  λ values. Each certified solve gets its validation MSE (raw-space model on the first
+  ``holdout_size`` rows, training μ/σ) in a pass over the validation rows; optional fast_l1
+  early stop (``grid.should_stop``); best λ by ``grid.select_lambda`` (ties → smaller λ).
+  Targets that finished their path drop out of the GEMMs (columns compacted).
+* **Refit** on all fitting rows at the chosen λ, standardised with their μ, σ, warm-started
+  from the best path solution (converted to the new standardisation), with a fresh table
+  (its first pass is a refresh pass).
+
+Array module: the same code runs with NumPy or CuPy arrays; the module comes from the setting
+``dmdask.array.backend`` (``cupy`` moves each block to the device; CuPy missing is an error,
+never a silent NumPy fallback) or from the type of the chunks.
+
+:func:`saga_reference` is a small literal NumPy transcription of §1.6 (one λ, in memory),
+kept as a test oracle.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import config, optional
+from ..errors import DmdaskError, InputError
+from .base import PathOptions, PathResult, Split
+from .grid import holdout_size, lambda_grid, select_lambda, should_stop
+
+__all__ = [
+    "SagaSolver",
+    "saga_fit_lambda",
+    "saga_path",
+    "saga_reference",
+]
+
+# --------------------------------------------------------------------------- oracle
+
+
+def saga_reference(Xs, y, lam, *, lr, batch_size, epochs, seed=0, update_bias=True):
+    """Literal NumPy transcription of fast_l1's minibatch SAGA (REFERENCE.md §1.6), one λ.
+
+    ``Xs`` (n, d) standardised features in memory, ``y`` (n,). Table and averages start at
+    zero; each epoch visits a random permutation in batches of ``batch_size`` (drop_last).
+    Returns (w, b). A test oracle, not a solver: fixed epochs, no stopping rule.
+    """
+    Xs = np.asarray(Xs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n, d = Xs.shape
+    rng = np.random.default_rng(seed)
+    w = np.zeros(d)
+    b = 0.0
+    gw = np.zeros(d)
+    gb = 0.0
+    A = np.zeros(n)
+    B = batch_size
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        for k in range(n // B):
+            idx = perm[k * B : (k + 1) * B]
+            Xb = Xs[idx]
+            r = Xb @ w + b - y[idx]
+            delta = r - A[idx]
+            g_w = Xb.T @ delta / B + gw
+            g_b = delta.sum() / B + gb
+            w = w - lr * g_w
+            if update_bias:
+                b = b - lr * g_b
+            A[idx] = r
+            gw = (1 - B / n) * gw + (B / n) * g_w
+            gb = (1 - B / n) * gb + (B / n) * g_b
+            w = np.sign(w) * np.maximum(np.abs(w) - lr * lam, 0.0)
+    return w, b
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def _array_module(sample=None):
+    """NumPy or CuPy: the setting ``dmdask.array.backend`` decides; CuPy chunks force CuPy."""
+    backend = str(config.get("array.backend", "numpy")).lower()
+    if sample is not None and type(sample).__module__.split(".")[0] == "cupy":
+        backend = "cupy"
+    if backend == "cupy":
+        return optional.cupy()
+    if backend != "numpy":
+        raise DmdaskError(f"dmdask.array.backend must be 'numpy' or 'cupy', not {backend!r}")
+    return np
+
+
+def _to_host(a):
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+def _is_dask(a) -> bool:
+    return hasattr(a, "dask") and hasattr(a, "chunks") and hasattr(a, "compute")
+
+
+class _Rows:
+    """Row-range reader over a numpy/dask (or xarray) array, with one block of prefetch."""
+
+    def __init__(self, X, xp):
+        if hasattr(X, "data") and hasattr(X, "dims"):  # xarray.DataArray
+            X = X.data
+        self.X = X
+        self.xp = xp
+        self.lazy = _is_dask(X)
+        self.shape = tuple(int(s) for s in X.shape)
+        self._pool = ThreadPoolExecutor(max_workers=1) if self.lazy else None
+        self.bytes_read = 0
+
+    def _get(self, a, b):
+        blk = self.X[a:b]
+        if self.lazy:
+            blk = blk.compute()
+        blk = self.xp.asarray(blk)
+        self.bytes_read += int(blk.nbytes)
+        return blk
+
+    def iter_blocks(self, ranges):
+        """Yield (a, b, block) for the row ranges in order, reading one block ahead."""
+        ranges = list(ranges)
+        if not self.lazy:
+            for a, b in ranges:
+                yield a, b, self._get(a, b)
+            return
+        fut = self._pool.submit(self._get, *ranges[0]) if ranges else None
+        for k, (a, b) in enumerate(ranges):
+            blk = fut.result()
+            if k + 1 < len(ranges):
+                fut = self._pool.submit(self._get, *ranges[k + 1])
+            yield a, b, blk
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _split_ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Contiguous ranges covering [start, stop), each of ``size`` to ``2·size − 1`` rows (the
+    remainder is merged into the last one; a range shorter than ``size`` only if the whole
+    span is)."""
+    n = stop - start
+    if n <= 0:
+        return []
+    k = max(1, n // size)
+    edges = start + (np.arange(k + 1) * n) // k
+    # sizes as even as possible: every piece within one row of n/k >= size
+    return [(int(edges[i]), int(edges[i + 1])) for i in range(k)]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _inv(sig):
+    return np.where(sig > 0, 1.0 / np.where(sig > 0, sig, 1.0), 0.0)
+
+
+@dataclass
+class _Stats:
+    """Sufficient statistics of one row range, per target (float64, host)."""
+
+    n: int
+    colsum: np.ndarray  # [d]
+    n_t: np.ndarray  # [T]
+    sy: np.ndarray  # [T]  Σ m y
+    syy: np.ndarray  # [T]  Σ m y²
+    XtM: np.ndarray  # [d, T]  Xᵀm
+    XtMy: np.ndarray  # [d, T]  Xᵀ(m∘y)
+
+    @classmethod
+    def zeros(cls, d, T):
+        return cls(0, np.zeros(d), np.zeros(T), np.zeros(T), np.zeros(T), np.zeros((d, T)),
+                   np.zeros((d, T)))
+
+    def __add__(self, o):
+        return _Stats(self.n + o.n, self.colsum + o.colsum, self.n_t + o.n_t, self.sy + o.sy,
+                      self.syy + o.syy, self.XtM + o.XtM, self.XtMy + o.XtMy)
+
+    def mu_sigma(self):
+        """Per-target μ, σ [d, T] over each target's own rows (0/1 columns: mean(X²) = μ)."""
+        mu = self.XtM / np.maximum(self.n_t, 1)[None, :]
+        sig = np.sqrt(np.maximum(mu - mu * mu, 0.0))
+        sig[sig < 1e-12] = 0.0
+        return mu, sig
+
+    def global_mu_sigma(self):
+        mu = self.colsum / max(self.n, 1)
+        return mu, np.sqrt(np.maximum(mu - mu * mu, 0.0))
+
+    @property
+    def ybar(self):
+        return np.where(self.n_t > 0, self.sy / np.maximum(self.n_t, 1), 0.0)
+
+    @property
+    def ssy(self):
+        """‖y_c‖² per target over its rows."""
+        return np.maximum(self.syy - self.n_t * self.ybar**2, 0.0)
+
+    def xty_c(self):
+        """Xᵀ m (y − ȳ) [d, T]."""
+        return self.XtMy - self.XtM * self.ybar[None, :]
+
+    def lam_max(self):
+        """λ_max per target in its standardised space: max_j |X_jᵀm(y − ȳ)|/(n_t σ_j)."""
+        _, sig = self.mu_sigma()
+        c = np.abs(self.xty_c()) * _inv(sig)
+        lm = c.max(axis=0) / np.maximum(self.n_t, 1)
+        return np.where(self.n_t > 0, lm, 0.0)
+
+
+def _row_weights(Xb, Yb, tti, xp):
+    """m (rows, T) bool for a block: finite margin, and eq. 9 exclusion."""
+    M = xp.isfinite(Yb)
+    cols = np.nonzero(tti >= 0)[0]
+    if cols.size:
+        M[:, cols] &= ~(Xb[:, tti[cols]].astype(bool))
+    return M
+
+
+def _stats_pass(rows: _Rows, Yh, tti, ranges_split, row_block, xp, dtype):
+    """One pass over the masks: statistics per split range, and the row weights m (n, T).
+
+    Returns (stats per range, Y (n, T) on the device with NaN → 0, m (n, T) bool)."""
+    n, d = rows.shape
+    T = Yh.shape[1]
+    M_all = xp.zeros((n, T), dtype=bool)
+    Y0 = np.nan_to_num(Yh, nan=0.0, posinf=0.0, neginf=0.0)
+    out = []
+    for lo, hi in ranges_split:
+        st = _Stats.zeros(d, T)
+        for a, b, Xb in rows.iter_blocks(_split_ranges(lo, hi, row_block)):
+            M = _row_weights(Xb, xp.asarray(Yh[a:b]), tti, xp)
+            M_all[a:b] = M
+            Xf = Xb.astype(xp.float64)
+            Mf = M.astype(xp.float64)
+            My = Mf * xp.asarray(Y0[a:b])
+            st.n += b - a
+            st.colsum += _to_host(Xf.sum(axis=0))
+            st.n_t += _to_host(Mf.sum(axis=0))
+            st.sy += _to_host(My.sum(axis=0))
+            st.syy += _to_host((My * xp.asarray(Y0[a:b])).sum(axis=0))
+            st.XtM += _to_host(Xf.T @ Mf)
+            st.XtMy += _to_host(Xf.T @ My)
+        out.append(st)
+    return out, xp.asarray(Y0, dtype=dtype), M_all
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass
+class _Conf:
+    batch_size: int
+    row_block: int
+    tol: float
+    max_epochs: int
+    refresh_every: int
+    lr: float | None
+    lr_scale: float
+    seed: int
+    dtype: Any
+    keep_path: bool
+    progress: bool
+
+
+def _lipschitz(rows: _Rows, lo, hi, mu, sig, conf: _Conf, xp, rng):
+    """L_B: largest eigenvalue of [X̃_B 1]ᵀ[X̃_B 1]/|B| over a few sampled minibatches
+    (power iteration), ×1.1 for safety."""
+    span = _split_ranges(lo, hi, conf.row_block)
+    a, b = span[int(rng.integers(len(span)))]
+    Xb = next(rows.iter_blocks([(a, b)]))[2]
+    mu_d = xp.asarray(mu)
+    inv_d = xp.asarray(_inv(sig))
+    L = 0.0
+    for _ in range(3):
+        idx = rng.permutation(b - a)[: min(conf.batch_size, b - a)]
+        Xs = (Xb[xp.asarray(idx)].astype(xp.float64) - mu_d) * inv_d
+        Xs = xp.concatenate([Xs, xp.ones((Xs.shape[0], 1))], axis=1)
+        v = xp.asarray(rng.standard_normal(Xs.shape[1]))
+        v /= xp.linalg.norm(v)
+        ev = 0.0
+        for _ in range(100):
+            u = Xs.T @ (Xs @ v) / Xs.shape[0]
+            ev_new = float(xp.linalg.norm(u))
+            v = u / max(ev_new, 1e-300)
+            done = abs(ev_new - ev) <= 1e-4 * ev_new
+            ev = ev_new
+            if done:
+                break
+        L = max(L, ev)
+    return 1.1 * L
+
+
+def _soft(W, tau, xp):
+    return xp.sign(W) * xp.maximum(xp.abs(W) - tau, 0.0)
+
+
+class _Engine:
+    """SAGA on rows [lo, hi) for a block of targets, each with its own λ.
+
+    Per-target arrays are *compacted*: column j is target ``cols[j]`` of the block; finished
+    targets are dropped from the GEMMs by :meth:`compact`. ``on_certified(which, engine)`` is
+    called after a pass with the compacted columns whose λ solve finished and returns, per
+    column, the next λ or NaN (path done).
+    """
+
+    _COMPACT_HOST = ("cols", "lam", "active", "refresh", "epochs_lam", "since_refresh", "passes",
+                     "lr", "need", "gap_lam", "steps_gap", "rate", "steps_lam", "stall", "ybar", "ssy",
+                     "var", "nt_h")
+    _COMPACT_DEV = ("W", "b", "gw", "gb", "mu", "inv", "n_t")
+
+    def __init__(self, rows: _Rows, Y, M, lo, hi, st: _Stats, W0, b0, lam0, conf, xp, rng):
+        self.rows, self.xp, self.conf, self.rng = rows, xp, conf, rng
+        self.lo, self.hi, self.n = lo, hi, hi - lo
+        dt = conf.dtype
+        T = W0.shape[1]
+        mu, sig = st.mu_sigma()
+        self.mu = xp.asarray(mu, dtype=dt)
+        self.inv = xp.asarray(_inv(sig), dtype=dt)
+        self.Y = Y[lo:hi]
+        self.Mb = M[lo:hi]
+        self.ybar = st.ybar.copy()
+        self.ssy = st.ssy.copy()
+        self.nt_h = np.maximum(st.n_t, 1).astype(np.float64)
+        self.var = self.ssy / self.nt_h
+        self.n_t = xp.asarray(self.nt_h, dtype=dt)
+        self.cols = np.arange(T)
+        self.W = xp.asarray(W0, dtype=dt)
+        self.b = xp.asarray(b0, dtype=dt)
+        self.lam = np.asarray(lam0, dtype=np.float64).copy()
+        self.active = st.n_t > 0
+        self.refresh = np.ones(T, bool)  # phase: True = frozen refresh pass
+        self.A = xp.zeros((self.n, T), dtype=dt)
+        self.gw = xp.zeros(W0.shape, dtype=dt)
+        self.gb = xp.zeros(T, dtype=dt)
+        self.epochs_lam = np.zeros(T, np.int64)
+        self.since_refresh = np.zeros(T, np.int64)
+        self.passes = np.zeros(T, np.int64)
+        self.need = np.zeros(T, np.int64)  # step epochs before the next refresh (0: Δ rule)
+        self.gap_lam = np.full(T, np.nan)  # last relative gap at the current λ
+        self.steps_gap = np.zeros(T, np.int64)  # step epochs between the last two refreshes
+        self.rate = np.full(T, 0.3)  # estimated per-epoch contraction of the gap
+        self.steps_lam = np.zeros(T, np.int64)
+        self.stall = np.zeros(T, np.int64)  # refreshes in a row without real progress
+        # results per original column (never compacted)
+        self.ok = np.ones(T, bool)
+        self.gap_last = np.full(T, np.nan)
+        self.W_final = np.zeros((W0.shape[0], T))
+        self.b_final = np.asarray(b0, dtype=np.float64).copy()
+        self.passes_final = np.zeros(T, np.int64)
+        self.total_passes = 0
+        # step size (REFERENCE §1.6): lr = 1/(3 L_B), per target × n_t/n
+        if conf.lr is not None:
+            self.L_B, base = float("nan"), float(conf.lr)
+        else:
+            gmu, gsig = st.global_mu_sigma()
+            self.L_B = _lipschitz(rows, lo, hi, gmu, gsig, conf, xp, rng)
+            base = conf.lr_scale / (3.0 * self.L_B)
+        self.lr_base = base
+        self.lr = base * np.where(st.n_t > 0, st.n_t / self.n, 1.0)
+
+    def init_table_at_null(self, st: _Stats):
+        """Table and averages at w = 0, b = ȳ, from the statistics (no pass needed)."""
+        xp, dt = self.xp, self.conf.dtype
+        self.A[...] = (xp.asarray(self.ybar, dtype=dt)[None, :] - self.Y) * self.Mb
+        _, sig = st.mu_sigma()
+        gw0 = -st.xty_c() * _inv(sig) / self.nt_h[None, :]  # X̃ᵀm(ȳ − y)/n_t
+        self.gw[...] = xp.asarray(gw0, dtype=dt)
+        self.gb[...] = 0.0
+        self.refresh[:] = False
+
+    def compact(self):
+        keep = np.nonzero(self.active)[0]
+        if keep.size == self.active.size:
+            return
+        kd = self.xp.asarray(keep)
+        for name in self._COMPACT_DEV:
+            a = getattr(self, name)
+            setattr(self, name, a[..., kd] if a.ndim == 1 else a[:, kd])
+        self.A = self.xp.ascontiguousarray(self.A[:, kd])
+        self.Y = self.Y[:, kd]
+        self.Mb = self.Mb[:, kd]
+        for name in self._COMPACT_HOST:
+            setattr(self, name, getattr(self, name)[keep])
+
+    def std_cols(self, which):
+        """Standardised (w̃ [d, k], b̃ [k]) of compacted columns ``which`` (host float64)."""
+        wd = self.xp.asarray(which)
+        return (_to_host(self.W[:, wd].astype(self.xp.float64)),
+                _to_host(self.b[wd].astype(self.xp.float64)))
+
+    def raw_cols(self, which):
+        """Raw-space (w [d, k], b [k]) of compacted columns ``which`` (device, float64)."""
+        xp = self.xp
+        wd = xp.asarray(which)
+        Wr = self.W[:, wd].astype(xp.float64) * self.inv[:, wd]
+        br = self.b[wd].astype(xp.float64) - (self.mu[:, wd] * Wr).sum(axis=0)
+        return Wr, br
+
+    def harvest(self, which):
+        oc = self.cols[which]
+        w, b = self.std_cols(which)
+        self.W_final[:, oc] = w
+        self.b_final[oc] = b
+        self.passes_final[oc] = self.passes[which]
+
+    def run_pass(self, on_certified):
+        """One epoch over rows [lo, hi): a SAGA epoch for "step" columns, a frozen exact pass
+        for "refresh" columns; then the stopping rules and certification."""
+        xp, conf = self.xp, self.conf
+        dt = conf.dtype
+        d, T = self.W.shape
+        act = self.active
+        step = act & ~self.refresh
+        refr = act & self.refresh
+        stepd = xp.asarray(step)
+        stepf = stepd.astype(dt)
+        lr_eff = xp.asarray(np.where(step, self.lr, 0.0), dtype=dt)
+        thr = xp.asarray(np.where(step, self.lr * self.lam, 0.0), dtype=dt)
+        W_prev, b_prev = self.W.copy(), self.b.copy()
+        any_refr = bool(refr.any())
+        accG = xp.zeros((d, T), dtype=xp.float64)
+        S1 = xp.zeros(T, dtype=xp.float64)
+        S2 = xp.zeros(T, dtype=xp.float64)
+        Sy = xp.zeros(T, dtype=xp.float64)
+        inv_nt = 1.0 / self.n_t
+        mu, inv = self.mu, self.inv
+        blocks = _split_ranges(self.lo, self.hi, conf.row_block)
+        order = self.rng.permutation(len(blocks))
+        for a, b, Xb in self.rows.iter_blocks([blocks[k] for k in order]):
+            nb = b - a
+            perm = self.rng.permutation(nb)
+            for p0, p1 in _split_ranges(0, nb, min(conf.batch_size, nb)):
+                idx_h = perm[p0:p1]
+                g = xp.asarray(idx_h + (a - self.lo))
+                Xm = Xb[xp.asarray(idx_h)].astype(dt)
+                # r = X̃w̃ + b̃ − y without forming X̃: X(w̃/σ) − μᵀ(w̃/σ) + b̃ − y
+                Wr = self.W * inv
+                R = Xm @ Wr
+                R += self.b - (mu * Wr).sum(axis=0)
+                R -= self.Y[g]
+                Mg = self.Mb[g]
+                Z = xp.where(stepd, R - self.A[g], R)
+                Z *= Mg
+                self.A[g] = R
+                zs = Z.sum(axis=0)
+                G = (Xm.T @ Z - mu * zs) * inv  # X̃ᵀz
+                c = (self.n / (p1 - p0)) * inv_nt
+                self.W -= lr_eff * (G * c + self.gw)
+                self.b -= lr_eff * (zs * c + self.gb)
+                self.gw += G * (inv_nt * stepf)
+                self.gb += zs * (inv_nt * stepf)
+                self.W = _soft(self.W, thr, xp)
+                if any_refr:
+                    R64 = R.astype(xp.float64) * Mg
+                    accG += G
+                    S1 += R64.sum(axis=0)
+                    S2 += (R64 * R).sum(axis=0)
+                    Sy += (R64 * self.Y[g]).sum(axis=0)
+        self.total_passes += 1
+        self.passes[act] += 1
+        self.epochs_lam[act] += 1
+        # step columns: the relative-change rule or the planned count triggers a refresh
+        dW = _to_host(((self.W - W_prev).astype(xp.float64) ** 2).sum(axis=0))
+        db = _to_host((self.b - b_prev).astype(xp.float64) ** 2)
+        self.since_refresh[step] += 1
+        self.steps_lam[step] += 1
+        by_delta = (self.need == 0) & ((dW + db) <= conf.tol * np.maximum(self.var, 1e-300))
+        by_plan = (self.need > 0) & (self.since_refresh >= self.need)
+        trig = step & (by_delta | by_plan | (self.since_refresh >= conf.refresh_every))
+        self.steps_gap[step] = self.since_refresh[step]
+        certified = np.zeros(T, bool)
+        if any_refr:
+            certified = self._certify(refr, accG, S1, S2, Sy)
+        # a λ solve ends uncertified at the epoch cap, or when the gap stopped shrinking
+        # (the floor of the arithmetic, e.g. float32 with a tiny tol)
+        capped = act & ~certified & ((self.epochs_lam >= conf.max_epochs) | (self.stall >= 3))
+        if capped.any():
+            self.ok[self.cols[capped]] = False
+            certified |= capped
+        self.refresh[trig] = True
+        self.refresh[certified] = False
+        if certified.any():
+            which = np.nonzero(certified)[0]
+            nxt = on_certified(which, self)
+            for j, lam_next in zip(which, nxt, strict=True):
+                self.epochs_lam[j] = 0
+                self.since_refresh[j] = 0
+                self.need[j] = min(max(self.steps_lam[j], 1), conf.refresh_every)
+                self.steps_lam[j] = 0
+                self.stall[j] = 0
+                self.gap_lam[j] = np.nan
+                if np.isnan(lam_next):
+                    self.active[j] = False
+                else:
+                    self.lam[j] = lam_next
+            done = which[~self.active[which]]
+            if done.size:
+                self.harvest(done)
+
+    def _certify(self, refr, accG, S1, S2, Sy):
+        """After a refresh pass: exact table average and the duality gap (REFERENCE §1.5)."""
+        xp, conf, dt = self.xp, self.conf, self.conf.dtype
+        rj = np.nonzero(refr)[0]
+        rd = xp.asarray(rj)
+        nt = self.nt_h
+        self.gw[:, rd] = (accG[:, rd] / nt[rj]).astype(dt)
+        self.gb[rd] = (S1[rd] / nt[rj]).astype(dt)
+        S1h, S2h, Syh = _to_host(S1), _to_host(S2), _to_host(Sy)
+        rbar = S1h / nt
+        rc2 = np.maximum(S2h - S1h * rbar, 0.0)  # ‖ρ_c‖², ρ = −r centred on the target's rows
+        rcyc = S1h * self.ybar - Syh  # ρ_cᵀy_c
+        # X̃ᵀm = 0 (per-target standardisation), so X̃_cᵀρ_c = −X̃ᵀ(m∘r)
+        Xr_inf = _to_host(xp.abs(accG).max(axis=0))
+        l1 = _to_host(xp.abs(self.W.astype(xp.float64)).sum(axis=0))
+        lam = self.lam
+        P = rc2 / (2 * nt) + lam * l1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.maximum(nt * lam, Xr_inf)
+            D = np.where(s > 0, -(nt * lam**2 / 2) * rc2 / s**2 + lam * rcyc / s, 0.0)
+        scale = np.maximum(self.ssy / (2 * nt), 1e-300)
+        grel = (P - D) / scale
+        cert = refr & (grel <= conf.tol)
+        self.gap_last[self.cols[rj]] = grel[rj]
+        # the intercept goes to its exact optimum for w̃; table and averages move with it
+        jc = np.nonzero(cert)[0]
+        if jc.size:
+            cd = xp.asarray(jc)
+            sd = xp.asarray(rbar[jc], dtype=dt)
+            self.b[cd] -= sd
+            self.A[:, cd] -= sd
+            self.gb[cd] = 0.0
+        # plan the next refresh from the observed contraction of the gap at this λ
+        for j in np.nonzero(refr & ~cert)[0]:
+            g_prev, k = self.gap_lam[j], self.steps_gap[j]
+            if np.isfinite(g_prev) and k > 0 and 0 < grel[j] < g_prev:
+                self.rate[j] = min(max((grel[j] / g_prev) ** (1.0 / k), 0.01), 0.95)
+            self.stall[j] = self.stall[j] + 1 if np.isfinite(g_prev) and grel[j] > 0.7 * g_prev \
+                else 0
+            est = np.log(conf.tol / max(grel[j], 1e-300)) / np.log(self.rate[j])
+            self.need[j] = int(min(max(np.ceil(est), 1), conf.refresh_every))
+            self.gap_lam[j] = grel[j]
+        self.refresh[rj] = False
+        self.since_refresh[rj] = 0
+        return cert
+
+    def run(self, on_certified):
+        """Passes until every column is done; finished columns are compacted away."""
+        inactive = np.nonzero(~self.active)[0]
+        if inactive.size:
+            self.harvest(inactive)
+        self.compact()
+        t_last = time.perf_counter()
+        while self.active.size and self.active.any():
+            self.run_pass(on_certified)
+            if (~self.active).sum() >= max(1, self.active.size // 4):
+                self.compact()
+            if self.conf.progress and time.perf_counter() - t_last > 5:
+                t_last = time.perf_counter()
+                print(f"saga: pass {self.total_passes}, {int(self.active.sum())} targets "
+                      "active", flush=True)
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+_EXTRA_KEYS = {"batch_size", "max_epochs", "refresh_every", "lr", "lr_scale", "seed", "dtype",
+               "keep_path"}
+
+
+def _conf(options: PathOptions, d: int, n_fit: int) -> _Conf:
+    ex = dict(options.extra or {})
+    unknown = set(ex) - _EXTRA_KEYS
+    if unknown:
+        raise InputError(f"unknown SAGA options {sorted(unknown)}; known: {sorted(_EXTRA_KEYS)}")
+    B = int(ex.get("batch_size") or min(max(256, min(d, 2048)), max(n_fit // 4, 1)))
+    rb = options.row_block_size or int(config.get("solve.row-block-size", 8192))
+    rb = max(int(rb), B)
+    dtype = np.dtype(ex.get("dtype", "float64"))
+    if dtype not in (np.float32, np.float64):
+        raise InputError(f"SAGA dtype must be float32 or float64, not {dtype}")
+    return _Conf(
+        batch_size=max(B, 1), row_block=rb, tol=float(options.tol),
+        max_epochs=int(min(ex.get("max_epochs", 200), options.max_iter)),
+        refresh_every=int(ex.get("refresh_every", 10)), lr=ex.get("lr"),
+        lr_scale=float(ex.get("lr_scale", 1.0)), seed=int(ex.get("seed", 0)), dtype=dtype,
+        keep_path=bool(ex.get("keep_path", False)), progress=bool(options.progress),
+    )
+
+
+def _prepare(X, Y, target_train_index):
+    if hasattr(Y, "data") and hasattr(Y, "dims"):
+        Y = Y.data
+    Yh = Y.compute() if _is_dask(Y) else Y
+    Yh = np.asarray(_to_host(Yh), dtype=np.float64)
+    if Yh.ndim == 1:
+        Yh = Yh[:, None]
+    n, T = Yh.shape
+    if X.ndim != 2 or X.shape[0] != n:
+        raise InputError(f"X has shape {X.shape} but Y has {n} rows")
+    d = int(X.shape[1])
+    tti = (np.full(T, -1, np.int64) if target_train_index is None
+           else np.asarray(target_train_index, dtype=np.int64).reshape(-1))
+    if tti.shape != (T,):
+        raise InputError(f"target_train_index has shape {tti.shape}, expected ({T},)")
+    if (tti >= d).any():
+        raise InputError("target_train_index points past the training examples")
+    return Yh, tti, n, d, T
+
+
+def _to_std(w_raw, b_raw, st: _Stats):
+    """Raw (w [d, T], b [T]) -> standardised in ``st``'s per-target space."""
+    mu, sig = st.mu_sigma()
+    return w_raw * sig, b_raw + (mu * w_raw).sum(axis=0)
+
+
+def _to_rawspace(w_std, b_std, st: _Stats):
+    mu, sig = st.mu_sigma()
+    w = w_std * _inv(sig)
+    return w, b_std - (mu * w).sum(axis=0)
+
+
+def _solve_block(rows, Yh, tti, xp, conf, options, split, lam_fixed=None):
+    """Path + holdout selection + refit (or one fixed λ on all rows) for a block of targets."""
+    t0 = time.perf_counter()
+    n, d = rows.shape
+    T = Yh.shape[1]
+    rng = np.random.default_rng(conf.seed)
+    info: dict[str, Any] = {"passes": {}, "lr": {}, "L_B": {}}
+    if lam_fixed is not None:
+        n_val = 0
+        (st_all,), Y, M = _stats_pass(rows, Yh, tti, [(0, n)], conf.row_block, xp, conf.dtype)
+        lam = np.asarray(lam_fixed, dtype=np.float64)
+        lambdas = lam[:, None].copy()
+        val_path = np.full((T, 1), np.nan)
+        best_idx = np.zeros(T, np.int64)
+        w_init, b_init = np.zeros((d, T)), st_all.ybar.copy()
+        n_iter = np.zeros(T, np.int64)
+        converged = np.ones(T, bool)
+    else:
+        n_val = holdout_size(n, split.val_fraction)
+        (st_val, st_tr), Y, M = _stats_pass(rows, Yh, tti, [(0, n_val), (n_val, n)],
+                                           conf.row_block, xp, conf.dtype)
+        st_all = st_val + st_tr
+        lambdas = lambda_grid(st_tr.lam_max(), options.n_lambdas, options.lambda_ratio)
+        val_path, best_idx, w_best, b_best, n_iter, converged, path = _path(
+            rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info)
+        lam = lambdas[np.arange(T), best_idx]
+        if conf.keep_path:
+            info["path_weight"], info["path_bias"] = path
+        # the best path solution, moved to the refit's standardisation
+        w_init, b_init = _to_std(*_to_rawspace(w_best, b_best, st_tr), st_all)
+
+    eng = _Engine(rows, Y, M, 0, n, st_all, w_init, b_init, lam, conf, xp, rng)
+    eng.run(lambda which, e: np.full(len(which), np.nan))
+    n_iter += eng.passes_final
+    converged &= eng.ok
+    info["passes"]["refit"] = eng.total_passes
+    info["lr"]["refit"], info["L_B"]["refit"] = eng.lr_base, eng.L_B
+    w, bias = _to_rawspace(eng.W_final, eng.b_final, st_all)
+    w = w.T.copy()
+    empty = st_all.n_t == 0
+    bias[empty] = np.nan
+    converged &= ~empty
+    cols = np.nonzero(tti >= 0)[0]
+    w[cols, tti[cols]] = 0.0  # eq. 9 (already 0: σ = 0 on the target's rows)
+    mu, sig = st_all.mu_sigma()
+    info.update(
+        n_val=n_val, batch_size=conf.batch_size, row_block=conf.row_block,
+        dtype=str(np.dtype(conf.dtype)), seconds=time.perf_counter() - t0,
+        gap_rel=eng.gap_last.copy(), w_std=eng.W_final.T.copy(), b_std=eng.b_final.copy(),
+    )
+    return PathResult(
+        weight=w, bias=bias, lam=lam, lambdas=lambdas, val_mse_path=val_path,
+        val_mse=val_path[np.arange(T), best_idx], n_iter=n_iter, converged=converged,
+        n_rows=st_all.n_t.astype(np.int64), solver="saga", info=info,
+    )
+
+
+def _path(rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info):
+    """The λ path on the training rows with validation after every certified solve."""
+    d = rows.shape[1]
+    T, L = lambdas.shape
+    val_path = np.full((T, L), np.nan)
+    k_of = np.zeros(T, np.int64)
+    nv_t = st_val.n_t
+    W_best = np.zeros((d, T))
+    b_best = st_tr.ybar.copy()
+    n_iter = np.zeros(T, np.int64)
+    converged = np.ones(T, bool)
+    path_w = np.zeros((T, L, d)) if conf.keep_path else None
+    path_b = np.zeros((T, L)) if conf.keep_path else None
+    val_ranges = _split_ranges(0, n_val, conf.row_block)
+    Yv, Mv = Y[:n_val], M[:n_val]
+
+    # λ_max: w = 0, b = ȳ is exact (certified from the statistics, no pass)
+    r0 = ((st_tr.ybar[None, :] - _to_host(Yv).astype(np.float64)) ** 2 * _to_host(Mv)).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        val_path[:, 0] = np.where(nv_t > 0, r0 / nv_t, np.nan)
+    best_val = np.where(np.isnan(val_path[:, 0]), np.inf, val_path[:, 0])
+    if conf.keep_path:
+        path_b[:, 0] = st_tr.ybar
+
+    def val_mse(eng: _Engine, which):
+        Wr, br = eng.raw_cols(which)
+        Wr, br = Wr.astype(conf.dtype), br.astype(conf.dtype)
+        ocd = xp.asarray(eng.cols[which])
+        sse = xp.zeros(len(which), dtype=xp.float64)
+        for a, b, Xb in rows.iter_blocks(val_ranges):
+            R = Xb.astype(conf.dtype) @ Wr + br - Yv[a:b][:, ocd]
+            R *= Mv[a:b][:, ocd]
+            sse += (R.astype(xp.float64) ** 2).sum(axis=0)
+        nv = nv_t[eng.cols[which]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(nv > 0, _to_host(sse) / nv, np.nan), Wr, br
+
+    def on_certified(which, eng: _Engine):
+        oc = eng.cols[which]
+        v, Wr, br = val_mse(eng, which)
+        Wstd, bstd = eng.std_cols(which)
+        Wr_h, br_h = _to_host(Wr), _to_host(br)
+        out = np.full(len(which), np.nan)
+        for i, t in enumerate(oc):
+            k = k_of[t]
+            val_path[t, k] = v[i]
+            if conf.keep_path:
+                path_w[t, k], path_b[t, k] = Wr_h[:, i], br_h[i]
+            if v[i] <= best_val[t]:  # ties → the smaller λ (later on the path)
+                best_val[t] = v[i]
+                W_best[:, t], b_best[t] = Wstd[:, i], bstd[i]
+            stop = options.early_stop and bool(should_stop(
+                val_path[t, k - 1], v[i], k + 1, np.count_nonzero(Wstd[:, i]),
+                options.min_lams_to_try))
+            if k + 1 < L and not stop:
+                k_of[t] = k + 1
+                out[i] = lambdas[t, k + 1]
+        return out
+
+    if L > 1:
+        eng = _Engine(rows, Y, M, n_val, rows.shape[0], st_tr, np.zeros((d, T)), st_tr.ybar,
+                      lambdas[:, 1], conf, xp, rng)
+        eng.init_table_at_null(st_tr)
+        eng.active &= lambdas[:, 0] > 0  # constant outputs: w = 0 on the whole path
+        k_of[:] = 1
+        eng.run(on_certified)
+        n_iter += eng.passes_final
+        converged &= eng.ok
+        info["passes"]["path"] = eng.total_passes
+        info["lr"]["path"], info["L_B"]["path"] = eng.lr_base, eng.L_B
+    best_idx = select_lambda(val_path)
+    return val_path, best_idx, W_best, b_best, n_iter, converged, (path_w, path_b)
+
+
+def _solve(X, Y, *, split: Split, options: PathOptions, target_train_index=None,
+           lam_fixed=None) -> PathResult:
+    Yh, tti, n, d, T = _prepare(X, Y, target_train_index)
+    xp = _array_module(getattr(X, "_meta", None) if _is_dask(X) else X)
+    n_fit = n if lam_fixed is not None else n - holdout_size(n, split.val_fraction)
+    conf = _conf(options, d, n_fit)
+    if lam_fixed is not None:
+        lam_fixed = np.broadcast_to(np.asarray(lam_fixed, np.float64), (T,))
+    rows = _Rows(X, xp)
+    tb = options.target_block_size or int(config.get("solve.target-block-size", 512))
+    parts = []
+    try:
+        for s in range(0, T, tb):
+            e = min(T, s + tb)
+            parts.append(_solve_block(
+                rows, Yh[:, s:e], tti[s:e], xp, conf, options, split,
+                lam_fixed=None if lam_fixed is None else lam_fixed[s:e]))
+    finally:
+        rows.close()
+    res = PathResult.concat(parts)
+    if len(parts) > 1:
+        for key in ("w_std", "b_std", "gap_rel", "path_weight", "path_bias"):
+            if key in parts[0].info:
+                res.info[key] = np.concatenate([p.info[key] for p in parts])
+    res.info["bytes_read"] = rows.bytes_read
+    res.info["options"] = dict(batch_size=conf.batch_size, row_block=conf.row_block,
+                               tol=conf.tol, max_epochs=conf.max_epochs, seed=conf.seed,
+                               dtype=str(np.dtype(conf.dtype)), lr_scale=conf.lr_scale)
+    return res.validate()
+
+
+def saga_path(X, Y, *, split: Split | None = None, options: PathOptions | None = None,
+              target_train_index=None) -> PathResult:
+    """LASSO path + holdout selection + refit by streaming SAGA (see the module docstring).
+
+    ``X`` (n, d) 0/1 and ``Y`` (n, T) with NaN = missing: NumPy, CuPy, dask or xarray.
+    ``options.extra`` takes the SAGA knobs ``batch_size``, ``max_epochs`` (per λ, default
+    200), ``refresh_every`` (10), ``lr`` (fixed step instead of 1/(3 L_B)), ``lr_scale``,
+    ``seed``, ``dtype`` (``float64``; ``float32`` is faster but cannot certify tol below
+    ~1e-6) and ``keep_path`` (raw path weights in ``info["path_weight"]`` [T, L, d]).
+    """
+    split = split or Split()
+    if split.kind != "holdout":
+        raise InputError("the SAGA solver selects λ on a holdout split only (use the Gram "
+                         "solver for cross-validation)")
+    return _solve(X, Y, split=split, options=options or PathOptions(),
+                  target_train_index=target_train_index)
+
+
+def saga_fit_lambda(X, Y, lam, *, options: PathOptions | None = None,
+                    target_train_index=None) -> PathResult:
+    """The LASSO at one λ per target on all rows (standardised with each target's rows).
+
+    ``res.info["w_std"]``/``["b_std"]`` hold the standardised solution, ``weight``/``bias``
+    the raw-mask one; ``info["gap_rel"]`` the certified relative duality gap."""
+    return _solve(X, Y, split=Split(), options=options or PathOptions(),
+                  target_train_index=target_train_index, lam_fixed=lam)
+
+
+class SagaSolver:
+    """Registered as ``"saga"``: streaming minibatch SAGA with per-target rows."""
+
+    name: ClassVar[str] = "saga"
+    per_target_rows: ClassVar[bool] = True
+    selections: ClassVar[tuple[str, ...]] = ("holdout",)
+
+    def __init__(self, **extra):
+        self.extra = extra
+
+    def fit(self, X, Y, *, split: Split, options: PathOptions, target_train_index=None,
+            client=None) -> PathResult:
+        if self.extra:
+            options = replace(options, extra={**self.extra, **(options.extra or {})})
+        return saga_path(X, Y, split=split, options=options,
+                         target_train_index=target_train_index)
