@@ -231,6 +231,94 @@ def export(store, dst_dir, margins_key, progress):
     click.echo(f"exported {store} to {path}")
 
 
+def _fit_summary(dm) -> list[str]:
+    """A few lines on a datamodels Dataset: validation error, sparsity, chosen λ."""
+    import numpy as np
+
+    w = dm["weight"].values
+    nnz = (w != 0).sum(axis=1)
+    lam = dm["lam"].values
+    rel = lam / dm["lambdas"].values[:, 0]
+    vm = dm["val_mse"].values
+    return [
+        f"targets   {w.shape[0]} datamodels over {w.shape[1]} training examples, "
+        f"{dm.attrs['n_models']} models (alpha {dm.attrs['alpha']:g}), selection "
+        f"{dm.attrs['selection']}, solver {'+'.join(dm.attrs['solvers_used'])}, "
+        f"{dm.attrs['seconds']:.1f} s",
+        f"val MSE   mean {np.nanmean(vm):.4g}, median {np.nanmedian(vm):.4g}",
+        f"sparsity  {np.median(nnz):.0f} nonzero weights per target (median; "
+        f"{100 * (w != 0).mean():.1f}% of all weights)",
+        f"lambda    chosen {np.nanmin(lam):.3g} .. {np.nanmax(lam):.3g} "
+        f"({np.nanmin(rel):.3g} .. {np.nanmax(rel):.3g} of each target's lambda_max)",
+    ]
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(),
+              help="Where to write the datamodels (a Zarr store; read it with xr.open_zarr).")
+@click.option("--alpha", type=float, default=None,
+              help="Which alpha's random models to fit on (needed only if there are several).")
+@click.option("--selection", type=click.Choice(["auto", "holdout", "cv"]), default="auto",
+              show_default=True,
+              help="How lambda is chosen per target: holdout (first --val-fraction of the models), "
+                   "cv (--folds contiguous folds), or auto (cv when the holdout would be small).")
+@click.option("--folds", type=int, default=5, show_default=True, help="Folds for cv.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True,
+              help="Fraction of the fitting models that validate, for holdout.")
+@click.option("--n-lambdas", type=int, default=30, show_default=True,
+              help="Lambda values on each target's path.")
+@click.option("--lambda-ratio", type=float, default=1e-3, show_default=True,
+              help="Smallest lambda as a fraction of each target's lambda_max.")
+@click.option("--solver", type=click.Choice(["auto", "gram", "saga"]), default="auto",
+              show_default=True,
+              help="gram: all targets at once from X^T X; saga: streaming, for targets whose "
+                   "rows differ; auto routes each target.")
+@click.option("--targets", default=None, metavar="START:STOP",
+              help="Fit only these target positions.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a dask cluster (tcp://host:port) instead of local threads.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def fit(store, out, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, solver,
+        targets, scheduler, overwrite, progress):
+    """Fit one LASSO datamodel per target of STORE and save them to --out.
+
+    Uses the completed `random` models of one alpha: one pass over the masks gathers the
+    sufficient statistics, then the lambda path, its validation error, the per-target choice
+    of lambda and the refit run from those statistics alone. Weights are in raw-mask space:
+    prediction = mask @ weight + bias.
+    """
+    import numpy as np
+
+    from .fit import fit_datamodels, save_datamodels
+
+    tsel = None
+    if targets:
+        a, b = (int(x) for x in targets.split(":"))
+        tsel = np.arange(a, b)
+    if os.path.exists(out) and not overwrite:
+        raise DmdaskError(f"{out}: already exists (--overwrite replaces it)")
+    client = None
+    if scheduler:
+        from distributed import Client
+
+        client = Client(scheduler)
+    try:
+        dm = fit_datamodels(store, alpha=alpha, selection=selection, folds=folds,
+                            val_fraction=val_fraction, n_lambdas=n_lambdas,
+                            lambda_ratio=lambda_ratio, solver=solver, targets=tsel,
+                            client=client, progress=progress)
+    finally:
+        if client is not None:
+            client.close()
+    save_datamodels(dm, out, overwrite=overwrite)
+    for line in _fit_summary(dm):
+        click.echo(line)
+    click.echo(f"saved     {out}")
+
+
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(), default="dmdask-quickstart", show_default=True,
               help="Where the store and results go.")
@@ -262,7 +350,14 @@ def quickstart(workdir, n_models, workers, job, progress):
 
 
 def _quickstart_fit(store: str, workdir: str, progress: bool) -> None:
-    click.echo("[2/2] datamodels: not available yet in this version")
+    from .fit import fit_datamodels, save_datamodels
+
+    out = os.path.join(workdir, "datamodels.zarr")
+    click.echo(f"[2/2] datamodels {out}")
+    dm = fit_datamodels(store, progress=progress)
+    save_datamodels(dm, out, overwrite=True)
+    for line in _fit_summary(dm):
+        click.echo("      " + line)
 
 
 if __name__ == "__main__":  # pragma: no cover
