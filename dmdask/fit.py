@@ -249,5 +249,5 @@ def save_datamodels(dm: xr.Dataset, path, *, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: already exists (overwrite=True replaces it)")
-    dm.to_zarr(path, mode="w", consolidated=False)
+    dm.to_zarr(path, mode="w")
     return path
