@@ -1,0 +1,92 @@
+"""Attribution estimators, each producing a ``(target, train)`` score matrix in the schema of
+:mod:`dmdask.scores` (raw-mask space, τ > 0: presence raises the output; a ``bias``
+coordinate where the estimator is a calibrated predictor).
+
+Registry (``ESTIMATORS``; ``compute(ds, name, **opts)``):
+
+==================  ==========================================================  ======  =====
+name                what                                                        bias    eq. 9
+==================  ==========================================================  ======  =====
+dom_margin          difference of means (Feldman–Zhang) on margins              yes     yes
+dom_correctness     difference of means on correctness 1[margin > 0]            yes*    yes
+ols                 least-norm OLS with intercept (``light_ridge=`` option)     yes     yes
+ridge               ridge with intercept, (G_c + nλI)w = c_c (``lam=``)         yes     yes
+==================  ==========================================================  ======  =====
+
+\\* predicts correctness, not the margin: :func:`dmdask.evaluate` calibrates it before MSE.
+All are computed from the store's fitting models (``kind == "random"``) by
+:mod:`dmdask.estimators.store`. Model-based estimators (TRAK, influence functions, TracInCP,
+representation similarity) are not here yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from .store import StoreStats, difference_of_means, ols, ridge, store_statistics
+
+__all__ = ["ESTIMATORS", "Estimator", "StoreStats", "compute", "difference_of_means", "ols",
+           "register", "ridge", "store_statistics"]
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: ``fn(ds, **opts) -> DataArray``, the output it models, whether
+    it returns a bias, and whether it honours paper eq. 9 for training-example targets."""
+
+    name: str
+    fn: Callable[..., Any]
+    output: str
+    has_bias: bool
+    eq9: bool
+    description: str
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register(est: Estimator) -> Estimator:
+    """Add an estimator to the registry (names are unique)."""
+    if est.name in ESTIMATORS:
+        raise InputError(f"estimator {est.name!r} is already registered")
+    ESTIMATORS[est.name] = est
+    return est
+
+
+def _dom(output):
+    def fn(ds, **opts):
+        return difference_of_means(ds, output=output, **opts)
+
+    return fn
+
+
+def _with_output(f, output):
+    def fn(ds, **opts):
+        return f(ds, output=output, **opts)
+
+    return fn
+
+
+register(Estimator("dom_margin", _dom("margin"), "margin", True, True,
+                   "difference of means (Feldman-Zhang) on margins"))
+register(Estimator("dom_correctness", _dom("correctness"), "correctness", True, True,
+                   "difference of means (Feldman-Zhang) on correctness"))
+register(Estimator("ols", _with_output(ols, "margin"), "margin", True, True,
+                   "least-norm OLS with intercept on margins"))
+register(Estimator("ridge", _with_output(ridge, "margin"), "margin", True, True,
+                   "ridge with intercept on margins"))
+
+
+def compute(ds, name: str, **opts):
+    """Run the registered estimator ``name`` on the run store ``ds`` (Dataset or path)."""
+    if name not in ESTIMATORS:
+        raise InputError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
+    if not hasattr(ds, "sizes"):
+        from ..store import open_store
+
+        ds = open_store(ds)
+    return ESTIMATORS[name].fn(ds, **opts)
+

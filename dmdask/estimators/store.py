@@ -1,0 +1,320 @@
+"""Estimators computed from the run store alone: difference of means (Feldman–Zhang) on
+margins and on correctness, OLS (least-norm, optionally lightly ridged) and ridge
+(REFERENCE.md §2.3–§2.4).
+
+All four come from one statistics pass over the fitting models (``kind == "random"``,
+completed, one α; the same selection as :func:`dmdask.fit.select_models`):
+
+* targets whose rows are shared (no NaN output among the fitting models, not a training
+  example) use :func:`dmdask.stats.compute_stats` — n, G = XᵀX, s, C = XᵀY, Σy, Σy²;
+* the other targets — NaN outputs, and training-example targets under paper eq. 9 (only
+  models that exclude the target are used) — have their own rows; a private weighted pass
+  (:func:`_own_row_stats`) accumulates per target n_t, s_t = XᵀW_t, C_t = Xᵀ(W_t∘y), Σ, Σ²
+  (and, for OLS/ridge only, the per-target Gram Xᵀdiag(W_t)X, d² floats per such target).
+
+Formulas (raw-mask space, prediction = mask @ w + b):
+
+* difference of means: infl_j = mean_{i: j∈S_i} y_i − mean_{i: j∉S_i} y_i
+  = C_j/s_j − (Σy − C_j)/(n − s_j); NaN where j is in all or in none of the rows (e.g. the
+  target's own column under eq. 9); bias b = ȳ − Σ_j infl_j·m̄_j over the defined columns.
+* OLS: w = G_c⁺ c_c (G_c = G − ssᵀ/n, c_c = C − s·Σy/n), the pseudo-inverse from an
+  eigendecomposition dropping eigenvalues ≤ ``rcond``·λ_max — with fixed-size subsets G_c
+  has the exact null vector 1, so min-norm OLS returns Σ_j w_j = 0 (REFERENCE §0);
+  ``light_ridge=ε`` instead solves (G_c + ε·tr(G_c)/d·I) w = c_c.
+* ridge: (G_c + nλI) w = c_c (REFERENCE §1.4); b = (Σy − sᵀw)/n for both.
+
+Correctness outputs are 1[margin > 0], NaN where the margin is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .. import config
+from ..errors import InputError
+from ..metrics import correctness
+from ..scores import make_scores
+
+__all__ = [
+    "OwnRowStats",
+    "StoreStats",
+    "difference_of_means",
+    "dom_from_stats",
+    "least_squares_from_stats",
+    "ols",
+    "ridge",
+    "store_statistics",
+]
+
+
+# ------------------------------------------------------------------ statistics
+@dataclass
+class OwnRowStats:
+    """Weighted statistics of targets with their own rows: ``n`` [T], ``s`` [d, T],
+    ``C`` [d, T], ``sy`` [T], ``syy`` [T], optional ``G`` [T, d, d] (float64)."""
+
+    n: np.ndarray
+    s: np.ndarray
+    C: np.ndarray
+    sy: np.ndarray
+    syy: np.ndarray
+    G: np.ndarray | None = None
+
+
+@dataclass
+class StoreStats:
+    """Statistics of one output (``margin`` or ``correctness``) over the fitting models.
+
+    ``shared``/``own`` hold the statistics of the target positions ``shared_targets`` /
+    ``own_targets`` (positions into ``targets``)."""
+
+    output: str
+    alpha: float
+    rows: np.ndarray
+    targets: np.ndarray
+    shared_targets: np.ndarray
+    own_targets: np.ndarray
+    shared: object | None  # dmdask.stats.SufficientStats
+    own: OwnRowStats | None
+    eq9: bool
+    info: dict = field(default_factory=dict)
+
+
+def _block_own(xb, yb, tti, want_gram):
+    x = np.asarray(xb).astype(np.float64)
+    y = np.asarray(yb, dtype=np.float64)
+    w = ~np.isnan(y)
+    if tti is not None:
+        has = tti >= 0
+        w[:, has] &= x[:, tti[has]] == 0
+    wf = w.astype(np.float64)
+    y0 = np.where(w, y, 0.0)
+    out = [wf.sum(0), x.T @ wf, x.T @ y0, y0.sum(0), (y0 * y0).sum(0)]
+    if want_gram:
+        out.append(np.einsum("nt,ni,nj->tij", wf, x, x, optimize=True))
+    return out
+
+
+def _sum_own(*parts):
+    return [sum(p[k] for p in parts) for k in range(len(parts[0]))]
+
+
+def _own_row_stats(X, Y, tti, *, want_gram: bool, row_block: int, client=None) -> OwnRowStats:
+    n = X.shape[0]
+    chunks = tuple(min(row_block, n - i) for i in range(0, n, row_block))
+    xb = X.rechunk((chunks, X.shape[1])).to_delayed().ravel()
+    yb = Y.rechunk((chunks, Y.shape[1])).to_delayed().ravel()
+    f = dask.delayed(_block_own, pure=True)
+    s = dask.delayed(_sum_own, pure=True)
+    parts = [f(a, b, tti, want_gram) for a, b in zip(xb, yb, strict=True)]
+    while len(parts) > 1:
+        parts = [s(*parts[i:i + 4]) for i in range(0, len(parts), 4)]
+    from ..stats import _compute
+
+    (res,) = _compute([parts[0]], client=client)
+    return OwnRowStats(*res[:5], G=res[5] if want_gram else None)
+
+
+def _select_rows(ds, alpha):
+    from ..fit import select_models
+
+    return select_models(ds, alpha)
+
+
+def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
+                     targets=None, eq9: bool = True, own_gram: bool = False,
+                     row_block_size: int | None = None, client=None) -> StoreStats:
+    """The statistics pass over the fitting models (see the module docstring).
+
+    ``output``: ``"margin"`` or ``"correctness"``. ``eq9``: training-example targets use only
+    the models that exclude them. ``own_gram``: also accumulate the per-target Gram of the
+    own-row targets (OLS/ridge need it; d²·8 bytes each).
+    """
+    from ..stats import _compute, compute_stats
+
+    if output not in ("margin", "correctness"):
+        raise InputError(f"output must be 'margin' or 'correctness', not {output!r}")
+    rows, alpha = _select_rows(ds, alpha)
+    n_target = ds.sizes["target"]
+    tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
+    if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
+        raise InputError(f"targets must be positions in [0, {n_target})")
+    X = ds["mask"].data[rows]
+    Y = ds["margin"].data[rows][:, tpos].astype(np.float64)
+    if output == "correctness":
+        Y = Y.map_blocks(correctness, dtype=np.float64)
+    if "target_train_index" in ds.coords and eq9:
+        tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
+    else:
+        tti = np.full(tpos.size, -1, np.int64)
+    has_nan = np.asarray(_compute([da.isnan(Y).any(axis=0)], client=client)[0])
+    own = has_nan | (tti >= 0)
+    sh_t, own_t = np.flatnonzero(~own), np.flatnonzero(own)
+    row_block = int(row_block_size or config.get("solve.row-block-size", 8192))
+    shared = None
+    if sh_t.size:
+        shared = compute_stats(X, Y[:, sh_t], row_block_size=row_block, client=client)[0]
+        shared = shared.to_numpy()
+    own_stats = None
+    if own_t.size:
+        if own_gram:
+            need = own_t.size * X.shape[1] ** 2 * 8
+            limit = int(config.get("estimators.own-gram-bytes", 2 * 2**30))
+            if need > limit:
+                raise InputError(
+                    f"OLS/ridge for {own_t.size} target(s) with their own rows (NaN margins or "
+                    f"eq. 9) needs {need / 2**30:.1f} GiB of per-target Gram matrices (limit "
+                    f"{limit / 2**30:.1f} GiB, setting dmdask.estimators.own-gram-bytes); pass "
+                    f"eq9=False or fewer targets")
+        own_stats = _own_row_stats(X, Y[:, own_t], tti[own_t], want_gram=own_gram,
+                                   row_block=row_block, client=client)
+    return StoreStats(output=output, alpha=alpha, rows=rows, targets=tpos, shared_targets=sh_t,
+                      own_targets=own_t, shared=shared, own=own_stats, eq9=eq9,
+                      info={"n_nan_targets": int(has_nan.sum()),
+                            "n_eq9_targets": int((tti >= 0).sum())})
+
+
+# ------------------------------------------------------------------ cores (pure arrays)
+def dom_from_stats(n, s, C, sy):
+    """Difference of means from statistics. ``n`` scalar or [T]; ``s`` [d] or [d, T];
+    ``C`` [d, T]; ``sy`` [T]. Returns (infl [T, d], bias [T]); NaN where undefined."""
+    n = np.asarray(n, np.float64)
+    s = np.asarray(s, np.float64)
+    C = np.asarray(C, np.float64)
+    sy = np.asarray(sy, np.float64)
+    if s.ndim == 1:
+        s = s[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_out = n - s
+        infl = np.where((s > 0) & (n_out > 0), C / s - (sy - C) / n_out, np.nan)
+        mbar = s / n
+        bias = sy / n - np.where(mbar > 0, infl * mbar, 0.0).sum(0)
+    return infl.T, bias
+
+
+def least_squares_from_stats(n, G, s, c, sy, *, lam: float = 0.0, rcond: float = 1e-10,
+                             light_ridge: float | None = None):
+    """OLS/ridge with intercept from statistics of one design: ``G`` [d, d], ``s`` [d],
+    ``c`` [d, T] (or [d]), ``sy`` [T]; ``n`` may be a float (weighted rows).
+
+    ``lam > 0``: ridge (G_c + nλI) w = c_c. ``lam == 0``: min-norm OLS w = G_c⁺ c_c
+    (eigenvalues ≤ rcond·λ_max dropped), or with ``light_ridge=ε`` the ridge
+    (G_c + ε·tr(G_c)/d·I) w = c_c. Returns (w [T, d], b [T])."""
+    G = np.asarray(G, np.float64)
+    s = np.asarray(s, np.float64)
+    c = np.asarray(c, np.float64)
+    one = c.ndim == 1
+    c = c[:, None] if one else c
+    sy = np.atleast_1d(np.asarray(sy, np.float64))
+    n = float(n)
+    Gc = G - np.outer(s, s) / n
+    cc = c - np.outer(s, sy) / n
+    d = G.shape[0]
+    if lam > 0 or light_ridge:
+        shift = n * lam if lam > 0 else light_ridge * np.trace(Gc) / d
+        w = np.linalg.solve(Gc + shift * np.eye(d), cc)
+    else:
+        ev, V = np.linalg.eigh((Gc + Gc.T) / 2)
+        keep = ev > rcond * max(ev.max(initial=0.0), 0.0)
+        inv = np.where(keep, 1.0 / np.where(keep, ev, 1.0), 0.0)
+        w = V @ (inv[:, None] * (V.T @ cc))
+    b = (sy - s @ w) / n
+    return w.T, b
+
+
+# ------------------------------------------------------------------ estimators
+def _wrap(ds, st: StoreStats, W, b, *, estimator, options):
+    """Full-size (target, train) scores for the targets ``st.targets``."""
+    sub = ds.isel(target=st.targets)
+    attrs = {"n_models": int(st.rows.size), "alpha": st.alpha, "eq9": int(st.eq9),
+             "n_nan_targets": st.info.get("n_nan_targets", 0),
+             "n_eq9_targets": st.info.get("n_eq9_targets", 0),
+             "n_undefined": int(np.isnan(W).sum()),
+             "options": repr(options)}
+    return make_scores(W, bias=b, estimator=estimator, source=_src(ds), output=st.output,
+                       ds=sub, attrs=attrs)
+
+
+def _src(ds):
+    meta = ds.attrs.get("dmdask", {})
+    return str(meta.get("path", "run store")) if isinstance(meta, dict) else "run store"
+
+
+def _stats(ds, stats, *, output, alpha, targets, eq9, own_gram, client):
+    if stats is not None:
+        if stats.output != output:
+            raise InputError(f"statistics are of output {stats.output!r}, need {output!r}")
+        if own_gram and stats.own is not None and stats.own.G is None:
+            raise InputError("these statistics lack the per-target Gram (own_gram=True) that "
+                             "OLS/ridge need for own-row targets")
+        return stats
+    return store_statistics(ds, output=output, alpha=alpha, targets=targets, eq9=eq9,
+                            own_gram=own_gram, client=client)
+
+
+def difference_of_means(ds, *, output: str = "margin", alpha: float | None = None,
+                        targets=None, eq9: bool = True, stats: StoreStats | None = None,
+                        client=None) -> xr.DataArray:
+    """Feldman–Zhang difference of means (REFERENCE §2.3, paper eq. 15) on ``output``
+    (``"margin"`` or ``"correctness"``), with the bias b = ȳ − inflᵀm̄. Under eq. 9 the
+    target's own column is NaN (no model that excludes it contains it)."""
+    st = _stats(ds, stats, output=output, alpha=alpha, targets=targets, eq9=eq9,
+                own_gram=False, client=client)
+    T, d = st.targets.size, ds.sizes["train"]
+    W = np.full((T, d), np.nan)
+    b = np.full(T, np.nan)
+    if st.shared is not None:
+        sh = st.shared
+        W[st.shared_targets], b[st.shared_targets] = dom_from_stats(sh.n, sh.s, sh.C, sh.sy)
+    if st.own is not None:
+        o = st.own
+        W[st.own_targets], b[st.own_targets] = dom_from_stats(o.n, o.s, o.C, o.sy)
+    return _wrap(ds, st, W, b, estimator=f"dom_{output}",
+                 options={"output": output, "eq9": eq9})
+
+
+def _least_squares(ds, *, estimator, output, alpha, targets, eq9, stats, client, **kw):
+    st = _stats(ds, stats, output=output, alpha=alpha, targets=targets, eq9=eq9,
+                own_gram=True, client=client)
+    T, d = st.targets.size, ds.sizes["train"]
+    W = np.full((T, d), np.nan)
+    b = np.full(T, np.nan)
+    if st.shared is not None:
+        sh = st.shared
+        W[st.shared_targets], b[st.shared_targets] = least_squares_from_stats(
+            sh.n, sh.G, sh.s, sh.C, sh.sy, **kw)
+    if st.own is not None:
+        o = st.own
+        for k, t in enumerate(st.own_targets):
+            if o.n[k] < 2:
+                continue  # too few rows: NaN, counted in n_undefined
+            w, bb = least_squares_from_stats(o.n[k], o.G[k], o.s[:, k], o.C[:, k], o.sy[k], **kw)
+            W[t], b[t] = w[0], bb[0]
+    return _wrap(ds, st, W, b, estimator=estimator, options={"output": output, "eq9": eq9, **kw})
+
+
+def ols(ds, *, output: str = "margin", rcond: float = 1e-10, light_ridge: float | None = None,
+        alpha: float | None = None, targets=None, eq9: bool = True,
+        stats: StoreStats | None = None, client=None) -> xr.DataArray:
+    """Least-norm OLS with intercept, w = G_c⁺ c_c (REFERENCE §2.4), or lightly ridged with
+    ``light_ridge=ε`` (shift ε·tr(G_c)/d). Under eq. 9 the target's own column is 0 (it is
+    constant over the rows used; min-norm puts no weight on it)."""
+    return _least_squares(ds, estimator="ols", output=output, alpha=alpha, targets=targets,
+                          eq9=eq9, stats=stats, client=client, rcond=rcond,
+                          light_ridge=light_ridge)
+
+
+def ridge(ds, *, lam: float = 1e-2, output: str = "margin", alpha: float | None = None,
+          targets=None, eq9: bool = True, stats: StoreStats | None = None,
+          client=None) -> xr.DataArray:
+    """Ridge with intercept, (G_c + nλI) w = c_c (REFERENCE §1.4: the (1/2n)‖·‖² + (λ/2)‖w‖²
+    objective in raw-mask space). Default λ = 0.01 (≈ 4% of a column's variance at α = ½)."""
+    if lam <= 0:
+        raise InputError(f"ridge needs lam > 0, got {lam} (use ols for λ = 0)")
+    return _least_squares(ds, estimator="ridge", output=output, alpha=alpha, targets=targets,
+                          eq9=eq9, stats=stats, client=client, lam=lam)

@@ -1,0 +1,270 @@
+"""``evaluate``: how well an attribution matrix predicts held-out model outputs (issue 5;
+REFERENCE.md §2.1, §2.6).
+
+**Which models.** Evaluation *subsets* are the completed ``kind == "heldout"`` models; their
+*runs* are the held-out model itself plus every completed model whose ``replicate_of`` chain
+leads to it (same mask, new seed). Fitting models (``kind == "random"``) are used only for
+the calibration below; nothing else is read.
+
+**Predictions.** z(S′) = Σ_{j∈S′} τ_j = ``mask @ scoreᵀ``, computed with dask over the store's
+model blocks. Then, per target:
+
+* scores with a bias that model the margin (datamodels, OLS, ridge, difference of means on
+  margins): g = z + b, unchanged (``calibrate="auto"``);
+* scores without a bias, or modelling correctness: the best affine map g = a·z + c fitted on
+  the fitting models by least squares (REFERENCE §2.6; a = Cov(z, f)/Var z, c = f̄ − a·z̄,
+  from the one-pass sums Σz, Σz², Σzy, Σy, n over the random models, NaN-aware). The output
+  records ``calibrated`` and the per-target ``calib_slope``/``calib_intercept``.
+  ``calibrate=True`` forces it, ``False`` forbids it (then a missing bias counts as 0).
+
+**Metrics per target** (all NaN-aware; undefined → NaN, counted in the attrs):
+
+* ``mse``, ``r2``, ``pearson``, ``spearman``: g against every held-out run's margin (the runs
+  of one subset are separate observations; with replicates, subsets with more runs weigh
+  more); ``auc``: g as a score for correctness 1[margin > 0] of every run (targets always
+  right or always wrong on the held-out runs are skipped); ``auc_pooled`` (attr) over all
+  (run, target) pairs;
+* ``lds``: TRAK's linear datamodeling score — Spearman over subsets between z (raw scores,
+  no calibration, no bias) and the margin averaged over the subset's runs
+  (:func:`dmdask.metrics.lds`);
+* ``opt``: the noise floor, unbiased replicate variance averaged over subsets with ≥ 2 runs
+  (paper eq. 11); ``excess_mse`` = mse − opt (E(f − g)² = OPT + E(E[f|S′] − g)²);
+  ``r2_noise_adjusted`` = 1 − (mse − opt)/(Var f − opt).
+
+**Training-example targets** (``target_train_index ≥ 0``) with ``eq9=True`` (default): runs
+whose subset contains the target are treated as missing for it, in the evaluation and in
+the calibration, as the paper's eq. 9 does for fitting. NaN scores are accepted only at such
+a target's own column (an estimator cannot estimate it from models that exclude the
+target) and are set to 0 there; any other NaN score is an error.
+
+**Summary attrs**: for each metric ``<m>_mean``, ``<m>_ci_low``, ``<m>_ci_high``,
+``<m>_n_used``, ``<m>_n_skipped`` (mean over targets, CI per :func:`dmdask.metrics.summarize`:
+Student-t by default, ``ci="bootstrap"`` for the percentile bootstrap over targets).
+"""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from . import metrics as M
+from .errors import InputError
+from .scores import load_scores
+
+__all__ = ["evaluate", "evaluation_runs"]
+
+PER_TARGET = ("mse", "r2", "r2_noise_adjusted", "pearson", "spearman", "lds", "auc", "opt",
+              "excess_mse")
+
+
+def _open(ds):
+    if isinstance(ds, xr.Dataset):
+        return ds
+    from .store import open_store
+
+    return open_store(ds)
+
+
+def evaluation_runs(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(subsets, runs, group)``: positions of the completed held-out models, positions of
+    all their runs (held-out model and completed replicates), and each run's subset index
+    (into ``subsets``)."""
+    kind = np.asarray(ds["kind"].values).astype(str)
+    done = np.asarray(ds["completed"].values).astype(bool)
+    rep = np.asarray(ds["replicate_of"].values, dtype=np.int64)
+    model = np.asarray(ds["model"].values, dtype=np.int64)
+    pos_of = {int(m): i for i, m in enumerate(model)}
+    subsets = np.flatnonzero((kind == "heldout") & done)
+    if subsets.size == 0:
+        raise InputError("no completed held-out models (kind 'heldout') to evaluate on; add them "
+                         "with dmdask.add_models(path, 'heldout', n=…) and train")
+    root_of = {int(p): k for k, p in enumerate(subsets)}
+    runs, group = list(subsets), list(range(subsets.size))
+    for i in np.flatnonzero((rep >= 0) & done & (kind != "heldout")):
+        j, seen = i, 0
+        while rep[j] >= 0 and seen < 64:  # follow replicate_of chains to the held-out model
+            nxt = pos_of.get(int(rep[j]))
+            if nxt is None:
+                break
+            j, seen = nxt, seen + 1
+        if j in root_of:
+            runs.append(int(i))
+            group.append(root_of[j])
+    order = np.argsort(runs, kind="stable")
+    return subsets, np.asarray(runs)[order], np.asarray(group)[order]
+
+
+def _calibration(ds, tau, tpos, tti, eq9, client):
+    """Per target (a, c, n): least-squares affine map of z = mask @ τ to the margin over the
+    random (fitting) models; one pass, dask over model blocks."""
+    from .fit import select_models
+    from .stats import _compute
+
+    rows, _ = select_models(ds)
+    X = ds["mask"].data[rows]
+    Y = ds["margin"].data[rows][:, tpos]
+    tau_t = np.ascontiguousarray(tau.T)
+    cols = np.where(tti >= 0, tti, 0) if eq9 else None
+
+    def block(xb, yb):
+        x = np.asarray(xb)
+        z = x.astype(np.float64) @ tau_t
+        y = np.asarray(yb, np.float64)
+        w = ~np.isnan(y)
+        if cols is not None:
+            w &= ~((tti >= 0)[None, :] & x[:, cols])
+        z0, y0 = np.where(w, z, 0.0), np.where(w, y, 0.0)
+        return np.stack([w.sum(0), z0.sum(0), (z0 * z0).sum(0), (z0 * y0).sum(0), y0.sum(0)])[None]
+
+    import dask
+
+    Xc = X.rechunk({1: -1})
+    Yc = Y.rechunk((Xc.chunks[0], -1))
+    f = dask.delayed(block, pure=True)
+    parts = [f(xb, yb) for xb, yb in zip(Xc.to_delayed().ravel(), Yc.to_delayed().ravel(),
+                                         strict=True)]
+    total = dask.delayed(lambda *p: np.sum(p, axis=0)[0])(*parts)
+    (tot,) = _compute([total], client=client)
+    n, sz, szz, szy, sy = np.asarray(tot)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zbar, ybar = sz / n, sy / n
+        var = szz / n - zbar**2
+        cov = szy / n - zbar * ybar
+        a = np.where(var > 1e-12 * np.maximum(szz / n, 1e-300), cov / var, 0.0)
+        c = ybar - a * zbar
+    return a, c, n
+
+
+def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
+             level: float = 0.95, layout: str = "auto", client=None) -> xr.Dataset:
+    """Evaluate an attribution matrix on the store's held-out models (see the module
+    docstring). ``scores``: anything :func:`dmdask.scores.load_scores` reads. Returns a
+    Dataset with per-target variables ``mse, r2, r2_noise_adjusted, pearson, spearman, lds,
+    auc, opt, excess_mse, var_actual, n_runs, n_subsets, n_opt_subsets, calib_slope,
+    calib_intercept`` and summary attributes."""
+    ds = _open(ds)
+    sc = load_scores(scores, ds=ds, layout=layout) if not _is_schema(scores) else scores
+    tpos = np.asarray(sc["target"].values, dtype=np.int64)
+    n_target = ds.sizes["target"]
+    if tpos.min(initial=0) < 0 or tpos.max(initial=0) >= n_target:
+        raise InputError(f"scores name targets outside the store's [0, {n_target})")
+    if sc.sizes["train"] != ds.sizes["train"]:
+        raise InputError(f"scores have {sc.sizes['train']} training columns, the store "
+                         f"{ds.sizes['train']}")
+    tau = np.array(sc.transpose("target", "train").values, dtype=np.float64)
+    if "target_train_index" in ds.coords:
+        tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
+    else:
+        tti = np.full(tpos.size, -1, np.int64)
+    if not eq9:
+        tti_eff = np.full_like(tti, -1)
+    else:
+        tti_eff = tti
+    bad = np.isnan(tau)
+    if bad.any():
+        own = np.zeros_like(bad)
+        t_own = np.flatnonzero(tti_eff >= 0)
+        own[t_own, tti_eff[t_own]] = True
+        if (bad & ~own).any():
+            raise InputError(f"scores contain {int((bad & ~own).sum())} NaN entries (in "
+                             f"{int((bad & ~own).any(1).sum())} targets) outside the eq. 9 "
+                             "self-columns; fill or drop them first")
+        tau[bad] = 0.0
+    if np.isinf(tau).any():
+        raise InputError("scores contain ±inf")
+    bias = sc.coords["bias"].values.astype(np.float64) if "bias" in sc.coords else None
+    output = sc.attrs.get("output", "margin")
+    if calibrate == "auto":
+        do_cal = bias is None or output != "margin"
+    elif calibrate in (True, "affine"):
+        do_cal = True
+    elif calibrate in (False, "none", None):
+        do_cal = False
+    else:
+        raise InputError(f"calibrate must be 'auto', True or False, not {calibrate!r}")
+
+    subsets, runs, group = evaluation_runs(ds)
+    from .stats import _compute
+
+    Xs = ds["mask"].data[subsets]
+    z_dask = da.dot(Xs.astype(np.float64), tau.T)
+    own_cols = tti_eff[tti_eff >= 0]
+    in_own = Xs[:, own_cols] if own_cols.size else None
+    Y_dask = ds["margin"].data[runs][:, tpos].astype(np.float64)
+    objs = [z_dask, Y_dask] + ([in_own] if in_own is not None else [])
+    res = _compute(objs, client=client)
+    z, y = np.asarray(res[0]), np.asarray(res[1])
+    if in_own is not None:
+        contains = np.zeros((subsets.size, tpos.size), bool)
+        contains[:, tti_eff >= 0] = np.asarray(res[2])
+        y = np.where(contains[group], np.nan, y)
+
+    if do_cal:
+        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client)
+        cal_method = "affine least squares on the random (fitting) models"
+    else:
+        a, c = np.ones(tpos.size), (bias if bias is not None else np.zeros(tpos.size))
+        n_cal = np.zeros(tpos.size)
+        cal_method = "none (scores' own bias)" if bias is not None else "none (bias 0)"
+    g_sub = a * z + c
+    g = g_sub[group]
+
+    per = {}
+    per["mse"] = np.atleast_1d(M.mse(g, y))
+    var_f = np.atleast_1d(M.variance(y))
+    per["r2"] = np.atleast_1d(M.r2(g, y))
+    per["pearson"] = np.atleast_1d(M.pearson(g, y))
+    per["spearman"] = np.atleast_1d(M.spearman(g, y))
+    label = M.correctness(y)
+    per["auc"] = np.atleast_1d(M.auc(g, label))
+    _, fbar, cnt = M.group_means(y, group)
+    lds = M.lds_from_predictions(z, fbar, ci=ci, level=level)
+    per["lds"] = lds.per_target
+    opt, n_opt = M.opt_floor(y, group)
+    per["opt"] = opt
+    per["excess_mse"] = M.excess_error(per["mse"], opt)
+    per["r2_noise_adjusted"] = M.noise_adjusted_r2(per["mse"], var_f, opt)
+
+    coords = {"target": sc["target"].values}
+    for cname in ("target_label", "target_train_index"):
+        if cname in ds.coords:
+            coords[cname] = ("target", np.asarray(ds[cname].values)[tpos])
+    data = {k: ("target", np.asarray(v, np.float64)) for k, v in per.items()}
+    data.update({
+        "var_actual": ("target", var_f),
+        "n_runs": ("target", (~np.isnan(y)).sum(0).astype(np.int64)),
+        "n_subsets": ("target", (cnt > 0).sum(0).astype(np.int64)),
+        "n_opt_subsets": ("target", np.asarray(n_opt, np.int64)),
+        "calib_slope": ("target", np.asarray(a, np.float64)),
+        "calib_intercept": ("target", np.asarray(c, np.float64)),
+        "calib_n_models": ("target", np.asarray(n_cal, np.float64)),
+    })
+    attrs = {
+        "estimator": str(sc.attrs.get("estimator", "custom")),
+        "scores_source": str(sc.attrs.get("source", "")),
+        "scores_output": str(output),
+        "calibrated": int(do_cal),
+        "calibration": cal_method,
+        "calibrate_requested": str(calibrate),
+        "eq9": int(eq9),
+        "n_heldout_subsets": int(subsets.size),
+        "n_heldout_runs": int(runs.size),
+        "n_replicate_runs": int(runs.size - subsets.size),
+        "auc_pooled": M.auc_pooled(g, label),
+        "ci_method": "student-t over targets" if ci == "t" else "percentile bootstrap over "
+                     "targets",
+        "ci_level": float(level),
+        "lds_definition": "TRAK: per-target Spearman over held-out subsets between mask @ "
+                          "score and the replicate-mean margin; mean over targets",
+    }
+    for k in PER_TARGET:
+        s = M.summarize(per[k], ci=ci, level=level)
+        for f in ("mean", "ci_low", "ci_high", "n_used", "n_skipped"):
+            attrs[f"{k}_{f}"] = s[f]
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _is_schema(obj) -> bool:
+    return (isinstance(obj, xr.DataArray) and obj.name == "score"
+            and tuple(obj.dims) == ("target", "train") and "estimator" in obj.attrs)
