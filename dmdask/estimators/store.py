@@ -215,14 +215,20 @@ def least_squares_from_stats(n, G, s, c, sy, *, lam: float = 0.0, rcond: float =
     Gc = G - np.outer(s, s) / n
     cc = c - np.outer(s, sy) / n
     d = G.shape[0]
+    # columns constant over the rows (in all or in none of them, e.g. the target's own column
+    # under eq. 9) get weight exactly 0; the solve runs on the others
+    var = np.diagonal(Gc)
+    live = np.flatnonzero(var > 1e-12 * max(float(var.max(initial=0.0)), 1e-300))
+    Gl, cl = Gc[np.ix_(live, live)], cc[live]
+    w = np.zeros_like(cc)
     if lam > 0 or light_ridge:
-        shift = n * lam if lam > 0 else light_ridge * np.trace(Gc) / d
-        w = np.linalg.solve(Gc + shift * np.eye(d), cc)
-    else:
-        ev, V = np.linalg.eigh((Gc + Gc.T) / 2)
+        shift = n * lam if lam > 0 else light_ridge * np.trace(Gl) / max(live.size, 1)
+        w[live] = np.linalg.solve(Gl + shift * np.eye(live.size), cl)
+    elif live.size:
+        ev, V = np.linalg.eigh((Gl + Gl.T) / 2)
         keep = ev > rcond * max(ev.max(initial=0.0), 0.0)
         inv = np.where(keep, 1.0 / np.where(keep, ev, 1.0), 0.0)
-        w = V @ (inv[:, None] * (V.T @ cc))
+        w[live] = V @ (inv[:, None] * (V.T @ cl))
     b = (sy - s @ w) / n
     return w.T, b
 

@@ -1,0 +1,173 @@
+"""The contract every registered estimator meets (parametrised over
+``dmdask.estimators.ESTIMATORS``): schema of the output, sign convention, invariance to the
+store's model-block chunking, NaN margins, paper eq. 9 — each checked against an independent
+NumPy reference of the estimator on the rows it should use."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_evaluate import make_store, set_margins_nan
+
+import dmdask
+from dmdask import estimators
+from dmdask.errors import InputError
+from dmdask.metrics import correctness
+
+NAMES = sorted(estimators.ESTIMATORS)
+
+
+def reference(name, X, y):
+    """Independent NumPy estimate for one target from rows X [n, d] (0/1), y [n]."""
+    X = X.astype(np.float64)
+    est = estimators.ESTIMATORS[name]
+    if est.output == "correctness":
+        y = (y > 0).astype(np.float64)
+    if name.startswith("dom_"):
+        inn, out = X.astype(bool), ~X.astype(bool)
+        w = np.array([y[inn[:, j]].mean() - y[out[:, j]].mean() if inn[:, j].any() and
+                      out[:, j].any() else np.nan for j in range(X.shape[1])])
+        mbar = X.mean(0)
+        return w, y.mean() - np.nansum(np.where(mbar > 0, w * mbar, 0.0))
+    Xc, yc = X - X.mean(0), y - y.mean()
+    if name == "ols":
+        w = np.linalg.lstsq(Xc, yc, rcond=1e-10)[0]  # min-norm
+    elif name == "ridge":
+        w = np.linalg.solve(Xc.T @ Xc + X.shape[0] * 1e-2 * np.eye(X.shape[1]), Xc.T @ yc)
+    else:
+        raise AssertionError(f"no reference for {name}")
+    return w, y.mean() - X.mean(0) @ w
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Targets whose margin rises with train 0 and falls with train 1 (and weak others)."""
+    rng = np.random.default_rng(5)
+    N, T = 12, 4
+    W = 0.1 * rng.normal(size=(T, N))
+    W[:, 0], W[:, 1] = 1.5, -1.5
+    paths = {}
+    for block in (16, 1000):
+        p = tmp_path_factory.mktemp("c") / f"b{block}.zarr"
+        make_store(p, N=N, T=T, n_fit=600, n_held=10, R=1, block=block, W=W,
+                   b=np.zeros(T), noise=0.5)
+        paths[block] = str(p)
+    return paths, W
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schema(name, planted):
+    paths, W = planted
+    ds = dmdask.open_store(paths[16])
+    est = estimators.ESTIMATORS[name]
+    sc = estimators.compute(ds, name)
+    assert sc.name == "score" and sc.dims == ("target", "train")
+    assert sc.shape == (ds.sizes["target"], ds.sizes["train"]) and sc.dtype == np.float64
+    np.testing.assert_array_equal(sc["target"], ds["target"])
+    np.testing.assert_array_equal(sc["train"], ds["train"])
+    assert sc.attrs["estimator"] == name and sc.attrs["output"] == est.output
+    assert ("bias" in sc.coords) == est.has_bias
+    assert sc.attrs["n_models"] == 600 and np.isfinite(sc.values).all()
+    # a path works as well as a Dataset, and a target subset keeps its coordinates
+    sub = estimators.compute(paths[16], name, targets=[2, 0])
+    np.testing.assert_array_equal(sub["target"], [2, 0])
+    np.testing.assert_allclose(sub.values, sc.values[[2, 0]], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_reference_and_sign(name, planted):
+    paths, W = planted
+    ds = dmdask.open_store(paths[16])
+    sc = estimators.compute(ds, name)
+    rows = np.flatnonzero(ds["kind"].values == "random")
+    X, Y = ds["mask"].values[rows], ds["margin"].values[rows].astype(np.float64)
+    for t in range(W.shape[0]):
+        w, b = reference(name, X, Y[:, t])
+        if name == "ols":  # fixed-size subsets: compare modulo the unidentifiable 1 direction
+            w = w - w.mean()
+        np.testing.assert_allclose(sc.values[t], w, rtol=1e-7, atol=1e-9)
+        if "bias" in sc.coords:
+            assert sc["bias"].values[t] == pytest.approx(b, rel=1e-7, abs=1e-9)
+    assert (sc.values[:, 0] > 0).all() and (sc.values[:, 1] < 0).all()  # τ > 0: raises output
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chunking_invariance(name, planted):
+    paths, _ = planted
+    a = estimators.compute(dmdask.open_store(paths[16]), name)
+    b = estimators.compute(dmdask.open_store(paths[1000]), name)
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-9, atol=1e-12)
+    if "bias" in a.coords:
+        np.testing.assert_allclose(a["bias"], b["bias"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_margins(name, tmp_path):
+    p = tmp_path / "nan.zarr"
+    make_store(p, N=8, T=3, n_fit=200, n_held=5, R=1, noise=0.5)
+    ds = dmdask.open_store(p)
+    rows = np.flatnonzero(ds["kind"].values == "random")
+    drop = rows[::7]
+    set_margins_nan(p, drop, 1)
+    ds = dmdask.open_store(p)
+    sc = estimators.compute(ds, name)
+    assert sc.attrs["n_nan_targets"] == 1
+    X, Y = ds["mask"].values[rows], ds["margin"].values[rows].astype(np.float64)
+    keep = ~np.isnan(Y[:, 1])
+    assert keep.sum() == rows.size - drop.size
+    w, b = reference(name, X[keep], Y[keep, 1])
+    if name == "ols":
+        w = w - w.mean()
+    np.testing.assert_allclose(sc.values[1], w, rtol=1e-7, atol=1e-9)
+    # the other targets are untouched by target 1's missing rows
+    w0, _ = reference(name, X, Y[:, 0])
+    np.testing.assert_allclose(sc.values[0], w0 - (w0.mean() if name == "ols" else 0),
+                               rtol=1e-7, atol=1e-9)
+    if name.endswith("correctness"):  # NaN margins are missing, not "wrong"
+        assert np.isnan(correctness(np.array([np.nan])))[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eq9_training_targets(name, tmp_path):
+    if not estimators.ESTIMATORS[name].eq9:
+        pytest.skip(f"{name} does not support eq. 9")
+    p = tmp_path / "eq9.zarr"
+    tti = np.array([2, -1, 5])
+    make_store(p, N=8, T=3, n_fit=300, n_held=5, R=1, tti=tti, noise=0.5, sampling="bernoulli")
+    ds = dmdask.open_store(p)
+    sc = estimators.compute(ds, name)
+    rows = np.flatnonzero(ds["kind"].values == "random")
+    X, Y = ds["mask"].values[rows], ds["margin"].values[rows].astype(np.float64)
+    for t, j in enumerate(tti):
+        use = np.ones(rows.size, bool) if j < 0 else ~X[:, j]
+        w, b = reference(name, X[use], Y[use, t])
+        np.testing.assert_allclose(sc.values[t], w, rtol=1e-7, atol=1e-9, equal_nan=True)
+        if j >= 0:
+            own = sc.values[t, j]
+            assert np.isnan(own) if name.startswith("dom_") else own == 0.0
+    off = estimators.compute(ds, name, eq9=False)
+    w, _ = reference(name, X, Y[:, 0])
+    np.testing.assert_allclose(off.values[0], w, rtol=1e-7, atol=1e-9)
+
+
+def test_registry_errors(planted):
+    paths, _ = planted
+    with pytest.raises(InputError, match="unknown estimator"):
+        estimators.compute(paths[16], "nope")
+    with pytest.raises(InputError):
+        estimators.register(estimators.ESTIMATORS["ols"])
+    with pytest.raises(InputError, match="lam"):
+        estimators.compute(paths[16], "ridge", lam=0.0)
+
+
+def test_shared_statistics_reused(planted):
+    """One statistics pass serves several estimators of the same output."""
+    paths, _ = planted
+    ds = dmdask.open_store(paths[16])
+    st = estimators.store_statistics(ds, output="margin", own_gram=True)
+    for name in ("dom_margin", "ols", "ridge"):
+        a = estimators.compute(ds, name, stats=st)
+        b = estimators.compute(ds, name)
+        np.testing.assert_array_equal(a.values, b.values)
+    with pytest.raises(InputError, match="output"):
+        estimators.compute(ds, "dom_correctness", stats=st)
