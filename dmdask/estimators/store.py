@@ -214,7 +214,6 @@ def least_squares_from_stats(n, G, s, c, sy, *, lam: float = 0.0, rcond: float =
     n = float(n)
     Gc = G - np.outer(s, s) / n
     cc = c - np.outer(s, sy) / n
-    d = G.shape[0]
     # columns constant over the rows (in all or in none of them, e.g. the target's own column
     # under eq. 9) get weight exactly 0; the solve runs on the others
     var = np.diagonal(Gc)
