@@ -95,13 +95,13 @@ def evaluation_runs(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return subsets, np.asarray(runs)[order], np.asarray(group)[order]
 
 
-def _calibration(ds, tau, tpos, tti, eq9, client):
+def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None):
     """Per target (a, c, n): least-squares affine map of z = mask @ τ to the margin over the
     random (fitting) models; one pass, dask over model blocks."""
     from .fit import select_models
     from .stats import _compute
 
-    rows, _ = select_models(ds)
+    rows, _ = select_models(ds, alpha)
     X = ds["mask"].data[rows]
     Y = ds["margin"].data[rows][:, tpos]
     tau_t = np.ascontiguousarray(tau.T)
@@ -137,12 +137,14 @@ def _calibration(ds, tau, tpos, tti, eq9, client):
 
 
 def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
-             level: float = 0.95, layout: str = "auto", client=None) -> xr.Dataset:
+             level: float = 0.95, layout: str = "auto", alpha: float | None = None,
+             client=None) -> xr.Dataset:
     """Evaluate an attribution matrix on the store's held-out models (see the module
     docstring). ``scores``: anything :func:`dmdask.scores.load_scores` reads. Returns a
     Dataset with per-target variables ``mse, r2, r2_noise_adjusted, pearson, spearman, lds,
     auc, opt, excess_mse, var_actual, n_runs, n_subsets, n_opt_subsets, calib_slope,
-    calib_intercept`` and summary attributes."""
+    calib_intercept`` and summary attributes. ``alpha``: which random models calibrate
+    when the store holds several α (as :func:`dmdask.fit.select_models`)."""
     ds = _open(ds)
     sc = load_scores(scores, ds=ds, layout=layout) if not _is_schema(scores) else scores
     tpos = np.asarray(sc["target"].values, dtype=np.int64)
@@ -201,7 +203,7 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
         y = np.where(contains[group], np.nan, y)
 
     if do_cal:
-        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client)
+        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client, alpha)
         cal_method = "affine least squares on the random (fitting) models"
     else:
         a, c = np.ones(tpos.size), (bias if bias is not None else np.zeros(tpos.size))
