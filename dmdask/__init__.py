@@ -22,6 +22,7 @@ from .store import (  # noqa: E402
 # Eager on purpose: importing the submodule ``dmdask.train`` would otherwise rebind the
 # package attribute ``train`` from the function to the module.
 from .train import TrainReport, train  # noqa: E402
+from .evaluate import evaluate  # noqa: E402  (same reason: the function, not the module)
 
 __all__ = [
     "KINDS",
@@ -36,6 +37,7 @@ __all__ = [
     "add_models",
     "create_jobless_store",
     "create_store",
+    "evaluate",
     "open_store",
     "store_info",
     "train",
