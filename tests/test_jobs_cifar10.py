@@ -291,3 +291,20 @@ def test_gpu_learns(compile):
     m = job.train_block(np.ones((4, 512), bool), np.arange(4))
     acc = (m > 0).mean(axis=1)
     assert acc.min() > 0.6, acc
+
+
+def test_gpu_benchmark_cpu_smoke():
+    """The GPU benchmark's --cpu-smoke runs end to end here and writes no RESULTS.md."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = os.path.join(root, "benchmarks", "RESULTS.md")
+    before = open(results).read() if os.path.exists(results) else None
+    r = subprocess.run([sys.executable, "benchmarks/bench_cifar10_gpu.py", "--cpu-smoke"],
+                       cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0, r.stderr
+    assert "models/day" in r.stdout and "device: cpu" in r.stdout
+    after = open(results).read() if os.path.exists(results) else None
+    assert before == after
