@@ -108,7 +108,7 @@ def fit_datamodels(
     client=None,
     tol: float = 1e-6,
     max_iter: int = 5000,
-    early_stop: bool = False,
+    early_stop: bool = True,
     progress: bool = False,
 ) -> xr.Dataset:
     """Fit one sparse linear datamodel per target; return the datamodels Dataset.
@@ -117,7 +117,9 @@ def fit_datamodels(
     a store path. ``targets``: positions along ``target`` (default all). ``solver``: ``auto``
     (Gram where rows are shared, streaming SAGA elsewhere), ``gram`` or ``saga``. See the
     module docstring for models, selection and routing; ``tol`` is the relative duality-gap
-    tolerance, ``early_stop`` the fast_l1 validation early stop.
+    tolerance, ``early_stop`` the fast_l1 validation early stop (§1.3: a target's path stops
+    once its validation MSE rises after ≥ 10 λ; on planted problems this skips the costly dense
+    end of the path — 20× faster at the same chosen validation MSE, benchmarks/RESULTS_solve.md).
 
     Returns variables ``weight(target, train)`` float32 in raw-mask space (prediction =
     mask @ weight + bias), ``bias``, ``lam`` (standardised-space λ), ``val_mse``,
@@ -249,5 +251,5 @@ def save_datamodels(dm: xr.Dataset, path, *, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: already exists (overwrite=True replaces it)")
-    dm.to_zarr(path, mode="w")
+    dm.to_zarr(path, mode="w", consolidated=False)
     return path

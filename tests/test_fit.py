@@ -78,7 +78,7 @@ def test_roundtrip_zarr(store, tmp_path):
     path, *_ = store
     dm = fit_datamodels(path, targets=[0, 1], selection="holdout")
     out = save_datamodels(dm, tmp_path / "dm.zarr")
-    back = xr.open_zarr(out)
+    back = xr.open_zarr(out, consolidated=False)
     xr.testing.assert_identical(back.load(), dm)
     with pytest.raises(InputError, match="exists"):
         save_datamodels(dm, out)

@@ -421,7 +421,7 @@ def solve_from_stats(
 ) -> PathResult:
     """Path, selection and refit for all targets from the per-group statistics of
     :func:`dmdask.stats.compute_stats` (groups as :func:`group_bounds_for` makes them)."""
-    method = method or options.extra.get("method") or config.get("solve.gram-method", "cd")
+    method = method or options.extra.get("method") or config.get("solve.gram-method", "fista")
     if method not in ("cd", "fista"):
         raise UnsupportedTargets(f"unknown Gram method {method!r} (cd | fista)")
     cd_block = int(options.extra.get("cd_block", 64))
