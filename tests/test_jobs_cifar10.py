@@ -308,3 +308,22 @@ def test_gpu_benchmark_cpu_smoke():
     assert "models/day" in r.stdout and "device: cpu" in r.stdout
     after = open(results).read() if os.path.exists(results) else None
     assert before == after
+
+
+def test_through_a_run_store(tmp_path):
+    """Blocks trained by dmdask's block task land in the store exactly as train_block gives."""
+    import dmdask
+    from dmdask.store import read_meta
+    from dmdask.train import train_block_task
+
+    params = {**TINY, "synthetic": dict(TINY["synthetic"]), "epochs": 1, "models_at_once": 2}
+    path = dmdask.create_store(tmp_path / "c.zarr", "jobs.cifar10:CIFAR10ResNet9", n_models=3,
+                               alpha=0.5, params=params, seed=1, block_size=2)
+    spec = read_meta(path)["job"]
+    for block in range(2):
+        train_block_task(str(path), block, spec)
+    ds = dmdask.open_store(path)
+    assert ds.completed.values.all()
+    job = _job(epochs=1, models_at_once=2)
+    np.testing.assert_array_equal(
+        ds.margin.values, job.train_block(ds.mask.values, ds.seed.values))
