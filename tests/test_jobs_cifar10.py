@@ -327,3 +327,11 @@ def test_through_a_run_store(tmp_path):
     job = _job(epochs=1, models_at_once=2)
     np.testing.assert_array_equal(
         ds.margin.values, job.train_block(ds.mask.values, ds.seed.values))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_gpu_code_paths_run_on_cpu(dtype):
+    """The GPU's settings (autocast, channels-last weights through the packed SGD) on the CPU."""
+    job = _job(epochs=1, dtype=dtype, channels_last=True, models_at_once=2)
+    m = job.train_block(_masks(5, fracs=(0.5, 0.9)), np.array([1, 2]))
+    assert m.shape == (2, N_TEST) and np.isfinite(m).all()
