@@ -271,15 +271,19 @@ def _row_weights(Xb, Yb, tti, xp):
 def _stats_pass(rows: _Rows, Yh, tti, ranges_split, row_block, xp, dtype):
     """One pass over the masks: statistics per split range, and the row weights m (n, T).
 
-    Returns (stats per range, Y (n, T) on the device with NaN → 0, m (n, T) bool)."""
+    Returns (stats per range, Y (n, T) on the device with NaN → 0, m (n, T) bool, whether
+    every mask has the same number of ones: fixed-size sampling, hence the gauge direction)."""
     n, d = rows.shape
     T = Yh.shape[1]
     M_all = xp.zeros((n, T), dtype=bool)
     Y0 = np.nan_to_num(Yh, nan=0.0, posinf=0.0, neginf=0.0)
     out = []
+    rs_lo, rs_hi = np.inf, -np.inf
     for lo, hi in ranges_split:
         st = _Stats.zeros(d, T)
         for a, b, Xb in rows.iter_blocks(_split_ranges(lo, hi, row_block)):
+            rs = Xb.sum(axis=1)
+            rs_lo, rs_hi = min(rs_lo, int(rs.min())), max(rs_hi, int(rs.max()))
             M = _row_weights(Xb, xp.asarray(Yh[a:b]), tti, xp)
             M_all[a:b] = M
             Xf = Xb.astype(xp.float64)
@@ -293,7 +297,8 @@ def _stats_pass(rows: _Rows, Yh, tti, ranges_split, row_block, xp, dtype):
             st.XtM += _to_host(Xf.T @ Mf)
             st.XtMy += _to_host(Xf.T @ My)
         out.append(st)
-    return out, xp.asarray(Y0, dtype=dtype), M_all
+    fixed_size = bool(rs_lo == rs_hi)
+    return out, xp.asarray(Y0, dtype=dtype), M_all, fixed_size
 
 
 # --------------------------------------------------------------------------- engine
@@ -360,8 +365,10 @@ class _Engine:
                      "var", "nt_h")
     _COMPACT_DEV = ("W", "b", "gw", "gb", "mu", "inv", "n_t")
 
-    def __init__(self, rows: _Rows, Y, M, lo, hi, st: _Stats, W0, b0, lam0, conf, xp, rng):
+    def __init__(self, rows: _Rows, Y, M, lo, hi, st: _Stats, W0, b0, lam0, conf, xp, rng,
+                 gauge=False):
         self.rows, self.xp, self.conf, self.rng = rows, xp, conf, rng
+        self.gauge = gauge
         self.lo, self.hi, self.n = lo, hi, hi - lo
         dt = conf.dtype
         T = W0.shape[1]
@@ -557,6 +564,8 @@ class _Engine:
         nt = self.nt_h
         self.gw[:, rd] = (accG[:, rd] / nt[rj]).astype(dt)
         self.gb[rd] = (S1[rd] / nt[rj]).astype(dt)
+        if self.gauge:
+            self._gauge_shift(rj)
         S1h, S2h, Syh = _to_host(S1), _to_host(S2), _to_host(Sy)
         rbar = S1h / nt
         rc2 = np.maximum(S2h - S1h * rbar, 0.0)  # ‖ρ_c‖², ρ = −r centred on the target's rows
@@ -586,7 +595,7 @@ class _Engine:
             g_prev, k = self.gap_lam[j], self.steps_gap[j]
             if np.isfinite(g_prev) and k > 0 and 0 < grel[j] < g_prev:
                 self.rate[j] = min(max((grel[j] / g_prev) ** (1.0 / k), 0.01), 0.95)
-            self.stall[j] = self.stall[j] + 1 if np.isfinite(g_prev) and grel[j] > 0.7 * g_prev \
+            self.stall[j] = self.stall[j] + 1 if np.isfinite(g_prev) and grel[j] > 0.95 * g_prev \
                 else 0
             est = np.log(conf.tol / max(grel[j], 1e-300)) / np.log(self.rate[j])
             self.need[j] = int(min(max(np.ceil(est), 1), conf.refresh_every))
@@ -594,6 +603,26 @@ class _Engine:
         self.refresh[rj] = False
         self.since_refresh[rj] = 0
         return cert
+
+    def _gauge_shift(self, which):
+        """Fixed-size masks: X̃σ = 0 on every target's rows, so w̃ → w̃ + τσ changes only the
+        L1 term. SAGA crawls along that flat direction (by λ·lr per step); jump to the
+        L1-minimal point instead: τ = −(weighted median of w̃_j/σ_j, weights σ_j). The
+        residuals, the table and the averages are unchanged."""
+        xp = self.xp
+        wd = xp.asarray(which)
+        W = _to_host(self.W[:, wd].astype(xp.float64))
+        inv = _to_host(self.inv[:, wd].astype(xp.float64))
+        sig = np.where(inv > 0, 1.0 / np.where(inv > 0, inv, 1.0), 0.0)
+        a = np.where(sig > 0, -W / np.where(sig > 0, sig, 1.0), np.inf)
+        order = np.argsort(a, axis=0)
+        a_s = np.take_along_axis(a, order, axis=0)
+        cw = np.cumsum(np.take_along_axis(sig, order, axis=0), axis=0)
+        idx = np.argmax(cw >= cw[-1][None, :] / 2, axis=0)
+        tau = a_s[idx, np.arange(W.shape[1])]
+        tau = np.where(np.isfinite(tau), tau, 0.0)
+        if np.any(tau != 0):
+            self.W[:, wd] = xp.asarray(W + sig * tau[None, :], dtype=self.conf.dtype)
 
     def run(self, on_certified):
         """Passes until every column is done; finished columns are compacted away."""
@@ -624,7 +653,9 @@ def _conf(options: PathOptions, d: int, n_fit: int) -> _Conf:
     unknown = set(ex) - _EXTRA_KEYS
     if unknown:
         raise InputError(f"unknown SAGA options {sorted(unknown)}; known: {sorted(_EXTRA_KEYS)}")
-    B = int(ex.get("batch_size") or min(max(256, min(d, 2048)), max(n_fit // 4, 1)))
+    # B ≈ d balances L_B ≈ (1 + sqrt(d/B))² against steps per epoch; at least ~32 batches per
+    # epoch, since SAGA's rate per epoch is capped by the number of batches (≈ e^{-1/4}·… )
+    B = int(ex.get("batch_size") or max(16, min(d, 2048, n_fit // 32)))
     rb = options.row_block_size or int(config.get("solve.row-block-size", 8192))
     rb = max(int(rb), B)
     dtype = np.dtype(ex.get("dtype", "float64"))
@@ -680,7 +711,8 @@ def _solve_block(rows, Yh, tti, xp, conf, options, split, lam_fixed=None):
     info: dict[str, Any] = {"passes": {}, "lr": {}, "L_B": {}}
     if lam_fixed is not None:
         n_val = 0
-        (st_all,), Y, M = _stats_pass(rows, Yh, tti, [(0, n)], conf.row_block, xp, conf.dtype)
+        (st_all,), Y, M, gauge = _stats_pass(rows, Yh, tti, [(0, n)], conf.row_block, xp,
+                                             conf.dtype)
         lam = np.asarray(lam_fixed, dtype=np.float64)
         lambdas = lam[:, None].copy()
         val_path = np.full((T, 1), np.nan)
@@ -690,19 +722,19 @@ def _solve_block(rows, Yh, tti, xp, conf, options, split, lam_fixed=None):
         converged = np.ones(T, bool)
     else:
         n_val = holdout_size(n, split.val_fraction)
-        (st_val, st_tr), Y, M = _stats_pass(rows, Yh, tti, [(0, n_val), (n_val, n)],
-                                           conf.row_block, xp, conf.dtype)
+        (st_val, st_tr), Y, M, gauge = _stats_pass(rows, Yh, tti, [(0, n_val), (n_val, n)],
+                                                  conf.row_block, xp, conf.dtype)
         st_all = st_val + st_tr
         lambdas = lambda_grid(st_tr.lam_max(), options.n_lambdas, options.lambda_ratio)
         val_path, best_idx, w_best, b_best, n_iter, converged, path = _path(
-            rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info)
+            rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info, gauge)
         lam = lambdas[np.arange(T), best_idx]
         if conf.keep_path:
             info["path_weight"], info["path_bias"] = path
         # the best path solution, moved to the refit's standardisation
         w_init, b_init = _to_std(*_to_rawspace(w_best, b_best, st_tr), st_all)
 
-    eng = _Engine(rows, Y, M, 0, n, st_all, w_init, b_init, lam, conf, xp, rng)
+    eng = _Engine(rows, Y, M, 0, n, st_all, w_init, b_init, lam, conf, xp, rng, gauge=gauge)
     eng.run(lambda which, e: np.full(len(which), np.nan))
     n_iter += eng.passes_final
     converged &= eng.ok
@@ -728,7 +760,7 @@ def _solve_block(rows, Yh, tti, xp, conf, options, split, lam_fixed=None):
     )
 
 
-def _path(rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info):
+def _path(rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info, gauge):
     """The λ path on the training rows with validation after every certified solve."""
     d = rows.shape[1]
     T, L = lambdas.shape
@@ -789,7 +821,7 @@ def _path(rows, Y, M, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, inf
 
     if L > 1:
         eng = _Engine(rows, Y, M, n_val, rows.shape[0], st_tr, np.zeros((d, T)), st_tr.ybar,
-                      lambdas[:, 1], conf, xp, rng)
+                      lambdas[:, 1], conf, xp, rng, gauge=gauge)
         eng.init_table_at_null(st_tr)
         eng.active &= lambdas[:, 0] > 0  # constant outputs: w = 0 on the whole path
         k_of[:] = 1
