@@ -135,10 +135,13 @@ def add(store, kind, n_models, alpha, replicate_of, times):
               help="Local cluster: worker processes (default: one per core).")
 @click.option("--threads-per-worker", type=int, default=None,
               help="Local cluster: threads per worker (default: dmdask.train.threads-per-worker).")
+@click.option("--gpus", type=int, default=None, metavar="N",
+              help="Start a local GPU cluster (dask_cuda.LocalCUDACluster, one worker per GPU) "
+                   "on N GPUs (0: all). To join `dask cuda worker`s elsewhere, use --scheduler.")
 @click.option("--retries", type=int, default=None, help="Retries per failed block (default 3).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def train(store, scheduler, workers, threads_per_worker, retries, progress):
+def train(store, scheduler, workers, threads_per_worker, gpus, retries, progress):
     """Train every incomplete block of STORE on a dask.distributed cluster.
 
     Resumable: interrupt it, or lose a worker, at any moment and rerun it; only blocks whose
@@ -150,7 +153,7 @@ def train(store, scheduler, workers, threads_per_worker, retries, progress):
         click.echo(f"training {total} models; dashboard: {dashboard}", err=True)
 
     rep = run(store, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-              retries=retries, progress=progress, on_start=started)
+              gpus=gpus, retries=retries, progress=progress, on_start=started)
     if rep.models:
         click.echo(f"{store}: trained {rep.models} models in {rep.blocks} blocks, "
                    f"{rep.wall_seconds:.1f} s ({rep.models_per_second:.1f} models/s)")

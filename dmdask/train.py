@@ -96,10 +96,29 @@ class TrainReport:
         return self.models / self.wall_seconds if self.wall_seconds else float("nan")
 
 
-def _client_for(scheduler: str | None, workers: int | None, threads: int | None):
-    """(client, cluster-or-None) — join ``scheduler`` or start a LocalCluster."""
+def _client_for(scheduler: str | None, workers: int | None, threads: int | None,
+                gpus: int | None = None):
+    """(client, cluster-or-None) — join ``scheduler``, or start a LocalCUDACluster (``gpus``),
+    or a LocalCluster."""
     from distributed import Client, LocalCluster
 
+    if scheduler and gpus:
+        raise DmdaskError("give --scheduler (join `dask cuda worker`s) or --gpus (start a local "
+                          "GPU cluster), not both")
+    if gpus is not None:
+        from . import optional
+
+        dask_cuda = optional.require("dask_cuda")
+        if not optional.has_gpu():
+            raise DmdaskError("--gpus: no CUDA GPU is visible to CuPy on this machine")
+        import cupy
+
+        n = cupy.cuda.runtime.getDeviceCount() if gpus == 0 else int(gpus)
+        cluster = dask_cuda.LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=list(range(n)), threads_per_worker=1, dashboard_address=":0",
+            silence_logs=40,
+        )
+        return Client(cluster), cluster
     if scheduler:
         try:
             return Client(scheduler, timeout=config.get("train.connect-timeout", "20s")), None
@@ -121,6 +140,7 @@ def train(
     scheduler: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
+    gpus: int | None = None,
     retries: int | None = None,
     progress: bool = True,
     on_start: Callable[[str | None, int], None] | None = None,
@@ -129,7 +149,8 @@ def train(
 
     Uses ``client`` if given, else joins ``scheduler`` (a ``tcp://`` address of a
     ``dask scheduler``), else starts a ``LocalCluster`` of ``workers`` processes with
-    ``threads_per_worker`` threads (settings ``dmdask.train.*``). Failed tasks are retried
+    ``threads_per_worker`` threads (settings ``dmdask.train.*``); ``gpus=N`` starts a
+    ``dask_cuda.LocalCUDACluster`` with one worker per GPU instead (0: every GPU). Failed tasks are retried
     ``retries`` times; blocks that still fail are reported in one :class:`DmdaskError` after
     every other block is written. Safe to interrupt and rerun at any moment.
     """
@@ -153,7 +174,7 @@ def train(
 
     cluster = None
     if client is None:
-        client, cluster = _client_for(scheduler, workers, threads_per_worker)
+        client, cluster = _client_for(scheduler, workers, threads_per_worker, gpus)
     report.dashboard = getattr(client, "dashboard_link", None)
     total = sum(e - s for s, e in (block_range(meta, b) for b in pending))
     if on_start is not None:
