@@ -225,6 +225,24 @@ def test_early_stop_is_fast_l1_rule():
             assert last + 1 >= 5 and v[last] > v[last - 1]
 
 
+def test_fixed_size_gauge_is_l1_minimal():
+    """Fixed-size masks: w̃ + τσ has the same residuals; the solution sits at the L1-minimal τ."""
+    X, Y = problem(seed=18, n=1500, d=40, T=1)
+    lam = 0.002
+    res = saga_fit_lambda(X, Y, lam)
+    w = res.info["w_std"][0]
+    sig = X.std(0)
+    l1 = [np.abs(w + t * sig).sum() for t in np.linspace(-1e-3, 1e-3, 41)]
+    assert np.argmin(l1) == 20 or np.isclose(min(l1), l1[20], rtol=1e-12)
+
+
+def test_capped_solves_are_reported_not_converged():
+    X, Y = problem(seed=19, n=1500, d=40, T=2)
+    res = saga_fit_lambda(X, Y, 0.01, options=PathOptions(tol=1e-12, extra={"max_epochs": 2}))
+    assert not res.converged.any()
+    assert (res.info["gap_rel"] > 1e-12).all()
+
+
 # --------------------------------------------------------------------------- per-target rows
 
 
