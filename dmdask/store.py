@@ -447,20 +447,26 @@ def write_block(
     *,
     job: dict[str, Any] | None = None,
     start: int | None = None,
+    allow_missing: bool = False,
 ) -> None:
     """Write the margins of one whole block, then mark its models completed.
 
-    ``margins`` must be float32 ``[rows of the block, n_target]`` and finite. If ``start`` is
+    ``margins`` must be float32 ``[rows of the block, n_target]`` and finite. With
+    ``allow_missing=True`` (imports and synthetic data, never training), NaN records a margin
+    that is missing for that (model, target) — the solvers skip it for that target — while
+    inf is still refused. If ``start`` is
     given it must equal the block's first row (a check against misaligned writers); if
     ``job`` is given it must equal the store's job spec. Any violation raises
     :class:`WriteRefused` naming the store and block, and nothing is written.
     """
     path = _path(path)
     group = _open_group(path, "r+")
-    _write_block_to(group, _meta_of(group, path), path, block, margins, job=job, start=start)
+    _write_block_to(group, _meta_of(group, path), path, block, margins, job=job, start=start,
+                    allow_missing=allow_missing)
 
 
-def _write_block_to(group, meta, path, block, margins, *, job=None, start=None) -> None:
+def _write_block_to(group, meta, path, block, margins, *, job=None, start=None,
+                    allow_missing=False) -> None:
     where = f"{path} block {block}"
     if not isinstance(block, (int, np.integer)):
         raise WriteRefused(f"{path}: block index must be an int, got {block!r}")
@@ -481,7 +487,7 @@ def _write_block_to(group, meta, path, block, margins, *, job=None, start=None) 
                            f"cover rows {s}..{e - 1} with shape {expect}")
     if margins.dtype != np.float32:
         raise WriteRefused(f"{where}: margins have dtype {margins.dtype}, expected float32")
-    bad = ~np.isfinite(margins)
+    bad = np.isinf(margins) if allow_missing else ~np.isfinite(margins)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0]) + s
         raise WriteRefused(f"{where}: {int(bad.sum())} margins are NaN or inf (models "

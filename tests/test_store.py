@@ -314,3 +314,16 @@ def test_create_store_is_idempotent_and_refuses_another_job(tmp_path):
     with pytest.raises(StoreError, match="already exists"):
         dmdask.create_store(p, "testjobs:RidgeDigits", 8, 0.5, params={"n_train": 31})
     _assert_same(before, _snapshot(p))
+
+
+def test_missing_margins_are_recorded_only_when_allowed(store10):
+    m = np.zeros((4, 3), np.float32)
+    m[1, 2] = np.nan
+    with pytest.raises(WriteRefused, match="NaN"):
+        dmdask.write_block(store10, 1, m)
+    dmdask.write_block(store10, 1, m, allow_missing=True)
+    ds = dmdask.open_store(store10)
+    assert ds.completed.values[4:8].all() and np.isnan(ds.margin.values[5, 2])
+    m[0, 0] = np.inf
+    with pytest.raises(WriteRefused, match="inf"):
+        dmdask.write_block(store10, 1, m, allow_missing=True)
