@@ -1,0 +1,18 @@
+"""Learning algorithms ("jobs") that dmdask trains on random subsets.
+
+A job is a class named by an import path ``"module:Class"`` (see :mod:`dmdask.jobspec`):
+
+``jobs.digits:DigitsMLP``
+    The embedded CPU default: a small MLP on scikit-learn's bundled 8x8 digits, many models
+    trained at once as one batched torch computation.
+``jobs.digits:DigitsLogistic``
+    L2-regularised multinomial logistic regression on the same data, solved to high precision
+    (deterministic given the mask): the convex job used for exactness checks.
+
+Importing this package is cheap: torch and scikit-learn are imported by the jobs only when
+they are constructed or run.
+"""
+
+JOBS = ("jobs.digits:DigitsMLP", "jobs.digits:DigitsLogistic")
+
+__all__ = ["JOBS"]
