@@ -19,9 +19,8 @@ enters its fit; its truth is ``w*_t`` with ``w*_tj = 0``, evaluated on subsets w
 The store is written through the store API, block by block (masks are sampled by
 ``add_models``; margins are computed from each block's masks and written with ``write_block``),
 so the mask matrix is never whole in memory. NaN margins (``nan_fraction``) stand for missing
-evaluations: ``write_block`` refuses non-finite margins by design, so they are poked into the
-margin array afterwards, directly through zarr, for exactly the cells drawn (documented
-bypass; a synthetic fixture only).
+evaluations, recorded with ``write_block(..., allow_missing=True)`` (jobs cannot do this:
+their NaN margins are refused).
 
 :func:`evaluate` draws fresh subsets and scores a fitted (weight, bias) against the planted
 signal, offset included (a wrong bias shows), plus support F1 and the correlation of weights.
@@ -205,12 +204,9 @@ def make_store(path, n_models, n_train, n_target, *, block_size=None, nan_fracti
         s, e = k * B, min((k + 1) * B, n_models)
         X = group["mask"][s:e]
         Y = truth.outputs(X, np.random.default_rng([seed, 0xB10C, k])).astype(np.float32)
-        write_block(path, k, Y)
         if nan_fraction:
-            cells = _nan_cells(truth, n_models, nan_fraction, seed, s, e)
-            if cells.any():
-                Y[cells] = np.nan
-                group["margin"][s:e] = Y  # documented bypass: missing evaluations
+            Y[_nan_cells(truth, n_models, nan_fraction, seed, s, e)] = np.nan
+        write_block(path, k, Y, allow_missing=bool(nan_fraction))
         if progress and (k % max(1, nblocks // 10) == 0 or k == nblocks - 1):
             print(f"  margins: block {k + 1}/{nblocks} ({time.perf_counter() - t0:.1f} s)",
                   flush=True)
