@@ -87,27 +87,59 @@ def baseline_autograd_logits(job: DigitsMLP, masks, seeds, train_labels=None):
         return torch.baddbmm(b2, h, W2).numpy()
 
 
-def time_calls(fn, repeats: int) -> list[float]:
+def _cpu_idle_fraction(seconds: float = 2.0) -> float | None:
+    """Fraction of all cores idle over ``seconds`` (Linux ``/proc/stat``; None elsewhere)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    try:
+        i0, t0 = read()
+        time.sleep(seconds)
+        i1, t1 = read()
+    except OSError:
+        return None
+    return (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_for_idle(limit_s: float, threshold: float = 0.9) -> float | None:
+    """Wait (up to ``limit_s``) until other processes leave the cores idle; returns the last
+    idle fraction seen. Timings on a shared machine are otherwise mostly noise."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        idle = _cpu_idle_fraction()
+        if idle is None or idle >= threshold or time.monotonic() >= deadline:
+            return idle
+
+
+WAIT_IDLE_S = 0.0
+
+
+def time_calls(fn, repeats: int) -> tuple[list[float], list[float], float | None]:
+    """Wall and process-CPU seconds of ``repeats`` calls after one warm-up call."""
     fn()  # warm-up
-    times = []
+    idle = wait_for_idle(WAIT_IDLE_S) if WAIT_IDLE_S > 0 else None
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append(time.process_time() - c0)
+    return times, cpu, idle
 
 
 def bench_contestant(name, block, train, accuracy_full, repeats, n_train, job, extra=None):
     masks = fixed_size_masks(block, n_train, 0.5, seed=1)
     seeds = np.random.default_rng(2).integers(0, 2**63, block, dtype=np.uint64)
-    times = time_calls(lambda: train(masks, seeds), repeats)
+    times, cpu, idle = time_calls(lambda: train(masks, seeds), repeats)
     margins = train(masks, seeds)
     acc = (margins[:, : job.split.test_id.size] > 0).mean(axis=1)
     row = {
         "contestant": name, "block": block,
         "models_per_s_median": block / statistics.median(times),
         "models_per_s_best": block / min(times),
-        "seconds": times,
+        "seconds": times, "cpu_seconds": cpu, "idle_before": idle,
         "acc_half_mean": float(acc.mean()), "acc_half_min": float(acc.min()),
         "acc_full": accuracy_full,
     }
@@ -129,8 +161,15 @@ def main(argv=None):
     p.add_argument("--blocks", default=None,
                    help="MLP block sizes, comma-separated (default: 64, preferred, 1024)")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                   help="before timing each contestant, wait up to S seconds for the other "
+                        "processes on the machine to leave the cores idle")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--record", action="store_true",
+                   help="also record the table in benchmarks/RESULTS.md (benchmarks.results)")
     args = p.parse_args(argv)
+    global WAIT_IDLE_S
+    WAIT_IDLE_S = args.wait_idle
 
     import torch
 
@@ -165,10 +204,10 @@ def main(argv=None):
          "newton_iters_mean": float(info["newton_iters"].mean()),
          "cg_iters_mean": float(info["cg_iters"].mean())}))
 
-    mlp_pref = next(r for r in rows if r["contestant"] == "DigitsMLP" and r["preferred"])
+    mlp_pref = next((r for r in rows if r["contestant"] == "DigitsMLP" and r["preferred"]), None)
     base_row = next((r for r in rows if r["contestant"] == "baseline-autograd"), None)
     speedup = (mlp_pref["models_per_s_median"] / base_row["models_per_s_median"]
-               if base_row else None)
+               if base_row and mlp_pref else None)
 
     env = {
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
@@ -180,24 +219,32 @@ def main(argv=None):
         "logistic_params": {"l2": logi.l2, "tol": logi.tol},
         "alpha": 0.5, "n_train": n_train, "n_test": n_test,
     }
-    print(f"digits jobs, alpha = 0.5, torch {env['torch']}, {env['torch_threads']} threads, "
-          f"load average {load_before[0]:.2f} before / {env['loadavg_after'][0]:.2f} after")
-    hdr = (f"{'contestant':<18} {'block':>5} {'models/s med':>12} {'best':>8} "
-           f"{'acc@0.5 mean':>12} {'min':>6} {'acc full':>8}")
-    print(hdr)
-    print("-" * len(hdr))
+    lines = [f"digits jobs, alpha = 0.5, torch {env['torch']}, {env['torch_threads']} threads, "
+             f"load average {load_before[0]:.2f} before / {env['loadavg_after'][0]:.2f} after",
+             "",
+             "| contestant | block | models/s (median) | models/s (best) | acc@0.5 mean "
+             "| acc@0.5 min | acc full |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        mark = " *" if r.get("preferred") else ""
-        print(f"{r['contestant']:<18} {r['block']:>5} {r['models_per_s_median']:>12.1f} "
-              f"{r['models_per_s_best']:>8.1f} {r['acc_half_mean']:>12.4f} "
-              f"{r['acc_half_min']:>6.3f} {r['acc_full']:>8.4f}{mark}")
-    print("* = DigitsMLP.preferred_block_size")
+        mark = " (preferred)" if r.get("preferred") else ""
+        lines.append(f"| {r['contestant']} | {r['block']}{mark} | "
+                     f"{r['models_per_s_median']:.1f} | {r['models_per_s_best']:.1f} | "
+                     f"{r['acc_half_mean']:.4f} | {r['acc_half_min']:.3f} | "
+                     f"{r['acc_full']:.4f} |")
+    lines.append("")
     if speedup is not None:
-        print(f"DigitsMLP / baseline-autograd speed (median, block {pref}): {speedup:.2f}x")
+        lines.append(f"DigitsMLP / baseline-autograd speed (median, block {pref}): "
+                     f"{speedup:.2f}x")
     lr = rows[-1]
-    print(f"DigitsLogistic: max gradient norm {lr['max_grad_norm']:.2e}, "
-          f"{lr['newton_iters_mean']:.1f} Newton / {lr['cg_iters_mean']:.0f} CG iterations "
-          f"per model")
+    lines.append(f"DigitsLogistic: max gradient norm {lr['max_grad_norm']:.2e}, "
+                 f"{lr['newton_iters_mean']:.1f} Newton / {lr['cg_iters_mean']:.0f} CG "
+                 f"iterations per model")
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        from benchmarks.results import record
+
+        record("Digits jobs throughput (CPU)", text)
     if args.json:
         args.json.write_text(json.dumps({"env": env, "results": rows, "speedup": speedup},
                                         indent=2))
