@@ -234,3 +234,65 @@ def test_gram_solver_refuses_training_example_targets():
 
     with pytest.raises(UnsupportedTargets, match="training-example"):
         GramSolver().fit(X, Y, target_train_index=np.array([-1, 4, -1]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("stack_ratio", [0.0, 1e9])
+def test_working_set_routes_match_sklearn_with_kkt_and_gap(method, stack_ratio):
+    """Both routes of the per-target working sets — stacked subproblems (every target) and
+    the masked GEMM route (every target) — give sklearn's solution, KKT and the gap at every
+    path point, on fixed-size masks (null direction) and Bernoulli masks."""
+    for fixed in (True, False):
+        X, Y = _problem(seed=11, n=300, d=40, T=4, fixed=fixed)
+        st = compute_stats(X, Y)[0]
+        prob = _Problem(_std_gram(st), method, 8).set_gauge(st.sigma)
+        prob.stack_ratio = stack_ratio
+        _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+        lams = lambda_grid(lambda_max(q), 10, 1e-3)
+        points = []
+        tol = 1e-10
+
+        def record(W, idx, points=points):
+            points.append(W.copy())
+            return np.zeros(len(idx))
+
+        res = gram_path(prob, q, yv, lams, tol=tol, max_iter=100000, val_fn=record)
+        assert res["converged"].all()
+        Xs, *_ = _standardise(X)
+        for li, W in enumerate(points):
+            for t in range(Y.shape[1]):
+                lam = lams[t, li]
+                C = q[:, t] - prob.Q @ W[:, t]
+                gap = _gap(yv[t], lam, W[:, t:t + 1], C[:, None], q[:, t:t + 1],
+                           np.abs(C).max())[0]
+                assert gap <= tol * yv[t] / 2 * (1 + 1e-6) + 1e-15
+                assert np.all(np.abs(C) <= lam * (1 + 1e-4) + 1e-12)
+                if li % 3 == 0:
+                    m = Lasso(alpha=lam, tol=1e-14, max_iter=200000).fit(Xs, Y[:, t])
+                    scale = max(np.abs(m.coef_).max(), 1e-12)
+                    assert np.abs(W[:, t] - m.coef_).max() <= 1e-4 * scale, (li, t)
+
+
+def test_fast_mode_float32_kkt_gemm_meets_default_tolerance():
+    """With the default tolerance the full gradient is a float32 GEMM; the gap computed in
+    float64 from scratch still meets the tolerance at every path point."""
+    X, Y = _problem(seed=12, n=2000, d=300, T=6, fixed=True, k=10, noise=2.0)
+    st = compute_stats(X, Y)[0]
+    for ratio in (0.0, 0.005, 1e9):
+        prob = _Problem(_std_gram(st), "fista", 8).set_gauge(st.sigma)
+        prob.stack_ratio, prob.fast, prob.kkt_margin = ratio, True, 1e-4
+        _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+        lams = lambda_grid(lambda_max(q), 15, 1e-3)
+        points = []
+
+        def record(W, idx, points=points):
+            points.append(W.copy())
+            return np.zeros(len(idx))
+
+        tol = 1e-6
+        res = gram_path(prob, q, yv, lams, tol=tol, max_iter=5000, val_fn=record)
+        assert res["converged"].all()
+        for li, W in enumerate(points):
+            C = q - prob.Q @ W
+            gap = _gap(yv, lams[:, li], W, C, q, np.abs(C).max(axis=0))
+            assert np.all(gap <= tol * yv / 2 * 1.01), (ratio, li)

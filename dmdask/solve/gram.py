@@ -6,17 +6,26 @@ Per target block, on the standardised centred problem scaled by 1/n
 
     minimise ½ wᵀQw − qᵀw + ½yv + λ‖w‖₁   (= (1/2n)‖y_c − X̃_c w‖² + λ‖w‖₁)
 
-* **Working set.** The correlation C = q − QW is kept for all d coordinates (it is the
-  negative gradient, so the KKT check is free); a λ starts from the warm start's support plus
-  the sequential strong rule |C_jt| ≥ 2λ_t − λ_prev,t, union over the targets of the block.
-* **Inner solver** on the working set U (cost |U|²·T per sweep/iteration, never d²):
-  ``method="cd"`` — cyclic coordinate descent for all targets at once, in blocks of
-  ``cd_block`` coordinates: exact updates inside a block (rank-1 on the block's rows), then one
-  GEMM ``C_U −= Q_U,B ΔW_B``; ``method="fista"`` — accelerated proximal gradient with
-  per-target adaptive restart, one GEMM ``Q_UU W_U`` per iteration.
+* **Per-target working sets.** The correlation C = q − QW is kept for all d coordinates (it
+  is the negative gradient, so the KKT check is one GEMM); at each λ every target t gets its
+  own working set A_t = supp(w_t) ∪ {j : |C_jt| ≥ 2λ_t − λ_prev,t} (sequential strong rule);
+  KKT violators found by the full-gradient check join A_t. Restricted to A_t the subproblem
+  Gram is well conditioned (|A_t| ≪ n) and has no fixed-size null direction.
+* **Two routes**, chosen per target by cost (``stack_ratio``: |A_t|² ≤ ratio·d·|∪A|, setting
+  ``dmdask.solve.gram-stack-ratio``): small working sets are gathered into a stack
+  Q[A_t, A_t] [T, K, K] (padded) and solved together by blocked coordinate descent (work
+  Σ|A_t|² per sweep; gathers cost ~5 ns/entry, so this wins only while K is small); large
+  ones by accelerated proximal gradient on the full Gram with each target's prox masked to
+  A_t (``method="fista"``: one GEMM QX per iteration, per-target step from the curvature
+  along the step, violators join on the fly) or by the union-working-set coordinate
+  descent (``method="cd"``).
+* **Precision.** With tol ≥ 1e-7 the GEMMs are float32; every convergence decision is
+  re-certified with a float64 gradient of the converging targets (a float32 error in |C_j|
+  near λ moves the gap by up to λ‖w‖₁·err/λ).
 * **Stop** per target on the duality gap (§1.5) of the full problem:
-  gap ≤ tol·‖y_c‖²/(2n); coordinates violating KKT outside U join U, and the inner solve
-  continues. Converged targets leave the computation.
+  gap ≤ tol·‖y_c‖²/(2n). Converged targets leave the computation.
+* **Validation MSE** from the validation statistics in the training standardisation, centred
+  at the validation means (:class:`_ValGram`): one GEMM per λ on the supports' rows.
 
 Selection, refit and raw-space conversion follow :mod:`dmdask.solve.base`. Which inner
 solver wins was measured in ``benchmarks/bench_solve.py`` (see ``benchmarks/RESULTS_solve.md``);
@@ -64,6 +73,15 @@ def _gap(yv, lam, W, C, q, cinf):
     return R / 2 + lam * l1 + lam**2 * R / (2 * s**2) - lam * ry / s
 
 
+def _gap_pieces(yv, lam, qw, wc, l1, s):
+    """The duality gap from its pieces: qw = qᵀw, wc = wᵀC, l1 = ‖w‖₁, s = max(λ, ‖C‖∞)."""
+    xp = get_namespace(qw)
+    R = xp.maximum(yv - qw - wc, 0.0)
+    ry = yv - qw
+    s = xp.maximum(s, _TINY)
+    return R / 2 + lam * l1 + lam**2 * R / (2 * s**2) - lam * ry / s
+
+
 def _power_L(Q, xp, iters=30):
     v = xp.ones(Q.shape[0]) / np.sqrt(Q.shape[0])
     lam = 1.0
@@ -88,6 +106,13 @@ class _Problem:
         self.method = method
         self.cd_block = cd_block
         self._L = None
+        self._Q32 = None
+        # stacked subproblems for targets with |A_t|² ≤ stack_ratio·d·|U| (measured,
+        # benchmarks/bench_solve.py); 0 = always the union working set
+        self.stack_ratio = 0.005
+        # float32 GEMM for the full KKT gradient (tolerances ≥ 1e-7 only, set by the path)
+        self.fast = False
+        self.kkt_margin = 0.0
         # Fixed-size subsets: X̃_c σ = X_c 1 = 0, so Q σ = 0 exactly and w̃ → w̃ + tσ changes
         # only the L1 term (REFERENCE §0, §1 checks). CD and FISTA crawl along such a flat
         # direction; an exact line search along it (a weighted median) removes the crawl.
@@ -201,7 +226,296 @@ class _Problem:
     # ------------------------------------------------------------------ one λ
     def solve(self, q, yv, lam, W, C, lam_prev, tol, max_iter):
         """Solve at ``lam`` [T] from warm start W [d, T] with C = q − QW; returns
-        (W, C, iterations, converged [T])."""
+        (W, C, iterations, converged [T]).
+
+        Per-target working sets A_t = support ∪ strong rule (∪ KKT violators, added after each
+        check). Targets whose |A_t| is small relative to the union of all working sets are
+        solved together on stacked subproblem Grams Q[A_t, A_t] (work Σ_t |A_t|² per sweep);
+        the rest on the union working set with GEMMs (work |U|²·T per iteration)."""
+        xp = self.xp
+        T = q.shape[1]
+        W = W.copy()
+        C = C.copy()
+        A = ((W != 0) | (xp.abs(C) >= (2 * lam - lam_prev)[None, :])) & self.usable[:, None]
+        sizes = A.sum(axis=0)
+        U = int((A.any(axis=1)).sum())
+        small = sizes.astype(xp.float64) ** 2 <= self.stack_ratio * self.Q.shape[0] * max(U, 1)
+        small = to_numpy(small)
+        its = xp.zeros(T, dtype=xp.int64)
+        conv = xp.zeros(T, dtype=bool)
+        big = np.flatnonzero(~small)
+        if big.size:
+            b = xp.asarray(big)
+            if self.method == "fista":
+                Wb, Cb, it, cb = self._solve_masked(q[:, b], yv[b], lam[b], W[:, b],
+                                                    A[:, b], tol, max_iter)
+            else:
+                Wb, Cb, it, cb = self._solve_union(q[:, b], yv[b], lam[b], W[:, b],
+                                                   C[:, b], lam_prev[b], tol, max_iter)
+            W[:, b] = Wb
+            C[:, b] = Cb
+            its[b] = it
+            conv[b] = cb
+        sm = np.flatnonzero(small)
+        if sm.size:
+            s_ = xp.asarray(sm)
+            Ws, Cs, it, cs = self._solve_stacked(q[:, s_], yv[s_], lam[s_], W[:, s_],
+                                                 C[:, s_], A[:, s_], tol, max_iter)
+            W[:, s_] = Ws
+            C[:, s_] = Cs
+            its[s_] = it
+            conv[s_] = cs
+        return W, C, int(its.max()) if T else 0, conv
+
+    # ------------------------------------------------------------ stacked working sets
+    def _stack(self, A):
+        """Index [T, K] of each target's working set (ascending, padded with its first
+        index), validity mask [T, K], and the stacked Grams Q[A_t, A_t] [T, K, K] with padded
+        rows/columns zero and unit diagonal (padded coordinates then stay 0)."""
+        xp = self.xp
+        sizes = A.sum(axis=0)
+        K = max(int(sizes.max()), 1)
+        order = xp.argsort(~A, axis=0, kind="stable")[:K].T  # [T, K], A_t first, ascending
+        valid = xp.arange(K)[None, :] < sizes[:, None]
+        idx = xp.where(valid, order, order[:, :1])
+        del order
+        d = self.Q.shape[0]
+        flat = idx[:, :, None] * d + idx[:, None, :]
+        Qs = xp.take(self.Q.reshape(-1), flat)
+        del flat
+        vv = valid[:, :, None] & valid[:, None, :]
+        Qs *= vv
+        pad = ~valid
+        if bool(pad.any()):
+            ii = xp.arange(K)
+            Qs[:, ii, ii] += pad
+        return idx, valid, Qs
+
+    def _solve_stacked(self, q, yv, lam, W, C, A, tol, max_iter):
+        """Blocked coordinate descent on the stacked subproblems, a full KKT check with one
+        GEMM per round, violators join their target's working set."""
+        xp = self.xp
+        T = q.shape[1]
+        thr = tol * yv / 2
+        cols = xp.arange(T)
+        conv = xp.zeros(T, dtype=bool)
+        total = xp.zeros(T, dtype=xp.int64)
+        pend = xp.arange(T)
+        for _round in range(1000):
+            P = pend
+            idx, valid, Qs = self._stack(A[:, P])
+            tcol = cols[P][:, None]
+            ws = W[idx, tcol] * valid
+            qs = q[idx, tcol] * valid
+            budget = max(max_iter - int(total[P].max()), 1)
+            ws, cs, pieces, it = self._cd_stack(Qs, qs, ws, lam[P], yv[P], thr[P], valid,
+                                                idx, budget)
+            total[P] += it
+            Wp = xp.zeros((W.shape[0], P.size))
+            rr = xp.arange(P.size)[:, None]
+            Wp[idx[valid], xp.broadcast_to(rr, idx.shape)[valid]] = ws[valid]
+            W[:, P] = Wp
+            Cp = q[:, P] - self.matvec(Wp)
+            qw, wc, l1, cinf_a = pieces
+            out = ~A[:, P]
+            cinf_out = xp.where(out, xp.abs(Cp), 0.0).max(axis=0)
+            s = xp.maximum(xp.maximum(lam[P], cinf_a), cinf_out)
+            gap = _gap_pieces(yv[P], lam[P], qw, wc, l1, s)
+            cP = gap <= thr[P]
+            if self.fast and bool(cP.any()):
+                # certify with an exact (float64) gradient: a float32 error in |C_j| near λ
+                # moves the gap by up to λ‖w‖₁·err/λ
+                f = xp.flatnonzero(cP)
+                Cp[:, f] = q[:, P[f]] - self.matvec(Wp[:, f], exact=True)
+                cinf_out = xp.where(out, xp.abs(Cp), 0.0).max(axis=0)
+                s = xp.maximum(xp.maximum(lam[P], cinf_a), cinf_out)
+                gap = _gap_pieces(yv[P], lam[P], qw, wc, l1, s)
+                cP = gap <= thr[P]
+            C[:, P] = Cp
+            conv[P] = cP
+            viol = (xp.abs(Cp) > lam[P][None, :] * (1 - self.kkt_margin)) & out
+            viol &= self.usable[:, None]
+            viol &= ~cP[None, :]
+            if bool(viol.any()):
+                A[:, P] |= viol
+            keep = ~cP & viol.any(axis=0)
+            if not bool(keep.any()) or int(total[P].max()) >= max_iter:
+                break
+            pend = P[keep]
+        return W, C, total, conv
+
+    def _cd_stack(self, Qs, qs, ws, lam, yv, thr, valid, idx, max_sweeps):
+        """Cyclic coordinate descent for all stacked targets at once, in blocks of
+        ``cd_block`` coordinates (exact updates inside a block, then one batched product)."""
+        xp = self.xp
+        T, K = qs.shape
+        cs = qs - xp.einsum("tij,tj->ti", Qs, ws)
+        dg = xp.diagonal(Qs, axis1=1, axis2=2)
+        inv = 1.0 / dg
+        lam_inv = lam[:, None] * inv
+        m = max(int(self.cd_block), 1)
+        full = None
+        if self.gauge is not None:
+            nu = int(self.usable.sum())
+            full = xp.flatnonzero(valid.sum(axis=1) == nu)
+            if full.size == 0:
+                full = None
+            else:
+                gidx = idx[int(full[0]), :nu]
+        sweeps = 0
+        act = xp.arange(T)
+        pieces = None
+        for sweeps in range(1, max_sweeps + 1):  # noqa: B007
+            for b0 in range(0, K, m):
+                b1 = min(b0 + m, K)
+                QB = Qs[act, b0:b1, :] if act.size < T else Qs[:, b0:b1, :]
+                cB = cs[act, b0:b1]
+                wB = ws[act, b0:b1]
+                wold = wB.copy()
+                QBB = QB[:, :, b0:b1]
+                iv = inv[act, b0:b1]
+                li = lam_inv[act, b0:b1]
+                for k in range(b1 - b0):
+                    wj = wB[:, k]
+                    z = wj + cB[:, k] * iv[:, k]
+                    wn = xp.sign(z) * xp.maximum(xp.abs(z) - li[:, k], 0.0)
+                    dl = wn - wj
+                    if not bool(dl.any()):
+                        continue
+                    wB[:, k] = wn
+                    cB -= QBB[:, k, :] * dl[:, None]
+                D = wB - wold
+                ws[act, b0:b1] = wB
+                if bool(D.any()):
+                    cs[act] -= xp.einsum("tmk,tm->tk", QB, D)
+            if full is not None:
+                Wf = self._shift(ws[full][:, :nu].T.copy(), self.gauge[gidx]).T
+                ws[full, :nu] = Wf
+                cs[full] = qs[full] - xp.einsum("tij,tj->ti", Qs[full], ws[full])
+            qw = xp.sum(qs * ws, axis=1)
+            wc = xp.sum(ws * cs, axis=1)
+            l1 = xp.abs(ws).sum(axis=1)
+            cinf = xp.abs(cs).max(axis=1)
+            pieces = (qw, wc, l1, cinf)
+            gap = _gap_pieces(yv, lam, qw, wc, l1, xp.maximum(lam, cinf))
+            ok = gap <= thr
+            if bool(ok.all()):
+                break
+            act = xp.flatnonzero(~ok)
+        return ws, cs, pieces, sweeps
+
+    def _solve_masked(self, q, yv, lam, W, A, tol, max_iter, check_every=2):
+        """Accelerated proximal gradient for all targets at once on the full Gram, each target
+        restricted to its working set A_t (one GEMM QX per iteration, float32 when
+        ``self.fast``). Restricting to A_t removes the fixed-size null direction and the
+        small eigenvalues of the full Gram, so few iterations are needed. The step 1/L_t is
+        adapted per target from the curvature along the step taken (backtracking condition,
+        checked with the product the next iteration needs anyway). The full gradient comes
+        with every iteration: KKT violators join A_t at every check."""
+        xp = self.xp
+        d, T = q.shape
+        thr = tol * yv / 2
+        A = A.copy()
+        Wout = W.copy()
+        Cout = xp.zeros_like(W)
+        conv = xp.zeros(T, dtype=bool)
+        its = xp.zeros(T, dtype=xp.int64)
+        act = xp.arange(T)
+        x = W * A
+        Px = self.matvec(x)
+        qa, lam_a, thr_a, yv_a = q, lam, thr, yv
+        y, Py = x, Px
+        t = xp.ones(T)
+        L = xp.full(T, 1.0)
+        nu = int(self.usable.sum())
+        for it in range(1, max_iter + 1):
+            grad = Py - qa
+            xn = _soft(y - grad / L, lam_a / L, xp) * A
+            Pn = self.matvec(xn)
+            D = xn - y
+            dd = xp.sum(D * D, axis=0)
+            dQd = xp.sum(D * (Pn - Py), axis=0)
+            bad = dQd > L * dd * (1 + 1e-9)
+            L = xp.where(bad, 1.05 * dQd / xp.where(dd > 0, dd, 1.0), L)
+            tn = (1 + xp.sqrt(1 + 4 * t * t)) / 2
+            restart = (xp.sum((y - xn) * (xn - x), axis=0) > 0) | bad
+            mom = xp.where(restart, 0.0, (t - 1) / tn)
+            tn = xp.where(restart, 1.0, tn)
+            y = xn + mom[None, :] * (xn - x)
+            Py = Pn + mom[None, :] * (Pn - Px)
+            x, Px, t = xn, Pn, tn
+            if it % check_every and it < max_iter:
+                continue
+            if self.gauge is not None:
+                full = A[self.usable].sum(axis=0) == nu
+                if bool(full.any()):
+                    f = xp.flatnonzero(full)
+                    # Qσ = 0: the shift leaves QX unchanged
+                    x[:, f] = self.gauge_shift(x[:, f], xp.arange(d))
+                    y[:, f] = x[:, f]
+                    Py[:, f] = Px[:, f]
+                    t[f] = 1.0
+            C = qa - Px
+            qw = xp.sum(qa * x, axis=0)
+            l1 = xp.abs(x).sum(axis=0)
+            gap = _gap_pieces(yv_a, lam_a, qw, xp.sum(x * C, axis=0), l1,
+                              xp.maximum(lam_a, xp.abs(C).max(axis=0)))
+            ok = gap <= thr_a
+            if self.fast and bool(ok.any()):
+                # certify with an exact (float64) gradient (see _solve_stacked)
+                f = xp.flatnonzero(ok)
+                Px[:, f] = self.matvec(x[:, f], exact=True)
+                C[:, f] = qa[:, f] - Px[:, f]
+                Cf = C[:, f]
+                gap_f = _gap_pieces(yv_a[f], lam_a[f], qw[f], xp.sum(x[:, f] * Cf, axis=0),
+                                    l1[f], xp.maximum(lam_a[f], xp.abs(Cf).max(axis=0)))
+                ok[f] = gap_f <= thr_a[f]
+                Py[:, f] = Px[:, f]
+                y[:, f] = x[:, f]
+                t[f] = 1.0
+            viol = (xp.abs(C) > lam_a[None, :] * (1 - self.kkt_margin)) & ~A
+            viol &= self.usable[:, None] & ~ok[None, :]
+            A |= viol
+            its[act] = it
+            if bool(ok.any()) or it == max_iter:
+                done = xp.flatnonzero(ok) if it < max_iter else xp.arange(act.size)
+                Wout[:, act[done]] = x[:, done]
+                Cout[:, act[done]] = C[:, done]
+                conv[act[done]] = ok[done]
+                keep = xp.flatnonzero(~ok)
+                if keep.size == 0 or it == max_iter:
+                    break
+                act = act[keep]
+                A, x, Px, y, Py = A[:, keep], x[:, keep], Px[:, keep], y[:, keep], Py[:, keep]
+                t, L = t[keep], L[keep]
+                qa, lam_a, thr_a, yv_a = qa[:, keep], lam_a[keep], thr_a[keep], yv_a[keep]
+        return Wout, Cout, its, conv
+
+    def matvec(self, W, exact=False):
+        """QW using only W's nonzero rows (float32 GEMM when ``self.fast`` and not
+        ``exact``)."""
+        xp = self.xp
+        U = xp.flatnonzero((W != 0).any(axis=1))
+        if U.size == 0:
+            return xp.zeros_like(W)
+        dense = 2 * U.size >= W.shape[0]
+        if self.fast and not exact:
+            Q32 = self.Q32
+            if dense:
+                return (Q32 @ W.astype(xp.float32)).astype(xp.float64)
+            return (Q32[U].T @ W[U].astype(xp.float32)).astype(xp.float64)
+        if dense:
+            return self.Q @ W
+        return self.Q[U].T @ W[U]
+
+    @property
+    def Q32(self):
+        if self._Q32 is None:
+            self._Q32 = self.Q.astype(self.xp.float32)
+        return self._Q32
+
+    def _solve_union(self, q, yv, lam, W, C, lam_prev, tol, max_iter):
+        """The union working set for a group of targets (dense GEMMs)."""
         xp = self.xp
         thr = tol * yv / 2
         strong = xp.abs(C) >= (2 * lam - lam_prev)[None, :]
@@ -262,7 +576,7 @@ def gram_path(
     d, T = q.shape
     L = lambdas.shape[1]
     W = xp.zeros((d, T)) if W0 is None else W0.copy()
-    C = prob.corr(q, W)
+    C = q - prob.matvec(W)
     val = np.full((T, L), np.nan)
     nnz = np.zeros((T, L), dtype=np.int64)
     W_best = W.copy()
@@ -304,29 +618,53 @@ def gram_path(
     return {"val": val, "W_best": W_best, "n_iter": n_iter, "converged": converged, "nnz": nnz}
 
 
-def _val_fn(val_stats: SufficientStats, mu, sigma, ybar, q_index_base):
-    """Validation MSE of train-standardised solutions, from the validation statistics."""
-    xp = val_stats.xp
+class _ValGram:
+    """Validation statistics in the training split's standardisation, centred at the
+    validation means (no cancellation): for raw w = w̃/σ and b = ȳ_tr − μᵀw,
 
-    def fn(Wstd, idx):
-        cols = q_index_base[idx] if q_index_base is not None else idx
-        U = xp.flatnonzero((Wstd != 0).any(axis=1))
-        w = Wstd[U] / sigma[U][:, None]
-        b = ybar[idx] - mu[U] @ w
-        C = val_stats.C[U][:, cols]
-        wc = xp.sum(w * C, axis=0)
-        wGw = xp.sum((val_stats.G[xp.ix_(U, U)] @ w) * w, axis=0)
-        sw = val_stats.s[U] @ w
-        sse = (val_stats.syy[cols] - 2 * wc - 2 * b * val_stats.sy[cols] + wGw + 2 * b * sw
-               + val_stats.n * b**2)
-        return sse / val_stats.n
+        MSE_val = w̃ᵀQ_v w̃ − 2 w̃ᵀq_v + yv_v + (m_vᵀw + b − ȳ_v)²
 
-    return fn
+    with Q_v = D⁻¹(G_v − s_v s_vᵀ/n_v)D⁻¹/n_v, q_v = D⁻¹(C_v − s_v Σy_v/n_v)/n_v. The quadratic
+    term is one GEMM on the rows of the supports (float32 when ``fast``)."""
+
+    def __init__(self, val_stats: SufficientStats, sigma, fast=False):
+        xp = val_stats.xp
+        self.st = val_stats
+        self.xp = xp
+        self.inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
+        self.fast = fast
+        nv = val_stats.n
+        Q = val_stats.G - xp.outer(val_stats.s, val_stats.s / nv)
+        Q *= self.inv[:, None]
+        Q *= self.inv[None, :] / nv
+        self.Q = Q.astype(xp.float32) if fast else Q
+
+    def fn(self, mu, sigma, ybar, cols):
+        xp, st, inv = self.xp, self.st, self.inv
+        nv = st.n
+
+        def fn(Wstd, idx):
+            c = cols[idx]
+            U = xp.flatnonzero((Wstd != 0).any(axis=1))
+            Wu = Wstd[U]
+            if 2 * U.size >= Wstd.shape[0]:
+                M = (self.Q @ (Wstd.astype(xp.float32) if self.fast else Wstd))[U]
+            else:
+                M = self.Q[U][:, U] @ (Wu.astype(xp.float32) if self.fast else Wu)
+            quad = xp.sum(Wu * M, axis=0)
+            qv = (st.C[U][:, c] - xp.outer(st.s[U], st.sy[c] / nv)) * (inv[U][:, None] / nv)
+            lin = xp.sum(Wu * qv, axis=0)
+            yvv = xp.maximum(st.syy[c] - st.sy[c] ** 2 / nv, 0.0) / nv
+            w = Wu * inv[U][:, None]
+            delta = (st.s[U] / nv - mu[U]) @ w + ybar[idx] - st.sy[c] / nv
+            return quad - 2 * lin + yvv + delta**2
+
+        return fn
 
 
 # ---------------------------------------------------------------------- block tasks
 def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, split_kind,
-                 opts: dict):
+                 opts: dict, val_grams=None):
     """All work for one target block: paths on the training set(s), selection, refit."""
     t0 = time.perf_counter()
     xp = get_namespace(full_stats.G)
@@ -345,9 +683,12 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
     conv = np.ones(T, dtype=bool)
     vals = []
     W_warm = None
-    for _k, (prob, st, vst) in enumerate(zip(tr_probs, tr_stats, val_stats, strict=True)):
+    if val_grams is None:
+        val_grams = [_ValGram(vst, st.sigma, prob.fast)
+                     for prob, st, vst in zip(tr_probs, tr_stats, val_stats, strict=True)]
+    for _k, (prob, st, vg) in enumerate(zip(tr_probs, tr_stats, val_grams, strict=True)):
         _, q_tr, yv_tr, mu, sig, ybar = _std_targets(st, cols)
-        fn = _val_fn(vst, mu, sig, ybar, cols)
+        fn = vg.fn(mu, sig, ybar, cols)
         res = gram_path(prob, q_tr, yv_tr, lam_x, tol=tol, max_iter=max_iter,
                         val_fn=lambda W, idx, fn=fn: fn(W, idx),
                         early_stop=opts["early_stop"], min_lams_to_try=opts["min_lams_to_try"])
@@ -362,7 +703,7 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
     lam = lambdas[rows, best]
     if W_warm is not None:
         # holdout: one solve at the chosen λ from the training solution there
-        C0 = full_prob.corr(q_full, W_warm)
+        C0 = q_full - full_prob.matvec(W_warm)
         W, _, it, c = full_prob.solve(q_full, yv_full, xp.asarray(lam), W_warm, C0,
                                       xp.asarray(lam), tol, max_iter)
         n_iter += it
@@ -407,8 +748,10 @@ def _std_gram(st: SufficientStats):
     xp = st.xp
     sigma = st.sigma
     inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
-    Gc = st.G - xp.outer(st.s, st.s) / st.n
-    return (Gc * inv[:, None]) * (inv[None, :] / st.n)
+    Q = st.G - xp.outer(st.s, st.s / st.n)
+    Q *= inv[:, None]
+    Q *= inv[None, :] / st.n
+    return Q
 
 
 def solve_from_stats(
@@ -435,6 +778,13 @@ def solve_from_stats(
     tr_probs = [_Problem(_std_gram(st), method, cd_block).set_gauge(st.sigma)
                 for st in tr_stats]
     full_prob = _Problem(_std_gram(full), method, cd_block).set_gauge(full.sigma)
+    ratio = float(options.extra.get("stack_ratio", config.get("solve.gram-stack-ratio", 0.005)))
+    for p in (*tr_probs, full_prob):
+        p.stack_ratio = ratio
+        # float32 GEMM for the full gradient (KKT check, strong rule) where the tolerance
+        # allows it; coordinates within 1e-4·λ of the KKT boundary then join the working set
+        p.fast = options.tol >= 1e-7
+        p.kkt_margin = 1e-4 if p.fast else 0.0
     T = full.n_targets
     tb = int(options.target_block_size or config.get("solve.target-block-size", 512))
     blocks = [np.arange(i, min(i + tb, T)) for i in range(0, T, tb)]
@@ -443,11 +793,13 @@ def solve_from_stats(
         "max_iter": options.max_iter, "early_stop": options.early_stop,
         "min_lams_to_try": options.min_lams_to_try,
     }
+    val_grams = [_ValGram(vst, st.sigma, p.fast)
+                 for p, st, vst in zip(tr_probs, tr_stats, val_stats, strict=True)]
     if len(blocks) == 1 and client is None:
         parts = [_solve_block(tr_probs, tr_stats, val_stats, full_prob, full, blocks[0],
-                              split.kind, opts)]
+                              split.kind, opts, val_grams)]
     else:
-        shared = (tr_probs, tr_stats, val_stats, full_prob, full)
+        shared = (tr_probs, tr_stats, val_stats, full_prob, full, val_grams)
         if client is not None:
             shared = client.scatter(shared, broadcast=True)
             # one key, sent once per worker
@@ -473,7 +825,7 @@ def solve_from_stats(
 
 
 def _solve_block_shared(shared, cols, split_kind, opts):
-    return _solve_block(*shared, cols, split_kind, opts)
+    return _solve_block(*shared[:5], cols, split_kind, opts, *shared[5:])
 
 
 class GramSolver:
