@@ -278,7 +278,7 @@ def test_mlp_same_margins_in_a_large_block():
     assert np.array_equal(one_thread, big[pick[::-1]])
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_mlp_block_composition_property(data):
     """Any block containing a model gives that model the same margins (small, fast MLPs).
