@@ -153,3 +153,17 @@ def test_independent_of_workers(client):
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_array_equal(a.G, b.G)
         np.testing.assert_allclose(a.C, b.C, rtol=1e-13)
+
+
+def test_float32_c_is_centred_accurate():
+    # outputs with a large offset: the float32 XᵀY works on block-mean-shifted y, so the
+    # centred statistic C − s·Σy/n keeps float32 relative accuracy (no cancellation)
+    X, Y = _problem(seed=10, n=3000)
+    Y = (Y + 1000).astype(np.float32)
+    for bounds in ([0, 3000], [0, 300, 3000]):
+        a = compute_stats(X, Y, bounds, c_dtype="float32", row_block_size=700)
+        b = compute_stats(X, Y, bounds, c_dtype="float64", row_block_size=700)
+        for ga, gb in zip(a, b, strict=True):
+            ca = ga.C - np.outer(ga.s, ga.sy) / ga.n
+            cb = gb.C - np.outer(gb.s, gb.sy) / gb.n
+            assert np.abs(ca - cb).max() <= 1e-5 * np.abs(cb).max()

@@ -851,6 +851,9 @@ class GramSolver:
                 "solver='saga' or 'auto'")
         n = X.shape[0]
         bounds = group_bounds_for(n, split)
+        # XᵀY as a float32 GEMM (block-mean shifted, float64 accumulation) where the
+        # tolerance allows it: ~1e-7 relative error on the centred statistics
+        c_dtype = "float32" if options.tol >= 1e-7 else None
         groups = compute_stats(X, Y, bounds, row_block_size=options.row_block_size,
-                               client=client, progress=options.progress)
+                               client=client, progress=options.progress, c_dtype=c_dtype)
         return solve_from_stats(groups, split, options, method=self.method, client=client)
