@@ -54,6 +54,18 @@ def seeds_for(B, seed=0):
     return np.random.default_rng(seed).integers(0, 2**63, B, dtype=np.uint64)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Run this module with one torch thread (restored afterwards): the checks are about
+    numbers, not speed, and two OpenMP threads slow small-block training down 10-100x when
+    other processes share the two cores. test_mlp_same_margins_in_a_large_block runs with
+    two threads on purpose."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def mlp():
     return DigitsMLP()
@@ -272,7 +284,7 @@ def test_mlp_same_model_same_margins_in_any_block():
 def test_mlp_same_margins_in_a_large_block():
     """Large blocks (where MKL may parallelise over the batch instead of inside each product)
     and a different torch thread count give the same bits too on the machines we tried."""
-    job = DigitsMLP(epochs=2)
+    job = DigitsMLP(epochs=2, threads=2)
     masks = half_masks(300, 12)
     seeds = seeds_for(300, 12)
     big = job.train_block(masks, seeds)
@@ -317,9 +329,7 @@ def test_mlp_block_composition_property(data):
 
 @cache
 def _tiny_mlp(batch_size):
-    # one torch thread: many tiny calls, which 2 OpenMP threads make slow on a busy machine
-    # (thread counts are covered by test_mlp_same_margins_in_a_large_block)
-    return DigitsMLP(hidden=8, epochs=2, batch_size=batch_size, threads=1)
+    return DigitsMLP(hidden=8, epochs=2, batch_size=batch_size)
 
 
 def test_mlp_margins_are_correct_class_margins():
@@ -393,7 +403,7 @@ def test_mlp_accuracy_half_data(mlp):
 
 def test_threads_parameter_is_scoped():
     before = torch.get_num_threads()
-    job = DigitsMLP(epochs=1, threads=1)
+    job = DigitsMLP(epochs=1, threads=2)
     job.train_block(half_masks(2, 0), seeds_for(2))
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError):
