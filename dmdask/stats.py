@@ -251,17 +251,57 @@ def compute_stats(
     yblocks = Y.to_delayed().ravel()
     starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
     group_of = np.searchsorted(bounds, starts, side="right") - 1
-    block_fn = dask.delayed(_block_stats, pure=True)
+    # Each group is reduced by `lanes` chains that accumulate block statistics in place (one
+    # float64 d × d accumulator per lane), and the groups are computed one after another:
+    # peak memory is ~lanes accumulators plus the blocks in flight, whatever the number of
+    # blocks or groups (a tree reduction kept many d × d partial sums alive at once).
+    lanes = _lanes(client)
+    acc_fn = dask.delayed(_accumulate, pure=False)
     sum_fn = dask.delayed(_sum_block_stats, pure=True)
-    per_group = []
-    for g in range(len(bounds) - 1):
-        parts = [block_fn(xblocks[i], yblocks[i], c_dtype) for i in np.flatnonzero(group_of == g)]
-        while len(parts) > 1:
-            parts = [sum_fn(*parts[i : i + 4]) for i in range(0, len(parts), 4)]
-        if len(parts) == 1:
-            parts = [sum_fn(parts[0])]  # promote G to float64
-        per_group.append(parts[0])
-    return list(_compute(per_group, client=client, progress=progress, desc="statistics"))
+    out = []
+    ngroups = len(bounds) - 1
+    for g in range(ngroups):
+        idx = np.flatnonzero(group_of == g)
+        chains = []
+        for lane in range(min(lanes, idx.size)):
+            acc = None
+            for i in idx[lane::lanes]:
+                acc = acc_fn(acc, xblocks[i], yblocks[i], c_dtype)
+            chains.append(acc)
+        desc = "statistics" if ngroups == 1 else f"statistics {g + 1}/{ngroups}"
+        out.append(_compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0])
+    return out
+
+
+def _lanes(client) -> int:
+    """Parallel accumulation chains: setting ``dmdask.solve.stats-lanes``, else the worker
+    threads of ``client``, else the local cores."""
+    lanes = config.get("solve.stats-lanes", None)
+    if lanes:
+        return int(lanes)
+    if client is not None:
+        try:
+            return max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
+        except Exception:
+            pass
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _accumulate(acc: SufficientStats | None, xb, yb, c_dtype: str) -> SufficientStats:
+    """Add one block's statistics to ``acc`` in place (a chain's running sum; a fresh float64
+    accumulator when ``acc`` is None)."""
+    st = _block_stats(xb, yb, c_dtype)
+    if acc is None:
+        return _sum_block_stats(st)  # promotes G to float64
+    acc.n += st.n
+    acc.G += st.G
+    acc.s += st.s
+    acc.C += st.C
+    acc.sy += st.sy
+    acc.syy += st.syy
+    return acc
 
 
 def _compute(objs, *, client=None, progress=False, desc=""):
