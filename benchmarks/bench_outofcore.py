@@ -11,7 +11,7 @@
     python benchmarks/bench_outofcore.py                       # 1.6M × 5,000 × 50 (long)
     python benchmarks/bench_outofcore.py --models 200000       # scaled version
 
-Writes its section of ``benchmarks/RESULTS_saga.md``.
+Writes its section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results  # noqa: E402
 import synthetic  # noqa: E402
 
-RESULTS_SAGA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_saga.md")
 GB = 1e9
 
 
@@ -145,7 +144,7 @@ def main(argv=None):
                      "; the full target is 1.6M × 5,000 (8 GB).")
         print(body)
         if not args.no_record:
-            results.record("Out-of-core fit", body, path=RESULTS_SAGA)
+            results.record("Out-of-core fit", body)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -19,7 +19,7 @@ predictions against the planted signal, offset included, relative to the signal 
     python benchmarks/bench_recovery.py            # d = 1,000: 1k … 20k models
     python benchmarks/bench_recovery.py --small    # d = 200: 500 … 4k models (a minute or two)
 
-Writes its section of ``benchmarks/RESULTS_saga.md``.
+Writes its section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results  # noqa: E402
 import synthetic  # noqa: E402
 
-RESULTS_SAGA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_saga.md")
 
 PRESETS = {
     "full": dict(d=1000, targets=10, models=[1000, 2000, 5000, 10000, 20000], support=20),
@@ -142,7 +141,7 @@ def main(argv=None):
     ap.add_argument("--no-saga", action="store_true", help="skip the streaming SAGA fit")
     ap.add_argument("--no-sklearn", action="store_true", help="skip sklearn LassoCV")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-record", action="store_true", help="do not write RESULTS_saga.md")
+    ap.add_argument("--no-record", action="store_true", help="do not write RESULTS.md")
     args = ap.parse_args(argv)
     preset = "small" if args.small else "full"
     rows, cfg = run(preset, saga=not args.no_saga, sklearn=not args.no_sklearn, seed=args.seed)
@@ -154,7 +153,7 @@ def main(argv=None):
             "Same grid (30 λ, ratio 1e-3) everywhere.\n\n" + results.table(rows, COLS))
     print(body)
     if not args.no_record:
-        results.record(f"Recovery of planted datamodels ({preset})", body, path=RESULTS_SAGA)
+        results.record(f"Recovery of planted datamodels ({preset})", body)
 
 
 if __name__ == "__main__":

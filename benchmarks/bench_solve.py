@@ -21,7 +21,7 @@ on all fitting models:
 (d) the floor: one float32 XᵀX of the same size with the same BLAS;
 (e) the streaming SAGA solver (``dmdask.solve.saga``) on a subset of targets, scaled.
 
-Tables are written to ``benchmarks/RESULTS_solve.md`` by the script (never by hand).
+Tables are written to ``benchmarks/RESULTS.md`` by the script (never by hand).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ import dmdask  # noqa: E402
 from benchmarks.results import record, table  # noqa: E402
 from dmdask.store import create_jobless_store, open_store, write_block  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_solve.md")
 
 
 def planted_store(path, n, d, T, *, seed=0, r2=0.4, k_frac=0.02, block=1024):
@@ -279,15 +278,15 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(dir=a.tmp)
     try:
         if a.methods:
-            record("Gram inner solver: CD vs FISTA", methods(), path=OUT)
+            record("Gram inner solver: CD vs FISTA", methods())
             return
         if a.crossover:
-            record("Holdout vs CV crossover (selection='auto')", crossover(tmp), path=OUT)
+            record("Holdout vs CV crossover (selection='auto')", crossover(tmp))
             return
         n, d, T = (8_000, 1_000, 100) if a.small else (a.models, a.train, a.targets)
         name = "Gram solver vs peers" + (" (--small)" if a.small else "")
         record(name, bench(n, d, T, sk_targets=a.sk_targets, naive_targets=a.naive_targets,
-                           saga_targets=a.saga_targets, tmp=tmp), path=OUT)
+                           saga_targets=a.saga_targets, tmp=tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,7 +14,7 @@ targets with an error naming them; ``solver="saga"`` sends every target to the s
 Which selection (``selection="auto"``): K-fold CV when the holdout would have fewer than
 ``dmdask.solve.auto-cv-below`` validation models (default 5,000, i.e. CV below 50,000
 models at a 10% holdout), else the holdout. Measured on planted problems by
-``benchmarks/bench_solve.py --crossover`` (``benchmarks/RESULTS_solve.md``; d = 500, 40
+``benchmarks/bench_solve.py --crossover`` (``benchmarks/RESULTS.md``; d = 500, 40
 targets): from 1,000 to 32,000 models the 10% holdout's fits had 9–18% more prediction error
 against the planted signal than 5-fold CV's, at ~3× less time — no crossover up to 3,200
 validation models, so the threshold sits above the measured range (to be re-measured at
@@ -123,7 +123,7 @@ def fit_datamodels(
     tolerance (default 1e-5: on the digits quickstart store, 1e-6 took 7× longer for a
     validation MSE equal to 8 digits), ``early_stop`` the fast_l1 validation early stop (§1.3: a target's path stops
     once its validation MSE rises after ≥ 10 λ; on planted problems this skips the costly dense
-    end of the path — 20× faster at the same chosen validation MSE, benchmarks/RESULTS_solve.md).
+    end of the path — 20× faster at the same chosen validation MSE, benchmarks/RESULTS.md).
 
     Returns variables ``weight(target, train)`` float32 in raw-mask space (prediction =
     mask @ weight + bias), ``bias``, ``lam`` (standardised-space λ), ``val_mse``,

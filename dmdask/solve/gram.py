@@ -28,7 +28,7 @@ Per target block, on the standardised centred problem scaled by 1/n
   at the validation means (:class:`_ValGram`): one GEMM per λ on the supports' rows.
 
 Selection, refit and raw-space conversion follow :mod:`dmdask.solve.base`. Which inner
-solver wins was measured in ``benchmarks/bench_solve.py`` (see ``benchmarks/RESULTS_solve.md``);
+solver wins was measured in ``benchmarks/bench_solve.py`` (see ``benchmarks/RESULTS.md``);
 the default is the winner (setting ``dmdask.solve.gram-method``).
 """
 
