@@ -39,7 +39,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results  # noqa: E402
 import synthetic  # noqa: E402
 
-
 PRESETS = {
     "full": dict(d=1000, targets=10, models=[1000, 2000, 5000, 10000, 20000], support=20),
     "small": dict(d=200, targets=8, models=[500, 1000, 2000, 4000], support=10),

@@ -42,7 +42,6 @@ from benchmarks.results import record, table  # noqa: E402
 from dmdask.store import create_jobless_store, open_store, write_block  # noqa: E402
 
 
-
 def planted_store(path, n, d, T, *, seed=0, r2=0.4, k_frac=0.02, block=1024):
     """A run store with n fixed-size α=0.5 random models; margins = planted sparse linear
     signal (explaining ``r2`` of the variance) + Gaussian noise + offset. Returns (W, b)."""
