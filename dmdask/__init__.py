@@ -8,6 +8,10 @@ __version__ = "0.1.0"
 
 from . import config  # noqa: E402,F401  (registers the dmdask dask.config defaults)
 from .errors import DmdaskError, InputError, JobError, StoreError, WriteRefused  # noqa: E402
+
+# Eager on purpose: importing the submodules ``dmdask.train``/``dmdask.evaluate`` would
+# otherwise rebind the package attributes from the functions to the modules.
+from .evaluate import evaluate  # noqa: E402
 from .jobspec import Job  # noqa: E402
 from .store import (  # noqa: E402
     KINDS,
@@ -18,11 +22,7 @@ from .store import (  # noqa: E402
     store_info,
     write_block,
 )
-
-# Eager on purpose: importing the submodule ``dmdask.train`` would otherwise rebind the
-# package attribute ``train`` from the function to the module.
 from .train import TrainReport, train  # noqa: E402
-from .evaluate import evaluate  # noqa: E402  (same reason: the function, not the module)
 
 __all__ = [
     "KINDS",
