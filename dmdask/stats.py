@@ -144,6 +144,16 @@ class SufficientStats:
         sw = W @ self.s
         return self.syy - 2 * wc - 2 * b * self.sy + wGw + 2 * b * sw + self.n * b**2
 
+    def add_(self, other: SufficientStats) -> SufficientStats:
+        """Add ``other``'s statistics to these in place (statistics are additive over rows)."""
+        self.n += other.n
+        self.G += other.G
+        self.s += other.s
+        self.C += other.C
+        self.sy += other.sy
+        self.syy += other.syy
+        return self
+
     def mse(self, W, b):
         """Mean squared error of raw-space models on these rows."""
         return self.sse(W, b) / self.n
@@ -186,12 +196,7 @@ def _sum_block_stats(*parts: SufficientStats) -> SufficientStats:
     G = out.G.astype(xp.float64, copy=True)
     res = SufficientStats(out.n, G, out.s.copy(), out.C.copy(), out.sy.copy(), out.syy.copy())
     for p in parts[1:]:
-        res.n += p.n
-        res.G += p.G
-        res.s += p.s
-        res.C += p.C
-        res.sy += p.sy
-        res.syy += p.syy
+        res.add_(p)
     return res
 
 
@@ -295,13 +300,7 @@ def _accumulate(acc: SufficientStats | None, xb, yb, c_dtype: str) -> Sufficient
     st = _block_stats(xb, yb, c_dtype)
     if acc is None:
         return _sum_block_stats(st)  # promotes G to float64
-    acc.n += st.n
-    acc.G += st.G
-    acc.s += st.s
-    acc.C += st.C
-    acc.sy += st.sy
-    acc.syy += st.syy
-    return acc
+    return acc.add_(st)
 
 
 def _compute(objs, *, client=None, progress=False, desc=""):

@@ -46,43 +46,18 @@ Determinism
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 
 from . import _cifar_data as cdata
+from ._common import margins_from_logits, torch_threads
 
 N_CLASSES = 10
 _DTYPES = ("auto", "fp32", "bf16", "fp16")
 FP16_LOSS_SCALE = 1024.0
 
 
-@contextlib.contextmanager
-def _torch_threads(threads):
-    if threads is None:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def margins_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Correct-class margins ``z[y] - max_{c != y} z[c]``: logits ``[..., n, C]``, labels [n]."""
-    z = np.asarray(logits, np.float32)
-    labels = np.asarray(labels, np.int64)
-    n = labels.size
-    correct = np.take_along_axis(z, np.broadcast_to(labels[:, None], z.shape[:-1] + (1,)),
-                                 axis=-1)[..., 0]
-    other = z.copy()
-    other[..., np.arange(n), labels] = -np.inf
-    return (correct - other.max(axis=-1)).astype(np.float32)
 
 
 def lr_triangle(t: np.ndarray, steps: int, peak_frac: float) -> np.ndarray:
@@ -194,7 +169,7 @@ class CIFAR10ResNet9:
         masks, seeds, labels = self._check(masks, seeds, train_labels)
         B = masks.shape[0]
         out = np.empty((B, self.n_target, N_CLASSES), np.float32)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             st = self._setup()
             for s in range(0, B, self.M):
                 e = min(B, s + self.M)

@@ -27,11 +27,12 @@ test targets) with their ``target_train_index`` set.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from ._common import margins_from_logits, torch_threads
 
 N_CLASSES = 10
 N_TEST = 500
@@ -97,21 +98,6 @@ def load_split() -> DigitsSplit:
         a.setflags(write=False)
     return DigitsSplit(x=x, y=y, train_id=train_id, test_id=test_id)
 
-
-@contextlib.contextmanager
-def _torch_threads(threads):
-    """Run with ``torch.set_num_threads(threads)`` if ``threads`` is given, then restore."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 class _DigitsJob:
@@ -234,7 +220,7 @@ class DigitsMLP(_DigitsJob):
 
         masks, seeds, labels = self._check(masks, seeds, train_labels)
         x_train, x_target = self._data()
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             logits = train_mlp_block(
                 x_train, masks, seeds, labels, x_target, n_classes=N_CLASSES,
                 hidden=self.hidden, epochs=self.epochs, lr=self.lr, momentum=self.momentum,
@@ -280,7 +266,7 @@ class DigitsLogistic(_DigitsJob):
                                        train_labels)
         if self._x is None:
             self._x = torch.tensor(self.split.x_train, dtype=torch.float64)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             out = fit_logistic_block(self._x, masks, labels, n_classes=N_CLASSES, l2=self.l2,
                                      tol=self.tol, max_iter=self.max_iter,
                                      return_info=return_info)
@@ -300,14 +286,3 @@ class DigitsLogistic(_DigitsJob):
         return margins_from_logits(self.logits(W), self.y_target)
 
 
-def margins_from_logits(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Correct-class margins ``z_y - max_{c != y} z_c``: logits [B, m, C], labels [m] ->
-    float32 [B, m]."""
-    logits = np.asarray(logits)
-    labels = np.asarray(labels, np.int64)
-    B, m, C = logits.shape
-    onehot = np.zeros((m, C), bool)
-    onehot[np.arange(m), labels] = True
-    correct = logits[:, onehot].reshape(B, m)
-    other = np.where(onehot, -np.inf, logits).max(axis=2)
-    return (correct - other).astype(np.float32)
