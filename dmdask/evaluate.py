@@ -49,6 +49,7 @@ import numpy as np
 import xarray as xr
 
 from . import metrics as M
+from .backend import dask_to_backend, get_namespace, namespace, to_numpy
 from .errors import InputError
 from .scores import load_scores
 
@@ -104,29 +105,39 @@ def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None):
     rows, _ = select_models(ds, alpha)
     X = ds["mask"].data[rows]
     Y = ds["margin"].data[rows][:, tpos]
-    tau_t = np.ascontiguousarray(tau.T)
-    cols = np.where(tti >= 0, tti, 0) if eq9 else None
+    # the block products run on the chunks' backend (setting dmdask.array.backend)
+    xp = namespace()
+    tau_t = xp.asarray(np.ascontiguousarray(tau.T))
+    cols = xp.asarray(np.where(tti >= 0, tti, 0)) if eq9 else None
+    own = xp.asarray(tti >= 0)
 
     def block(xb, yb):
-        x = np.asarray(xb)
-        z = x.astype(np.float64) @ tau_t
-        y = np.asarray(yb, np.float64)
-        w = ~np.isnan(y)
+        xq = get_namespace(xb, yb)
+        z = xb.astype(xq.float64) @ tau_t
+        y = yb.astype(xq.float64)
+        w = ~xq.isnan(y)
         if cols is not None:
-            w &= ~((tti >= 0)[None, :] & x[:, cols])
-        z0, y0 = np.where(w, z, 0.0), np.where(w, y, 0.0)
-        return np.stack([w.sum(0), z0.sum(0), (z0 * z0).sum(0), (z0 * y0).sum(0), y0.sum(0)])[None]
+            w &= ~(own[None, :] & xb[:, cols])
+        z0, y0 = xq.where(w, z, 0.0), xq.where(w, y, 0.0)
+        return xq.stack([w.sum(0), z0.sum(0), (z0 * z0).sum(0), (z0 * y0).sum(0),
+                         y0.sum(0)])[None]
+
+    def add(*p):
+        out = p[0]
+        for q in p[1:]:
+            out = out + q
+        return out[0]
 
     import dask
 
-    Xc = X.rechunk({1: -1})
-    Yc = Y.rechunk((Xc.chunks[0], -1))
+    Xc = dask_to_backend(X.rechunk({1: -1}))
+    Yc = dask_to_backend(Y.rechunk((Xc.chunks[0], -1)))
     f = dask.delayed(block, pure=True)
     parts = [f(xb, yb) for xb, yb in zip(Xc.to_delayed().ravel(), Yc.to_delayed().ravel(),
                                          strict=True)]
-    total = dask.delayed(lambda *p: np.sum(p, axis=0)[0])(*parts)
+    total = dask.delayed(add)(*parts)
     (tot,) = _compute([total], client=client)
-    n, sz, szz, szy, sy = np.asarray(tot)
+    n, sz, szz, szy, sy = to_numpy(tot)
     with np.errstate(invalid="ignore", divide="ignore"):
         zbar, ybar = sz / n, sy / n
         var = szz / n - zbar**2
@@ -190,16 +201,20 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
     from .stats import _compute
 
     Xs = ds["mask"].data[subsets]
-    z_dask = da.dot(Xs.astype(np.float64), tau.T)
+    # predictions z = mask @ τᵀ on the backend's chunks (dmdask.array.backend); the margins
+    # and the per-target metrics below are read/computed on the host
+    xp = namespace()
+    z_dask = da.dot(dask_to_backend(Xs).astype(np.float64), xp.asarray(tau.T))
     own_cols = tti_eff[tti_eff >= 0]
     in_own = Xs[:, own_cols] if own_cols.size else None
-    Y_dask = ds["margin"].data[runs][:, tpos].astype(np.float64)
+    Y_dask = ds["margin"].data[runs][:, tpos]
     objs = [z_dask, Y_dask] + ([in_own] if in_own is not None else [])
     res = _compute(objs, client=client)
-    z, y = np.asarray(res[0]), np.asarray(res[1])
+    z = to_numpy(res[0])
+    y = np.asarray(to_numpy(res[1]), dtype=np.float64)
     if in_own is not None:
         contains = np.zeros((subsets.size, tpos.size), bool)
-        contains[:, tti_eff >= 0] = np.asarray(res[2])
+        contains[:, tti_eff >= 0] = to_numpy(res[2])
         y = np.where(contains[group], np.nan, y)
 
     if do_cal:

@@ -166,9 +166,14 @@ class _Rows:
     def __init__(self, X, xp):
         if hasattr(X, "data") and hasattr(X, "dims"):  # xarray.DataArray
             X = X.data
+        self.lazy = _is_dask(X)
+        if self.lazy and xp is not np:
+            # device chunks come out of dask (no host-side computation on NumPy chunks)
+            from ..backend import dask_to_backend
+
+            X = dask_to_backend(X, "cupy")
         self.X = X
         self.xp = xp
-        self.lazy = _is_dask(X)
         self.shape = tuple(int(s) for s in X.shape)
         self._pool = ThreadPoolExecutor(max_workers=1) if self.lazy else None
         self.bytes_read = 0
