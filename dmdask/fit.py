@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from . import config
+from .backend import dask_to_backend, to_numpy
 from .errors import DmdaskError, InputError
 from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
 from .solve.grid import holdout_size
@@ -152,7 +153,8 @@ def fit_datamodels(
 
     from .stats import _compute
 
-    has_nan = np.asarray(_compute([da.isnan(Y).any(axis=0)], client=client)[0])
+    # on the backend's chunks: no host NumPy pass over a CuPy-backed store
+    has_nan = to_numpy(_compute([da.isnan(dask_to_backend(Y)).any(axis=0)], client=client)[0])
     own_rows = has_nan | (tti >= 0)
     if solver == "gram" and own_rows.any():
         bad = tpos[own_rows]
