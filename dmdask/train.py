@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 
 from . import config, jobspec
@@ -51,6 +52,19 @@ def _job_for(spec: dict[str, Any], fingerprint: str, store: str):
                 )
             _JOBS[key] = job
     return job
+
+
+def prepare_worker(path: str, spec: dict[str, Any], fingerprint: str) -> int:
+    """Construct (and check) the job on a worker before any block is sent to it, and train
+    one model on an empty mask so what the job imports lazily (torch …) is loaded too."""
+    job = _job_for(spec, fingerprint, path)
+    group = _open_group(path, "r")
+    n_train = group["mask"].shape[1]
+    try:
+        job.train_block(np.zeros((1, n_train), bool), np.zeros(1, np.uint64))
+    except Exception:  # a job may refuse empty masks; the real blocks will say what is wrong
+        pass
+    return os.getpid()
 
 
 def train_block_task(path: str, block: int, spec: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +101,7 @@ class TrainReport:
     blocks: int = 0
     models: int = 0
     wall_seconds: float = 0.0
+    setup_seconds: float = 0.0
     task_seconds: float = 0.0
     failed: dict[int, str] = field(default_factory=dict)
     dashboard: str | None = None
@@ -105,6 +120,9 @@ def _client_for(scheduler: str | None, workers: int | None, threads: int | None,
     if scheduler and gpus:
         raise DmdaskError("give --scheduler (join `dask cuda worker`s) or --gpus (start a local "
                           "GPU cluster), not both")
+    # see dmdask.train.malloc-trim-threshold in dmdask.yaml
+    trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_":
+            config.get("train.malloc-trim-threshold", None)}
     if gpus is not None:
         from . import optional
 
@@ -114,10 +132,11 @@ def _client_for(scheduler: str | None, workers: int | None, threads: int | None,
         import cupy
 
         n = cupy.cuda.runtime.getDeviceCount() if gpus == 0 else int(gpus)
-        cluster = dask_cuda.LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=list(range(n)), threads_per_worker=1, dashboard_address=":0",
-            silence_logs=40,
-        )
+        with dask.config.set(trim):
+            cluster = dask_cuda.LocalCUDACluster(
+                CUDA_VISIBLE_DEVICES=list(range(n)), threads_per_worker=1,
+                dashboard_address=":0", silence_logs=40,
+            )
         return Client(cluster), cluster
     if scheduler:
         try:
@@ -126,10 +145,11 @@ def _client_for(scheduler: str | None, workers: int | None, threads: int | None,
             raise DmdaskError(f"cannot reach dask scheduler at {scheduler} ({e})") from e
     workers = workers or config.get("train.workers") or os.cpu_count() or 1
     threads = threads or config.get("train.threads-per-worker") or 1
-    cluster = LocalCluster(
-        n_workers=int(workers), threads_per_worker=int(threads), processes=True,
-        dashboard_address=":0", silence_logs=40,
-    )
+    with dask.config.set(trim):
+        cluster = LocalCluster(
+            n_workers=int(workers), threads_per_worker=int(threads), processes=True,
+            dashboard_address=":0", silence_logs=40,
+        )
     return Client(cluster), cluster
 
 
@@ -183,6 +203,11 @@ def train(
         from distributed import as_completed
         from tqdm.auto import tqdm
 
+        # Build the job on every worker at once, before the clock for blocks starts (workers
+        # that join later build it in their first task).
+        t_setup = time.perf_counter()
+        client.run(prepare_worker, path, spec, meta["fingerprint"])
+        report.setup_seconds = time.perf_counter() - t_setup
         futures = [
             client.submit(train_block_task, path, b, spec, retries=retries, pure=False,
                           key=f"dmdask-train-block-{b}-{os.urandom(4).hex()}")
