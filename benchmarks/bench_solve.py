@@ -192,8 +192,10 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp):
     body = (f"(models, training examples, targets) = ({n:,}, {d:,}, {T}); planted truth "
             f"explains 40% of variance; holdout 10%, 30 λ, ratio 1e-3. dmdask statistics pass "
             f"alone: {t_stats:.1f}s; path+selection+refit ≈ {t_dm - t_stats:.1f}s. Mean "
-            f"correlation of dmdask weights with the planted weights: {corr:.3f}. Machine "
-            f"shared with other jobs during the run (timings are noisy).\n\n")
+            f"correlation of dmdask weights with the planted weights: {corr:.3f}. Load average "
+            f"at the end of the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores. "
+            f"Contestants timed on a subset of targets are scaled linearly to all targets; for "
+            f"SAGA, which updates all targets of a block at once, that overstates its time.\n\n")
     body += table(rows, ["contestant", "seconds", "dmdask faster by", "aim",
                          "val MSE / dmdask (same targets)"])
     print(body)
