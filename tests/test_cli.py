@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import dmdask
 from dmdask.cli import main
 
-COMMANDS = ["init", "add", "train", "info", "import", "export", "quickstart"]
+COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart"]
 
 
 def run(*args, timeout=300):
