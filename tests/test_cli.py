@@ -103,3 +103,24 @@ def test_quickstart_default_job(tmp_path):
     assert rnd.completed.values.all() and rnd.sizes["model"] == 512
     acc = (rnd.margin.values > 0).mean()
     assert acc > 0.9  # half-data digits MLPs classify most test digits correctly
+
+
+def test_fit_command_writes_datamodels(tmp_path):
+    import xarray as xr
+
+    p = dmdask.create_store(tmp_path / "s", "testjobs:RidgeDigits", 240, 0.5,
+                            params={"n_train": 60}, block_size=32)
+    dmdask.train(p, workers=1, progress=False)
+    out = tmp_path / "dm.zarr"
+    r = CliRunner().invoke(main, ["fit", str(p), "--out", str(out), "--selection", "holdout",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "val MSE" in r.output and "nonzero weights per target" in r.output
+    dm = xr.open_zarr(out, consolidated=False)
+    assert dm.weight.shape == (40, 60) and dm.attrs["selection"] == "holdout"
+    ds = dmdask.open_store(p)
+    pred = ds.mask.values.astype(np.float32) @ dm.weight.values.T + dm.bias.values
+    resid = ds.margin.values - pred
+    assert (resid**2).mean() < ds.margin.values.var(axis=0).mean()  # explains some variance
+    r = run("fit", p, "--out", out)
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
