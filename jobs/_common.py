@@ -34,3 +34,32 @@ def torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def check_block(masks, seeds, train_labels, y_train: np.ndarray, n_classes: int):
+    """Validate a ``train_block`` call: bool (or 0/1) masks ``[B, n_train]``, ``B`` integer
+    seeds, labels ``[B, n_train]`` in ``[0, n_classes)`` (default: ``y_train`` for every
+    model). Returns ``(masks, seeds as uint64, int64 labels)``; raises ValueError."""
+    n_train = y_train.size
+    masks = np.asarray(masks)
+    if masks.ndim != 2 or masks.shape[1] != n_train:
+        raise ValueError(f"masks must have shape [B, {n_train}], got {masks.shape}")
+    if masks.dtype != bool:
+        if not np.isin(masks, (0, 1)).all():
+            raise ValueError("masks must be boolean (or 0/1)")
+        masks = masks.astype(bool)
+    B = masks.shape[0]
+    seeds = np.asarray(seeds)
+    if seeds.shape != (B,) or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(f"seeds must be {B} integers, got {seeds.dtype} {seeds.shape}")
+    if train_labels is None:
+        labels = np.broadcast_to(np.asarray(y_train, np.int64), (B, n_train))
+    else:
+        labels = np.asarray(train_labels)
+        if labels.shape != (B, n_train) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"train_labels must be integers of shape [{B}, {n_train}], got "
+                             f"{labels.dtype} {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ValueError(f"train_labels must lie in [0, {n_classes})")
+        labels = labels.astype(np.int64, copy=False)
+    return masks, seeds.astype(np.uint64), labels

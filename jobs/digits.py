@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._common import margins_from_logits, torch_threads
+from ._common import check_block, margins_from_logits, torch_threads
 
 N_CLASSES = 10
 N_TEST = 500
@@ -141,28 +141,7 @@ class _DigitsJob:
         }
 
     def _check(self, masks, seeds, train_labels):
-        masks = np.asarray(masks)
-        if masks.ndim != 2 or masks.shape[1] != self.n_train:
-            raise ValueError(f"masks must have shape [B, {self.n_train}], got {masks.shape}")
-        if masks.dtype != bool:
-            if not np.isin(masks, (0, 1)).all():
-                raise ValueError("masks must be boolean (or 0/1)")
-            masks = masks.astype(bool)
-        B = masks.shape[0]
-        seeds = np.asarray(seeds)
-        if seeds.shape != (B,) or not np.issubdtype(seeds.dtype, np.integer):
-            raise ValueError(f"seeds must be {B} integers, got {seeds.dtype} {seeds.shape}")
-        if train_labels is None:
-            labels = np.broadcast_to(self.split.y_train, (B, self.n_train))
-        else:
-            labels = np.asarray(train_labels)
-            if labels.shape != (B, self.n_train) or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"train_labels must be integers of shape [{B}, {self.n_train}]"
-                                 f", got {labels.dtype} {labels.shape}")
-            if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
-                raise ValueError(f"train_labels must lie in [0, {N_CLASSES})")
-            labels = labels.astype(np.int64, copy=False)
-        return masks, seeds.astype(np.uint64), labels
+        return check_block(masks, seeds, train_labels, self.split.y_train, N_CLASSES)
 
 
 class DigitsMLP(_DigitsJob):
