@@ -159,7 +159,7 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp):
     except Exception as e:  # noqa: BLE001
         print(f"(e) no SAGA solver: {e}")
         saga = None
-    if saga is not None:
+    if saga is not None and saga_targets > 0:  # --saga-targets 0 skips it
         ts = np.arange(min(saga_targets, T))
         t0 = time.perf_counter()
         res = saga.fit(ds["mask"].data, ds["margin"].data[:, ts],
