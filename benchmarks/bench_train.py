@@ -38,7 +38,10 @@ except ImportError:  # run as a script
     from results import record, table
 
 
-def _loop(path: str, spec: dict, threads: int | None) -> float:
+def _loop(path: str, spec: dict, threads: int | None, lane: int = 0, lanes: int = 1,
+          barrier=None) -> float:
+    """Train blocks lane, lane + lanes, … of the store in a plain loop; seconds taken (timed
+    after the job is built and, if given, after ``barrier``)."""
     import zarr
 
     if threads:
@@ -52,33 +55,17 @@ def _loop(path: str, spec: dict, threads: int | None) -> float:
     g = zarr.open_group(path)
     meta = read_meta(path)
     nb = -(-meta["n_models"] // meta["block_size"])
-    t = time.perf_counter()
-    for b in range(nb):
-        s, e = block_range(meta, b)
-        out = job.train_block(g["mask"][s:e], g["seed"][s:e])
-        write_block(path, b, out, job=spec)
-    return time.perf_counter() - t
-
-
-def _share(path, spec, lane, lanes, barrier, out):
-    import zarr
-
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    job = jobspec.construct_job(spec["path"], spec["params"])
-    g = zarr.open_group(path)
-    meta = read_meta(path)
-    nb = -(-meta["n_models"] // meta["block_size"])
-    barrier.wait()
+    if barrier is not None:
+        barrier.wait()
     t = time.perf_counter()
     for b in range(lane, nb, lanes):
         s, e = block_range(meta, b)
         write_block(path, b, job.train_block(g["mask"][s:e], g["seed"][s:e]), job=spec)
-    out.put(time.perf_counter() - t)
+    return time.perf_counter() - t
+
+
+def _share(path, spec, lane, lanes, barrier, out):
+    out.put(_loop(path, spec, 1, lane, lanes, barrier))
 
 
 def _parallel_loop(path: str, spec: dict, lanes: int) -> float:
