@@ -54,9 +54,11 @@ def _versions() -> dict[str, str]:
             "dask": dask.__version__, "xarray": xr.__version__, "zarr": zarr.__version__}
 
 
-def select_models(ds: xr.Dataset, alpha: float | None = None) -> tuple[np.ndarray, float]:
+def select_models(ds: xr.Dataset, alpha: float | None = None,
+                  n_models: int | None = None) -> tuple[np.ndarray, float]:
     """Positions of the fitting models (``kind == "random"``, completed, one α), ascending,
-    and that α. Several α and ``alpha=None`` is an error listing them."""
+    and that α. Several α and ``alpha=None`` is an error listing them. ``n_models``: only the
+    first n of them by model index (sample-complexity and Table 5 rows)."""
     kind = np.asarray(ds["kind"].values).astype(str)
     done = np.asarray(ds["completed"].values).astype(bool)
     alphas = np.asarray(ds["alpha"].values, dtype=np.float64)
@@ -74,7 +76,13 @@ def select_models(ds: xr.Dataset, alpha: float | None = None) -> tuple[np.ndarra
     if not sel.any():
         raise InputError(f"no completed random models with alpha={alpha}; present: "
                          f"{present.tolist()}")
-    return np.flatnonzero(sel), float(alpha)
+    rows = np.flatnonzero(sel)
+    if n_models is not None:
+        if not 2 <= int(n_models) <= rows.size:
+            raise InputError(f"n_models={n_models}: the store has {rows.size} completed random "
+                             f"models with alpha={alpha}; choose 2 … {rows.size}")
+        rows = rows[: int(n_models)]
+    return rows, float(alpha)
 
 
 def choose_selection(selection: str, n_models: int, val_fraction: float) -> str:
@@ -114,6 +122,7 @@ def fit_datamodels(
     max_iter: int = 5000,
     early_stop: bool = True,
     progress: bool = False,
+    n_models: int | None = None,
 ) -> xr.Dataset:
     """Fit one sparse linear datamodel per target; return the datamodels Dataset.
 
@@ -125,6 +134,7 @@ def fit_datamodels(
     validation MSE equal to 8 digits), ``early_stop`` the fast_l1 validation early stop (§1.3: a target's path stops
     once its validation MSE rises after ≥ 10 λ; on planted problems this skips the costly dense
     end of the path — 20× faster at the same chosen validation MSE, benchmarks/RESULTS.md).
+    ``n_models``: fit on the first n fitting models only (by model index).
 
     Returns variables ``weight(target, train)`` float32 in raw-mask space (prediction =
     mask @ weight + bias), ``bias``, ``lam`` (standardised-space λ), ``val_mse``,
@@ -136,7 +146,7 @@ def fit_datamodels(
     ds = _open(ds)
     if solver not in ("auto", "gram", "saga"):
         raise InputError(f"solver must be 'auto', 'gram' or 'saga', not {solver!r}")
-    rows, alpha = select_models(ds, alpha)
+    rows, alpha = select_models(ds, alpha, n_models)
     n = rows.size
     n_target = ds.sizes["target"]
     tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)

@@ -120,26 +120,28 @@ def _own_row_stats(X, Y, tti, *, want_gram: bool, row_block: int, client=None) -
     return OwnRowStats(*res[:5], G=res[5] if want_gram else None)
 
 
-def _select_rows(ds, alpha):
+def _select_rows(ds, alpha, n_models=None):
     from ..fit import select_models
 
-    return select_models(ds, alpha)
+    return select_models(ds, alpha, n_models)
 
 
 def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
                      targets=None, eq9: bool = True, own_gram: bool = False,
-                     row_block_size: int | None = None, client=None) -> StoreStats:
+                     row_block_size: int | None = None, n_models: int | None = None,
+                     client=None) -> StoreStats:
     """The statistics pass over the fitting models (see the module docstring).
 
     ``output``: ``"margin"`` or ``"correctness"``. ``eq9``: training-example targets use only
     the models that exclude them. ``own_gram``: also accumulate the per-target Gram of the
-    own-row targets (OLS/ridge need it; d²·8 bytes each).
+    own-row targets (OLS/ridge need it; d²·8 bytes each). ``n_models``: only the first n
+    fitting models (by model index).
     """
     from ..stats import _compute, compute_stats
 
     if output not in ("margin", "correctness"):
         raise InputError(f"output must be 'margin' or 'correctness', not {output!r}")
-    rows, alpha = _select_rows(ds, alpha)
+    rows, alpha = _select_rows(ds, alpha, n_models)
     n_target = ds.sizes["target"]
     tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
     if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
@@ -250,7 +252,7 @@ def _src(ds):
     return str(meta.get("path", "run store")) if isinstance(meta, dict) else "run store"
 
 
-def _stats(ds, stats, *, output, alpha, targets, eq9, own_gram, client):
+def _stats(ds, stats, *, output, alpha, targets, eq9, own_gram, client, n_models=None):
     if stats is not None:
         if stats.output != output:
             raise InputError(f"statistics are of output {stats.output!r}, need {output!r}")
@@ -259,17 +261,17 @@ def _stats(ds, stats, *, output, alpha, targets, eq9, own_gram, client):
                              "OLS/ridge need for own-row targets")
         return stats
     return store_statistics(ds, output=output, alpha=alpha, targets=targets, eq9=eq9,
-                            own_gram=own_gram, client=client)
+                            own_gram=own_gram, n_models=n_models, client=client)
 
 
 def difference_of_means(ds, *, output: str = "margin", alpha: float | None = None,
                         targets=None, eq9: bool = True, stats: StoreStats | None = None,
-                        client=None) -> xr.DataArray:
+                        n_models: int | None = None, client=None) -> xr.DataArray:
     """Feldman–Zhang difference of means (REFERENCE §2.3, paper eq. 15) on ``output``
     (``"margin"`` or ``"correctness"``), with the bias b = ȳ − inflᵀm̄. Under eq. 9 the
     target's own column is NaN (no model that excludes it contains it)."""
     st = _stats(ds, stats, output=output, alpha=alpha, targets=targets, eq9=eq9,
-                own_gram=False, client=client)
+                own_gram=False, client=client, n_models=n_models)
     T, d = st.targets.size, ds.sizes["train"]
     W = np.full((T, d), np.nan)
     b = np.full(T, np.nan)
@@ -283,9 +285,10 @@ def difference_of_means(ds, *, output: str = "margin", alpha: float | None = Non
                  options={"output": output, "eq9": eq9})
 
 
-def _least_squares(ds, *, estimator, output, alpha, targets, eq9, stats, client, **kw):
+def _least_squares(ds, *, estimator, output, alpha, targets, eq9, stats, client, n_models,
+                   **kw):
     st = _stats(ds, stats, output=output, alpha=alpha, targets=targets, eq9=eq9,
-                own_gram=True, client=client)
+                own_gram=True, client=client, n_models=n_models)
     T, d = st.targets.size, ds.sizes["train"]
     W = np.full((T, d), np.nan)
     b = np.full(T, np.nan)
@@ -305,21 +308,22 @@ def _least_squares(ds, *, estimator, output, alpha, targets, eq9, stats, client,
 
 def ols(ds, *, output: str = "margin", rcond: float = 1e-10, light_ridge: float | None = None,
         alpha: float | None = None, targets=None, eq9: bool = True,
-        stats: StoreStats | None = None, client=None) -> xr.DataArray:
+        stats: StoreStats | None = None, n_models: int | None = None,
+        client=None) -> xr.DataArray:
     """Least-norm OLS with intercept, w = G_c⁺ c_c (REFERENCE §2.4), or lightly ridged with
     ``light_ridge=ε`` (shift ε·tr(G_c)/d). Under eq. 9 the target's own column is 0 (it is
     constant over the rows used; min-norm puts no weight on it)."""
     return _least_squares(ds, estimator="ols", output=output, alpha=alpha, targets=targets,
-                          eq9=eq9, stats=stats, client=client, rcond=rcond,
+                          eq9=eq9, stats=stats, client=client, n_models=n_models, rcond=rcond,
                           light_ridge=light_ridge)
 
 
 def ridge(ds, *, lam: float = 1e-2, output: str = "margin", alpha: float | None = None,
           targets=None, eq9: bool = True, stats: StoreStats | None = None,
-          client=None) -> xr.DataArray:
+          n_models: int | None = None, client=None) -> xr.DataArray:
     """Ridge with intercept, (G_c + nλI) w = c_c (REFERENCE §1.4: the (1/2n)‖·‖² + (λ/2)‖w‖²
     objective in raw-mask space). Default λ = 0.01 (≈ 4% of a column's variance at α = ½)."""
     if lam <= 0:
         raise InputError(f"ridge needs lam > 0, got {lam} (use ols for λ = 0)")
     return _least_squares(ds, estimator="ridge", output=output, alpha=alpha, targets=targets,
-                          eq9=eq9, stats=stats, client=client, lam=lam)
+                          eq9=eq9, stats=stats, client=client, n_models=n_models, lam=lam)
