@@ -322,45 +322,389 @@ def fit(store, out, alpha, selection, folds, val_fraction, n_lambdas, lambda_rat
     click.echo(f"saved     {out}")
 
 
+def _client(scheduler):
+    if not scheduler:
+        return None
+    from distributed import Client
+
+    return Client(scheduler)
+
+
+def _save_result(ds, out: str | None, overwrite: bool = True) -> None:
+    """Write an xarray result as Zarr (or netCDF for a .nc path)."""
+    if not out:
+        return
+    if out.endswith(".nc"):
+        ds.to_netcdf(out)
+    else:
+        ds.to_zarr(out, mode="w" if overwrite else "w-", consolidated=False)
+    click.echo(f"saved     {out}")
+
+
+def _load_result(path: str | None):
+    import xarray as xr
+
+    if not path:
+        return None
+    if not os.path.exists(path):
+        raise DmdaskError(f"{path}: no such result")
+    if path.endswith(".nc"):
+        return xr.load_dataset(path)
+    return xr.open_zarr(path, consolidated=False).load()
+
+
+_METRIC_LINES = (("mse", "MSE"), ("excess_mse", "MSE - OPT"), ("r2", "R2"),
+                 ("r2_noise_adjusted", "R2 (noise-adj.)"), ("pearson", "Pearson"),
+                 ("spearman", "Spearman"), ("auc", "AUC"), ("lds", "LDS"), ("opt", "OPT"))
+
+
+def _evaluation_summary(ev) -> list[str]:
+    a = ev.attrs
+    lines = [f"estimator {a['estimator']} ({a['scores_output']}; calibration: "
+             f"{a['calibration']})",
+             f"held-out  {a['n_heldout_subsets']} subsets, {a['n_heldout_runs']} runs "
+             f"({a['n_replicate_runs']} replicates)"]
+    for key, label in _METRIC_LINES:
+        lines.append(f"{label:<16}{a[f'{key}_mean']: .4f}  [{a[f'{key}_ci_low']:.4f}, "
+                     f"{a[f'{key}_ci_high']:.4f}]  ({a[f'{key}_n_used']} targets, "
+                     f"{a[f'{key}_n_skipped']} undefined)")
+    lines.append(f"AUC pooled {a['auc_pooled']:.4f}; intervals: {a['ci_level']:.0%} "
+                 f"{a['ci_method']}")
+    return lines
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.argument("scores", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(), default=None,
+              help="Save the per-target results (Zarr, or netCDF for a .nc path).")
+@click.option("--layout", type=click.Choice(["auto", "target_train", "train_target"]),
+              default="auto", show_default=True,
+              help="How a plain array is laid out: [targets, train] or [train, targets] "
+                   "(auto: from the store's sizes; TRAK memmaps are train_target).")
+@click.option("--exp-name", default=None, help="TRAK experiment name (for a TRAK save_dir).")
+@click.option("--calibrate", type=click.Choice(["auto", "yes", "no"]), default="auto",
+              show_default=True,
+              help="Fit the best per-target affine map on the fitting models before MSE/R2/"
+                   "AUC; auto: for scores without a bias or that model correctness.")
+@click.option("--no-eq9", is_flag=True,
+              help="Do not drop the runs that contain a training-example target.")
+@click.option("--ci", type=click.Choice(["t", "bootstrap"]), default="t", show_default=True,
+              help="Confidence interval over targets.")
+@click.option("--alpha", type=float, default=None,
+              help="Which alpha's random models calibrate (only if there are several).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a dask cluster (tcp://host:port) instead of local threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_refusals
+def evaluate(store, scores, out, layout, exp_name, calibrate, no_eq9, ci, alpha, scheduler,
+             as_json):
+    """Evaluate SCORES (an attribution matrix) on the held-out models of STORE.
+
+    SCORES: a datamodels Zarr from `dmdask fit`, a Zarr/.npy array of shape [targets, train]
+    or [train, targets], or a TRAK save_dir / scores .mmap. Sign: a positive score means
+    the training example's presence raises the target's margin. Prints MSE, R2, Pearson,
+    Spearman, AUC and TRAK's LDS (means over targets, with CIs) and the OPT noise floor
+    from the replicate models; --out keeps the per-target values.
+    """
+    from .evaluate import evaluate as run
+    from .scores import load_scores
+    from .store import open_store
+
+    ds = open_store(store)
+    sc = load_scores(scores, ds=ds, layout=layout, exp_name=exp_name)
+    cal = {"auto": "auto", "yes": True, "no": False}[calibrate]
+    client = _client(scheduler)
+    try:
+        ev = run(ds, sc, calibrate=cal, eq9=not no_eq9, ci=ci, alpha=alpha, client=client)
+    finally:
+        if client is not None:
+            client.close()
+    if as_json:
+        click.echo(json.dumps({k: (v if isinstance(v, (str, int, float)) else str(v))
+                               for k, v in ev.attrs.items()}, indent=1))
+    else:
+        for line in _evaluation_summary(ev):
+            click.echo(line)
+    _save_result(ev, out)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--row", "rows", multiple=True, metavar="NAME[:N]",
+              help="An estimator and its number of models (default: all fitting models, or "
+                   "the estimator's default for model-based ones); repeatable. Default rows: "
+                   "the paper's Table 5 plus OLS, ridge and the model-based estimators the "
+                   "job supports.")
+@click.option("--datamodels", type=click.Path(exists=True), default=None,
+              help="Reuse these fitted datamodels for the lasso row with the same models.")
+@click.option("--no-model-based", is_flag=True,
+              help="Default rows without the estimators that train models themselves.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Save the comparison (Zarr, or netCDF for a .nc path).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a dask cluster (tcp://host:port) instead of local threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def compare(store, rows, datamodels, no_model_based, out, scheduler, progress):
+    """Compare attribution estimators on STORE's held-out models (the paper's Table 5).
+
+    Every row -- estimator, number of models, output type -- is evaluated the same way:
+    Spearman, MSE, AUC and LDS (means over targets; LDS with a 95% CI). Scores that do not
+    predict the margin (no bias, or modelling correctness) are calibrated by the best
+    per-target affine map on the fitting models before MSE and AUC, marked *.
+    """
+    from .compare import compare as run
+    from .compare import default_rows, format_table, parse_rows
+
+    todo = (parse_rows(rows, store) if rows
+            else default_rows(store, include_model_based=not no_model_based))
+    client = _client(scheduler)
+
+    def on_row(i, row, sec):
+        if progress:
+            click.echo(f"[{i + 1}/{len(todo)}] {row[0]} ({row[1]} models, {row[2]}): "
+                       f"{sec:.1f} s", err=True)
+
+    try:
+        cmp = run(store, todo, datamodels=datamodels, client=client, on_row=on_row)
+    finally:
+        if client is not None:
+            client.close()
+    click.echo(format_table(cmp, markdown=False))
+    _save_result(cmp, out)
+
+
+@main.command("sample-complexity")
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--sizes", default=None, metavar="N1,N2,...",
+              help="Prefix sizes (default: 6 sizes halving down from all fitting models).")
+@click.option("--estimator", "estimators", multiple=True,
+              type=click.Choice(["lasso", "dom_margin", "ols", "ridge"]),
+              help="Estimators to refit per size (default: lasso, dom_margin); repeatable.")
+@click.option("--selection", type=click.Choice(["cv", "holdout"]), default="cv",
+              show_default=True, help="How LASSO's lambda is chosen inside each prefix.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Save the curves (Zarr, or netCDF for a .nc path).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def sample_complexity(store, sizes, estimators, selection, out, progress):
+    """Held-out MSE, LDS, ... against the number of fitting models (the paper's Figure 6).
+
+    Fits each estimator on nested prefixes of the fitting models from one statistics pass
+    and prints the metrics per size next to the OPT noise floor the held-out replicates
+    give.
+    """
+    from .complexity import sample_complexity as run
+
+    sz = [int(x) for x in sizes.split(",")] if sizes else None
+    sc = run(store, sz, estimators=estimators or ("lasso", "dom_margin"),
+             selection=selection, progress=progress)
+    click.echo(f"OPT noise floor {float(sc.opt):.4f}; Var f {float(sc.var_actual):.4f}")
+    click.echo(f"{'estimator':<12}{'models':>9}{'MSE':>9}{'MSE-OPT':>9}{'R2':>8}"
+               f"{'Spearman':>10}{'LDS':>8}")
+    for est in sc.estimator.values:
+        for n in sc.n_models.values:
+            r = sc.sel(estimator=est, n_models=n)
+            click.echo(f"{est:<12}{int(n):>9}{float(r.mse):>9.4f}{float(r.excess_mse):>9.4f}"
+                       f"{float(r.r2):>8.3f}{float(r.spearman):>10.3f}{float(r.lds):>8.3f}")
+    _save_result(sc, out)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--output", type=click.Choice(["margin", "correctness"]), default="margin",
+              show_default=True, help="Which model output the estimators use.")
+@click.option("--sizes", default=None, metavar="N1,N2,...",
+              help="Nested prefix sizes (default: a quarter, half and all fitting models).")
+@click.option("--groups", type=int, default=10, show_default=True,
+              help="Jackknife groups for the sampling error.")
+@click.option("--control-scale", type=float, default=1.0, show_default=True,
+              help="A wrong constant checked the same way (shows the check can fail).")
+@_refusals
+def lemma(store, output, sizes, groups, control_scale):
+    """Check the influence-OLS lemma (REFERENCE.md 2.5) on STORE.
+
+    Min-norm OLS with intercept should equal (N-1)/N times the difference of means
+    (fixed-size subsets; 1 times for Bernoulli) up to sampling error, which shrinks like
+    1/sqrt(models). Prints the relative gap and the mean squared jackknife z-score per size,
+    for the lemma's constant and for --control-scale.
+    """
+    from .lemma import lemma_check
+
+    sz = [int(x) for x in sizes.split(",")] if sizes else None
+    lc = lemma_check(store, sz, output=output, groups=groups, control_scale=control_scale)
+    a = lc.attrs
+    click.echo(f"identity: {a['identity']}; c = {a['lemma_scale']:.6f}; under the lemma "
+               f"mean z^2 ~ {a['expected_mean_z2']:.2f}")
+    click.echo(f"{'models':>8}{'gap':>9}{'mean z2':>9}   control c={a['control_scale']:g}: "
+               f"{'gap':>7}{'mean z2':>9}")
+    for i, n in enumerate(lc.n_models.values):
+        r = lc.isel(n_models=i)
+        click.echo(f"{int(n):>8}{float(r.rel_diff):>9.4f}{float(r.mean_z2):>9.2f}   "
+                   f"{'':>12}{float(r.control_rel_diff):>7.4f}{float(r.control_mean_z2):>9.2f}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--out", default="report.html", show_default=True, type=click.Path(),
+              help="The HTML file to write (self-contained: open it in any browser).")
+@click.option("--datamodels", type=click.Path(exists=True), default=None,
+              help="Fitted datamodels (`dmdask fit --out`); fitted now if not given.")
+@click.option("--evaluation", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask evaluate --out` of the datamodels (computed if not given).")
+@click.option("--comparison", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask compare --out` (computed with the store estimators if not "
+                   "given).")
+@click.option("--sample-complexity", "complexity", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask sample-complexity --out` (computed if not given).")
+@click.option("--fast", is_flag=True,
+              help="Skip what is not given rather than computing it (comparison, curves).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def report(store, out, datamodels, evaluation, comparison, complexity, fast, progress):
+    """Write one self-contained HTML report on STORE's datamodels.
+
+    Predicted vs actual margins on held-out models, LDS and per-target correlation
+    histograms, sample-complexity curves against the OPT noise floor, lambda-path
+    validation curves, the estimator comparison table, and for image jobs the training
+    images with the largest positive and negative weights for a few targets.
+    """
+    path = _report(store, out, datamodels=datamodels, evaluation=evaluation,
+                   comparison=comparison, complexity=complexity, fast=fast, progress=progress)
+    click.echo(f"report    {path}")
+
+
+def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
+            complexity=None, fast=False, progress=False, echo=click.echo):
+    import xarray as xr
+
+    from .report import write_report
+
+    if datamodels is None:
+        from .fit import fit_datamodels
+
+        echo("          fitting datamodels")
+        dm = fit_datamodels(store, progress=progress)
+    else:
+        dm = xr.open_zarr(datamodels, consolidated=False).load()
+    ev = _load_result(evaluation)
+    if ev is None:
+        from .evaluate import evaluate as run_eval
+
+        ev = run_eval(store, dm)
+    cmp = _load_result(comparison)
+    if cmp is None and not fast:
+        from .compare import compare as run_cmp
+        from .compare import default_rows
+
+        echo("          comparing estimators")
+        cmp = run_cmp(store, default_rows(store, include_model_based=False), datamodels=dm)
+    sc = _load_result(complexity)
+    if sc is None and not fast:
+        from .complexity import sample_complexity as run_sc
+
+        echo("          sample-complexity curves")
+        sc = run_sc(store)
+    return write_report(out, store=store, datamodels=dm, evaluation=ev, comparison=cmp,
+                        sample_complexity=sc)
+
+
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(), default="dmdask-quickstart", show_default=True,
               help="Where the store and results go.")
 @click.option("-n", "--n-models", type=int, default=5000, show_default=True,
-              help="Random alpha = 0.5 models to train.")
+              help="Random alpha = 0.5 models to train and fit on.")
+@click.option("--heldout", type=int, default=200, show_default=True,
+              help="Held-out alpha = 0.5 subsets for evaluation (never fitted on).")
+@click.option("--replicates", type=int, default=3, show_default=True,
+              help="Extra trainings of each held-out subset with new seeds (OPT noise floor, "
+                   "replicate-averaged LDS).")
+@click.option("--no-model-based", is_flag=True,
+              help="Compare only the estimators computed from the store (skip TRAK, "
+                   "influence functions, TracInCP, representation similarity).")
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
 @click.option("--job", default=DEFAULT_JOB, show_default=True, help="Job to run.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def quickstart(workdir, n_models, workers, job, progress):
+def quickstart(workdir, n_models, heldout, replicates, no_model_based, workers, job, progress):
     """Run the whole job end to end on the embedded default (digits MLP, local cluster, CPU).
 
-    Creates DIR/runs.zarr, trains the models on a LocalCluster, fits the datamodels and
-    prints a summary. Rerunning resumes where it stopped.
+    Creates DIR/runs.zarr with the random models to fit on, held-out models and their
+    replicates; trains them on a LocalCluster; fits the datamodels; evaluates them on the
+    held-out models; compares the estimators (the paper's Table 5); computes the
+    sample-complexity curves; and writes DIR/report.html. Rerunning resumes the training
+    where it stopped and recomputes the rest.
     """
-    from .store import create_store
+    from .store import add_models, create_store, store_info
     from .train import train as run
 
     os.makedirs(workdir, exist_ok=True)
     store = os.path.join(workdir, "runs.zarr")
-    click.echo(f"[1/2] run store {store} ({job}, {n_models} models, alpha = 0.5)")
+    path = lambda name: os.path.join(workdir, name)  # noqa: E731
+    click.echo(f"[1/6] run store {store} ({job}, {n_models} random + {heldout} held-out x "
+               f"{1 + replicates} runs, alpha = 0.5)")
     create_store(store, job, n_models, 0.5)
+    kinds = store_info(store)["kinds"]
+    if heldout and "heldout" not in kinds:
+        h = add_models(store, "heldout", n=heldout)
+        if replicates:
+            add_models(store, "replicate", replicate_of=[int(x) for x in h for _ in
+                                                         range(replicates)])
     rep = run(store, workers=workers, progress=progress,
               on_start=lambda d, t: click.echo(f"      training {t} models; dashboard: {d}"))
     if rep.models:
         click.echo(f"      trained {rep.models} models in {rep.wall_seconds:.1f} s "
                    f"({rep.models_per_second:.0f} models/s)")
-    _quickstart_fit(store, workdir, progress)
+    dm = _quickstart_fit(store, path("datamodels.zarr"), progress)
+    if not heldout:
+        click.echo("      no held-out models (--heldout 0): stopping after the fit")
+        return
+    from .compare import compare, default_rows, format_table
+    from .complexity import sample_complexity
+    from .evaluate import evaluate
+
+    click.echo(f"[3/6] evaluation on the held-out models -> {path('evaluation.zarr')}")
+    ev = evaluate(store, dm)
+    for line in _evaluation_summary(ev):
+        click.echo("      " + line)
+    _save_quiet(ev, path("evaluation.zarr"))
+    rows = default_rows(store, include_model_based=not no_model_based)
+    click.echo(f"[4/6] estimator comparison ({len(rows)} rows) -> {path('comparison.zarr')}")
+    cmp = compare(store, rows, datamodels=dm, progress=False, on_row=lambda i, r, sec: (
+        click.echo(f"      {r[0]} ({r[1]} models): {sec:.1f} s") if progress else None))
+    for line in format_table(cmp, markdown=False).splitlines():
+        click.echo("      " + line)
+    _save_quiet(cmp, path("comparison.zarr"))
+    click.echo(f"[5/6] sample complexity -> {path('sample_complexity.zarr')}")
+    sc = sample_complexity(store, estimators=("lasso", "dom_margin"))
+    last = sc.isel(n_models=-1)
+    click.echo(f"      OPT {float(sc.opt):.4f}; lasso MSE "
+               + ", ".join(f"{int(n)}: {float(v):.4f}" for n, v in
+                           zip(sc.n_models.values, sc.mse.sel(estimator="lasso").values,
+                               strict=True))
+               + f"; LDS at {int(last.n_models)}: {float(last.lds.sel(estimator='lasso')):.3f}")
+    _save_quiet(sc, path("sample_complexity.zarr"))
+    from .report import write_report
+
+    out = write_report(path("report.html"), store=store, datamodels=dm, evaluation=ev,
+                       comparison=cmp, sample_complexity=sc)
+    click.echo(f"[6/6] report {os.path.abspath(out)}")
 
 
-def _quickstart_fit(store: str, workdir: str, progress: bool) -> None:
+def _save_quiet(ds, out):
+    ds.to_zarr(out, mode="w", consolidated=False)
+
+
+def _quickstart_fit(store: str, out: str, progress: bool):
     from .fit import fit_datamodels, save_datamodels
 
-    out = os.path.join(workdir, "datamodels.zarr")
-    click.echo(f"[2/2] datamodels {out}")
+    click.echo(f"[2/6] datamodels {out}")
     dm = fit_datamodels(store, progress=progress)
     save_datamodels(dm, out, overwrite=True)
     for line in _fit_summary(dm):
         click.echo("      " + line)
+    return dm
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -204,10 +204,11 @@ def _assemble(ds, rows, results, *, ci, level) -> xr.Dataset:
     for m in PER_TARGET:
         data[f"{m}_target"] = (("row", "target"), np.stack([ev[m].values for ev, _ in results]))
     labels = [f"{name} | {n} | {out}" for name, n, out in rows]
-    coords = {"row": labels,
-              "estimator": ("row", [r[0] for r in rows]),
+    # object (variable-length) strings: Zarr v3 has a specified encoding for those only
+    coords = {"row": np.array(labels, dtype=object),
+              "estimator": ("row", np.array([r[0] for r in rows], dtype=object)),
               "n_models": ("row", np.array([int(r[1]) for r in rows], np.int64)),
-              "output": ("row", [r[2] for r in rows]),
+              "output": ("row", np.array([r[2] for r in rows], dtype=object)),
               "target": ev0["target"].values}
     opt = ev0["opt"].values
     src = ds.attrs.get("dmdask", {})

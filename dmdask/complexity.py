@@ -175,5 +175,6 @@ def sample_complexity(ds, sizes=None, *, estimators=("lasso", "dom_margin"),
         "seconds_total": time.perf_counter() - t_start,
         "nested": "prefixes of the fitting models in model-index order; one statistics pass",
     }
-    return xr.Dataset(data, coords={"estimator": list(estimators), "n_models": sizes},
+    return xr.Dataset(data, coords={"estimator": np.array(estimators, dtype=object),
+                                       "n_models": sizes},
                       attrs=attrs)

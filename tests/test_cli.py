@@ -13,7 +13,8 @@ from click.testing import CliRunner
 import dmdask
 from dmdask.cli import main
 
-COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart"]
+COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart", "evaluate",
+            "compare", "sample-complexity", "lemma", "report"]
 
 
 def run(*args, timeout=300):
@@ -82,14 +83,26 @@ def test_init_add_train_info(tmp_path):
 
 
 def test_quickstart_on_a_small_job(tmp_path):
-    r = run("quickstart", "--dir", tmp_path / "q", "-n", 48, "--job", "testjobs:RidgeDigits",
-            "--workers", 1, "--no-progress")
+    args = ("quickstart", "--dir", tmp_path / "q", "-n", 64, "--job", "testjobs:RidgeDigits",
+            "--heldout", 12, "--replicates", 1, "--workers", 1, "--no-progress")
+    r = run(*args)
     assert r.returncode == 0, r.stderr
     ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
-    assert ds.completed.values.sum() >= 48
-    r2 = run("quickstart", "--dir", tmp_path / "q", "-n", 48, "--job", "testjobs:RidgeDigits",
-             "--workers", 1, "--no-progress")
+    info = dmdask.store_info(tmp_path / "q" / "runs.zarr")
+    assert info["pending"] == 0
+    assert {k: v["models"] for k, v in info["kinds"].items()} == {
+        "random": 64, "heldout": 12, "replicate": 12}
+    assert ds.completed.values.all()
+    for stage in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
+        assert stage in r.stdout
+    for out in ("datamodels.zarr", "evaluation.zarr", "comparison.zarr",
+                "sample_complexity.zarr", "report.html"):
+        assert (tmp_path / "q" / out).exists(), out
+    assert str((tmp_path / "q" / "report.html").resolve()) in r.stdout
+    assert "| lasso |" not in r.stdout and "lasso" in r.stdout.split("[4/6]")[1]
+    r2 = run(*args)
     assert r2.returncode == 0 and "trained" not in r2.stdout.split("[2/")[0]  # resumed, no work
+    assert dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"] == 88  # nothing re-added
 
 
 @pytest.mark.slow
@@ -124,3 +137,61 @@ def test_fit_command_writes_datamodels(tmp_path):
     assert (resid**2).mean() < ds.margin.values.var(axis=0).mean()  # explains some variance
     r = run("fit", p, "--out", out)
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from test_evaluate import make_store
+
+    p = tmp_path_factory.mktemp("cli") / "s.zarr"
+    make_store(p, N=20, T=4, n_fit=600, n_held=30, R=2, noise=0.4, block=100)
+    return p
+
+
+def test_evaluate_command(planted, tmp_path):
+    import xarray as xr
+
+    dm = tmp_path / "dm.zarr"
+    assert CliRunner().invoke(main, ["fit", str(planted), "--out", str(dm),
+                                     "--no-progress"]).exit_code == 0
+    r = CliRunner().invoke(main, ["evaluate", str(planted), str(dm), "--out",
+                                  str(tmp_path / "ev.zarr")])
+    assert r.exit_code == 0, r.output
+    ev = dmdask.evaluate(planted, xr.open_zarr(dm, consolidated=False))
+    assert f"{ev.attrs['lds_mean']: .4f}" in r.output and "OPT" in r.output
+    saved = xr.open_zarr(tmp_path / "ev.zarr", consolidated=False)
+    np.testing.assert_allclose(saved.lds.values, ev.lds.values)
+    # a plain [train, target] array: the layout is detected, no bias -> calibrated
+    np.save(tmp_path / "s.npy", xr.open_zarr(dm, consolidated=False).weight.values.T)
+    r = CliRunner().invoke(main, ["evaluate", str(planted), str(tmp_path / "s.npy"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["calibrated"] == 1
+    np.testing.assert_allclose(out["lds_mean"], ev.attrs["lds_mean"], rtol=1e-6)
+    r = run("evaluate", planted, tmp_path / "missing.npy")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_compare_sample_complexity_lemma_commands(planted, tmp_path):
+    import xarray as xr
+
+    r = CliRunner().invoke(main, ["compare", str(planted), "--row", "dom_margin",
+                                  "--row", "ols:300", "--out", str(tmp_path / "c.zarr"),
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    c = xr.open_zarr(tmp_path / "c.zarr", consolidated=False)
+    assert c.estimator.values.tolist() == ["dom_margin", "ols"]
+    assert c.n_models.values.tolist() == [600, 300]
+    assert "dom_margin" in r.output and f"{float(c.lds[1]):.3f}" in r.output
+    r = CliRunner().invoke(main, ["sample-complexity", str(planted), "--sizes", "150,600",
+                                  "--estimator", "ols", "--out", str(tmp_path / "sc.zarr"),
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    sc = xr.open_zarr(tmp_path / "sc.zarr", consolidated=False)
+    assert sc.n_models.values.tolist() == [150, 600]
+    assert f"{float(sc.opt):.4f}" in r.output
+    r = CliRunner().invoke(main, ["lemma", str(planted), "--sizes", "200,600"])
+    assert r.exit_code == 0, r.output
+    assert "c = 0.950000" in r.output  # (N - 1)/N with N = 20
+    r = run("compare", planted, "--row", "nope")
+    assert r.returncode == 2 and "unknown estimator" in r.stderr
