@@ -51,3 +51,23 @@ def test_lemma_holds_within_sampling_error(tmp_path, output, sampling):
     assert crel[2] > 0.5 * crel[0] and crel[2] > 0.08
     cz = lc.control_mean_z2.values
     assert cz[2] > 10 * Z2_MAX and cz[2] > 4 * cz[0]
+
+
+@pytest.mark.parametrize("output", ["margin", "correctness"])
+def test_lemma_on_a_convex_job(tmp_path_factory, output):
+    """Real training: a ridge classifier on 40 digits (closed form, convex), 20,000 models."""
+    p = tmp_path_factory.getbasetemp() / "ridge_lemma.zarr"
+    if not p.exists():
+        dmdask.create_store(p, "testjobs:RidgeDigits", 20000, 0.5, params={"n_train": 40},
+                            block_size=2500)
+        dmdask.train(p, workers=1, progress=False)
+    lc = lemma_check(p, [1250, 5000, 20000], output=output, control_scale=0.9)
+    assert lc.attrs["lemma_scale"] == 39 / 40
+    assert np.all(lc.n_targets_used.values >= 30)  # targets whose output varies
+    rel = lc.rel_diff.values
+    assert rel[2] < rel[0] / 2.5  # ~1/sqrt(m): a quarter for 16x the models
+    assert np.all(lc.mean_z2.values < Z2_MAX)
+    # a 10% wrong constant is rejected by the same rule that accepts the lemma, and its
+    # evidence grows with the number of models
+    cz = lc.control_mean_z2.values
+    assert cz[2] > Z2_MAX and cz[2] > 2 * cz[0]
