@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -24,6 +25,9 @@ def pytest_collection_modifyitems(config, items):
         "torch": (not optional.has("torch"), "torch not installed (pip install 'dmdask[torch]')"),
         "gpu": (not optional.has_gpu(), "no CUDA GPU with CuPy"),
         "viz": (not optional.has("matplotlib"), "matplotlib not installed"),
+        # the report's browser test drives Debian's headless `chromium` (Ubuntu's name too)
+        "browser": (not (shutil.which("chromium") or shutil.which("chromium-browser")),
+                    "no chromium/chromium-browser binary (apt-get install chromium)"),
     }
     for item in items:
         for mark, (skip, why) in skips.items():

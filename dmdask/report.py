@@ -1,0 +1,800 @@
+"""``write_report``: one self-contained HTML page about a run store and its datamodels (issue 5).
+
+The page has a header (store path, job, models by kind, dmdask version, date) and one section
+per analysis; each section draws what its input allows and otherwise says what is missing and
+how to produce it, so a page made from a bare store is still a valid page:
+
+* **predicted vs actual** margins on the held-out runs (``datamodels`` + ``store``): the
+  datamodels' prediction ``mask @ weightᵀ + bias`` of every held-out model's subset against
+  every run's margin, and against the margin averaged over the subset's runs (computed here by
+  :func:`predicted_vs_actual` with :func:`dmdask.evaluate.evaluation_runs`);
+* **evaluation** (``evaluation``, the Dataset :func:`dmdask.evaluate` returns): headline
+  metrics with their confidence intervals and the OPT floor, histograms of the per-target LDS,
+  Spearman and Pearson correlations;
+* **estimator comparison** (``comparison``, a Dataset with dim ``row``, e.g. from
+  ``dmdask.compare``): a Table 5 style HTML table and the per-target LDS of every row;
+* **sample complexity** (``sample_complexity``, a Dataset with dim ``n_models``): MSE against
+  the number of models with the OPT noise floor, LDS and Spearman against it;
+* **λ path** (``datamodels``): validation MSE along each example target's λ path, normalised by
+  its minimum, with the chosen λ marked;
+* **training images** (image jobs): for ``n_examples`` targets the target image and the
+  training images with the largest positive and negative weights, their weights and labels.
+  The digits jobs (``jobs.digits:…``) are recognised from the store's job; other jobs pass
+  ``images=``.
+
+Self-contained: figures are inline base64 PNGs, CSS is inline, there are no scripts and no
+external requests, so the file can be mailed, archived or opened offline.
+
+Plotting library: matplotlib — it is already dmdask's ``viz`` extra and its Agg backend
+rasterises headless to static PNGs with no JavaScript runtime, whereas interactive libraries
+(plotly, bokeh, altair) would inline megabytes of JavaScript or load it from a CDN.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import DmdaskError, InputError
+
+__all__ = [
+    "FIGURE_IDS",
+    "PredictedActual",
+    "predicted_vs_actual",
+    "render_report",
+    "resolve_images",
+    "write_report",
+]
+
+# Every figure the page can hold, by section; a figure whose input is missing is left out.
+FIGURE_IDS = ("fig-pred-actual", "fig-eval-hist", "fig-comparison-lds",
+              "fig-sample-complexity", "fig-lambda-path", "fig-images")
+
+_DPI = 100  # 100 dpi keeps a full digits page near 1 MB while staying legible
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
+ color:#1b1f24;background:#fff;line-height:1.45}
+main{max-width:1100px;margin:0 auto;padding:1.5em 1.5em 4em}
+h1{font-size:1.7em;margin:.2em 0 .4em}h2{font-size:1.3em;margin:1.8em 0 .5em;
+ border-bottom:1px solid #d0d7de;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:.25em .6em;text-align:right}
+th{background:#f3f5f7}td.l,th.l{text-align:left}
+tr.calibrated td{background:#fff8e6}
+figure{margin:1em 0;padding:0}figure img{display:block;max-width:100%;height:auto}
+figcaption{font-size:.9em;color:#444;margin-top:.4em;max-width:60em}
+.missing{background:#fff4f4;border-left:4px solid #d1242f;padding:.5em .8em}
+.note{color:#555;font-size:.9em}code{background:#f3f5f7;padding:0 .25em;border-radius:3px}
+dl.meta{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.5em 0}
+dl.meta dt{font-weight:600}dl.meta dd{margin:0}
+"""
+
+
+# --------------------------------------------------------------------------- inputs
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _open_store(store) -> tuple[xr.Dataset | None, str | None]:
+    """The run store as a Dataset and its path (either may be None)."""
+    if store is None:
+        return None, None
+    if isinstance(store, xr.Dataset):
+        meta = store.attrs.get("dmdask", {})
+        path = meta.get("path") if isinstance(meta, dict) else None
+        return store, path
+    from .store import open_store
+
+    path = os.path.abspath(os.fspath(store))
+    return open_store(path), path
+
+
+def _open_datamodels(dm) -> xr.Dataset | None:
+    if dm is None:
+        return None
+    if not isinstance(dm, xr.Dataset):
+        p = os.fspath(dm)
+        if not os.path.exists(p):
+            raise InputError(f"{p}: no such datamodels store")
+        dm = xr.open_zarr(p, consolidated=False)
+    missing = [v for v in ("weight", "bias") if v not in dm]
+    if missing:
+        raise InputError(f"not a datamodels Dataset: no {', '.join(missing)} variable "
+                         "(expected the output of dmdask.fit_datamodels)")
+    return dm
+
+
+def _job_of(ds: xr.Dataset | None) -> dict | None:
+    if ds is None:
+        return None
+    meta = ds.attrs.get("dmdask", {})
+    job = meta.get("job") if isinstance(meta, dict) else None
+    return job if isinstance(job, dict) else None
+
+
+@dataclass
+class PredictedActual:
+    """Datamodel predictions against held-out margins (see :func:`predicted_vs_actual`).
+
+    ``pred``/``actual``: a deterministic subsample of the (run, target) pairs; ``pred_mean``/
+    ``actual_mean``: the same for (subset, target) pairs with the margin averaged over the
+    subset's runs. The statistics are over *all* pairs, not the subsample.
+    """
+
+    pred: np.ndarray
+    actual: np.ndarray
+    pred_mean: np.ndarray
+    actual_mean: np.ndarray
+    n_pairs: int
+    n_subsets: int
+    n_runs: int
+    n_targets: int
+    pearson: float
+    mse: float
+    pearson_mean: float
+
+
+def _pooled_pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def _subsample(n: int, k: int, seed: int) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def predicted_vs_actual(store, datamodels, *, max_points: int = 5000,
+                        seed: int = 0) -> PredictedActual:
+    """Predict every held-out subset's margins with the datamodels and pair them with the
+    margins of the subset's runs (the held-out model and its replicates,
+    :func:`dmdask.evaluate.evaluation_runs`).
+
+    Prediction = ``mask @ weightᵀ + bias`` in raw-mask space, unchanged (no calibration: this
+    is what the datamodels themselves claim). NaN margins are dropped. At most ``max_points``
+    pairs of each kind are kept for plotting, drawn without replacement by
+    ``numpy.random.default_rng(seed)`` so the page is reproducible.
+    """
+    from .evaluate import evaluation_runs
+    from .metrics import group_means
+
+    ds, _ = _open_store(store)
+    dm = _open_datamodels(datamodels)
+    if ds is None or dm is None:
+        raise InputError("predicted_vs_actual needs both a run store and datamodels")
+    if dm.sizes["train"] != ds.sizes["train"]:
+        raise InputError(f"the datamodels have {dm.sizes['train']} training columns, the store "
+                         f"{ds.sizes['train']}: they belong to another store")
+    tpos = np.asarray(dm["target"].values, dtype=np.int64)
+    if tpos.size == 0 or tpos.min() < 0 or tpos.max() >= ds.sizes["target"]:
+        raise InputError(f"the datamodels name targets outside the store's "
+                         f"[0, {ds.sizes['target']})")
+    subsets, runs, group = evaluation_runs(ds)
+    W = np.asarray(dm["weight"].transpose("target", "train").values, np.float64)
+    b = np.asarray(dm["bias"].values, np.float64)
+    X = np.asarray(ds["mask"].data[subsets].compute(), np.float64)
+    pred_sub = X @ W.T + b  # [subset, target]
+    y = np.asarray(ds["margin"].data[runs][:, tpos].compute(), np.float64)  # [run, target]
+    g = pred_sub[group]
+    ok = np.isfinite(y)
+    p_all, a_all = g[ok], y[ok]
+    _, fbar, cnt = group_means(y, group)
+    okm = (cnt > 0) & np.isfinite(fbar)
+    pm_all, am_all = pred_sub[okm], fbar[okm]
+    keep = _subsample(p_all.size, max_points, seed)
+    keep_m = _subsample(pm_all.size, max_points, seed + 1)
+    return PredictedActual(
+        pred=p_all[keep], actual=a_all[keep], pred_mean=pm_all[keep_m],
+        actual_mean=am_all[keep_m], n_pairs=int(p_all.size), n_subsets=int(subsets.size),
+        n_runs=int(runs.size), n_targets=int(tpos.size),
+        pearson=_pooled_pearson(p_all, a_all),
+        mse=float(np.mean((p_all - a_all) ** 2)) if p_all.size else float("nan"),
+        pearson_mean=_pooled_pearson(pm_all, am_all))
+
+
+ImagesArg = (tuple | list | Mapping | Callable[[xr.Dataset], Any] | bool | None)
+
+
+def _digits_images(ds: xr.Dataset, job: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The 8×8 digits of a ``jobs.digits`` store: ``train_id``/``target_id`` index
+    ``sklearn.datasets.load_digits()`` (the job's :func:`jobs.digits.load_split`)."""
+    from sklearn.datasets import load_digits
+
+    imgs = np.asarray(load_digits().images)
+    if "train_id" in ds.coords and "target_id" in ds.coords:
+        tr = np.asarray(ds["train_id"].values, np.int64)
+        tg = np.asarray(ds["target_id"].values, np.int64)
+    else:  # stores written before the ids were recorded: rebuild them from the fixed split
+        from jobs.digits import load_split
+
+        split = load_split()
+        k = int((job.get("params") or {}).get("train_targets", 0))
+        tr = np.asarray(split.train_id)
+        tg = np.concatenate([split.test_id, split.train_id[:k]])
+    return imgs[tr], imgs[tg]
+
+
+def resolve_images(store, images: ImagesArg = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, str] | None:
+    """``(train_images, target_images, source)`` for the images section, or None.
+
+    ``images``: ``(train, target)`` arrays (``target`` may be None), a mapping with keys
+    ``train``/``target``, or a callable ``f(store_dataset)`` returning either; images are
+    ``(n, H, W)`` grey or ``(n, H, W, 3|4)`` colour. None: recognise the digits jobs
+    (``jobs.digits:…``) from the store's job and load their 8×8 images; False: no images.
+    """
+    ds, _ = _open_store(store)
+    source = "given"
+    if images is False:
+        return None
+    if images is None:
+        job = _job_of(ds)
+        if job is None or not str(job.get("path", "")).startswith("jobs.digits:"):
+            return None
+        tr, tg = _digits_images(ds, job)
+        source = "sklearn.datasets.load_digits() via the store's train_id/target_id"
+    else:
+        if callable(images):
+            images = images(ds)
+            source = "images callable"
+        if isinstance(images, Mapping):
+            tr, tg = images.get("train"), images.get("target")
+        elif isinstance(images, (tuple, list)) and len(images) == 2:
+            tr, tg = images
+        else:
+            raise InputError("images must be (train_images, target_images), a mapping with "
+                             "keys 'train'/'target', a callable returning one, None or False")
+    tr = np.asarray(tr)
+    tg = None if tg is None else np.asarray(tg)
+    for name, a in (("train", tr), ("target", tg)):
+        if a is not None and not (a.ndim == 3 or (a.ndim == 4 and a.shape[-1] in (3, 4))):
+            raise InputError(f"{name} images must be (n, H, W) or (n, H, W, 3|4), got shape "
+                             f"{a.shape}")
+    if ds is not None:
+        if tr.shape[0] != ds.sizes["train"]:
+            raise InputError(f"{tr.shape[0]} training images for a store of "
+                             f"{ds.sizes['train']} training examples")
+        if tg is not None and tg.shape[0] != ds.sizes["target"]:
+            raise InputError(f"{tg.shape[0]} target images for a store of "
+                             f"{ds.sizes['target']} targets")
+    return tr, tg, source
+
+
+# --------------------------------------------------------------------------- figures
+def _mpl():
+    """matplotlib's Figure and Agg canvas, without pyplot: no global backend switch and no
+    global figure registry in the caller's process."""
+    from .optional import require
+
+    require("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    return Figure, FigureCanvasAgg
+
+
+def _horizontal() -> dict[str, Any]:
+    """Horizontal boxes: ``orientation=`` from matplotlib 3.10 on (``vert=`` is deprecated
+    there), ``vert=False`` before."""
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
+def _no_minor_labels(ax) -> None:
+    """Log axes spanning less than a decade label their minor ticks, which overlap."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _new_fig(w: float, h: float):
+    Figure, Canvas = _mpl()
+    fig = Figure(figsize=(w, h), dpi=_DPI, layout="constrained")
+    Canvas(fig)
+    return fig
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.canvas.print_png(buf)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(fig_id: str, fig, caption: str, alt: str) -> str:
+    w, h = (int(round(v)) for v in fig.get_size_inches() * fig.dpi)
+    return (f'<figure id="{fig_id}"><img src="data:image/png;base64,{_png(fig)}" '
+            f'width="{w}" height="{h}" alt="{_esc(alt)}"><figcaption>{caption}</figcaption>'
+            "</figure>")
+
+
+def _missing(text: str) -> str:
+    return f'<p class="missing">{text}</p>'
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return _esc(v)
+    if not np.isfinite(f):
+        return "—"
+    return f"{f:.{nd}f}"
+
+
+def _section(sec_id: str, title: str, body: str) -> str:
+    return f'<section id="{sec_id}"><h2>{_esc(title)}</h2>{body}</section>'
+
+
+# --------------------------------------------------------------------------- sections
+def _header(ds, path, dm, title: str) -> str:
+    from . import __version__
+
+    rows = [("store", _esc(path) if path else "— (no run store given)")]
+    job = _job_of(ds)
+    if ds is not None:
+        if job is None:
+            rows.append(("job", "none (imported or synthetic runs)"))
+        else:
+            params = job.get("params") or {}
+            ptxt = ", ".join(f"{k}={v!r}" for k, v in sorted(params.items()))
+            rows.append(("job", f"<code>{_esc(job.get('path'))}</code>"
+                         + (f" ({_esc(ptxt)})" if ptxt else "")))
+        kind = np.asarray(ds["kind"].values).astype(str)
+        done = np.asarray(ds["completed"].values).astype(bool)
+        parts = []
+        from .store import KINDS
+
+        # dmdask's own order of kinds (random first), then any others
+        for k in [k for k in KINDS if k in kind] + sorted(set(kind) - set(KINDS)):
+            sel = kind == k
+            parts.append(f"{_esc(k)}: {int(done[sel].sum()):,} of {int(sel.sum()):,} trained")
+        rows.append(("models", "; ".join(parts) if parts else "none"))
+        rows.append(("examples", f"{ds.sizes['train']:,} training, "
+                                 f"{ds.sizes['target']:,} targets"))
+    if dm is not None:
+        a = dm.attrs
+        nm = a.get("n_models", "?")
+        nm = f"{nm:,}" if isinstance(nm, (int, np.integer)) else nm
+        rows.append(("datamodels", f"{dm.sizes['target']:,} targets, fitted on "
+                     f"{_esc(nm)} models (α = {_esc(a.get('alpha', '?'))}, "
+                     f"λ selection: {_esc(a.get('selection', '?'))})"))
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows.append(("dmdask", _esc(__version__)))
+    rows.append(("generated", now))
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    return f'<header><h1>{_esc(title)}</h1><dl class="meta">{dl}</dl></header>'
+
+
+def _sec_pred_actual(ds, dm) -> str:
+    how = ("Fit them with <code>dmdask fit STORE --out datamodels.zarr</code> (or "
+           "<code>dmdask.fit_datamodels</code>) and pass <code>datamodels=</code>.")
+    if ds is None:
+        return _missing("No run store given: the held-out margins live in the store.")
+    if dm is None:
+        return _missing("No datamodels given. " + how)
+    try:
+        pa = predicted_vs_actual(ds, dm)
+    except InputError as e:
+        return _missing(_esc(e) + " — add held-out models with <code>dmdask add STORE --kind "
+                        "heldout -n 500</code> (and <code>--kind replicate --of heldout</code>) "
+                        "and train them." if "held-out" in str(e) else _esc(e))
+    fig = _new_fig(10, 4.6)
+    axes = fig.subplots(1, 2)
+    for ax, p, a, what, r in ((axes[0], pa.pred, pa.actual, "margin of each run",
+                               pa.pearson),
+                              (axes[1], pa.pred_mean, pa.actual_mean,
+                               "margin averaged over the subset's runs", pa.pearson_mean)):
+        ax.scatter(p, a, s=4, alpha=0.35, color="#1f6feb", edgecolors="none", rasterized=True)
+        if p.size:
+            lo = float(min(np.min(p), np.min(a)))
+            hi = float(max(np.max(p), np.max(a)))
+            ax.plot([lo, hi], [lo, hi], color="#d1242f", lw=1, label="y = x")
+            ax.legend(loc="upper left", frameon=False)
+        ax.set_xlabel("datamodel prediction  mask·w + b")
+        ax.set_ylabel(what)
+        ax.set_title(f"pooled Pearson r = {r:.3f}", fontsize=10)
+    cap = (f"Datamodel predictions against actual margins on the {pa.n_subsets:,} held-out "
+           f"subsets ({pa.n_runs:,} runs with replicates) for {pa.n_targets:,} targets: "
+           f"{pa.n_pairs:,} (run, target) pairs, MSE {pa.mse:.3f}; "
+           f"{pa.pred.size:,} pairs are drawn (deterministic subsample). Left: each run; "
+           "right: the margin averaged over the subset's runs (the replicate noise averages out).")
+    return _figure("fig-pred-actual", fig, cap, "scatter of predicted against actual margins")
+
+
+_HEADLINE = (("lds", "LDS"), ("spearman", "Spearman"), ("pearson", "Pearson"),
+             ("r2", "R²"), ("r2_noise_adjusted", "R² (noise-adjusted)"), ("mse", "MSE"),
+             ("opt", "OPT (noise floor)"), ("excess_mse", "MSE − OPT"), ("auc", "AUC"))
+
+
+def _sec_evaluation(ev) -> str:
+    if ev is None:
+        return _missing("No evaluation given. Compute it with <code>ev = dmdask.evaluate(STORE, "
+                        "datamodels)</code> and pass <code>evaluation=ev</code>.")
+    a = ev.attrs
+    rows = []
+    for key, name in _HEADLINE:
+        if f"{key}_mean" not in a:
+            continue
+        rows.append(f"<tr><td class='l'>{name}</td><td>{_fmt(a[f'{key}_mean'])}</td>"
+                    f"<td>{_fmt(a.get(f'{key}_ci_low'))}</td>"
+                    f"<td>{_fmt(a.get(f'{key}_ci_high'))}</td>"
+                    f"<td>{_esc(a.get(f'{key}_n_used', ''))}</td></tr>")
+    level = float(a.get("ci_level", 0.95))
+    table = ("<table id='evaluation-table'><thead><tr><th class='l'>metric</th><th>mean over "
+             f"targets</th><th colspan='2'>{level:.0%} CI</th><th>targets</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table>") if rows else ""
+    info = (f"<p class='note'>Estimator <code>{_esc(a.get('estimator', '?'))}</code>; "
+            f"{_esc(a.get('n_heldout_subsets', '?'))} held-out subsets, "
+            f"{_esc(a.get('n_heldout_runs', '?'))} runs; calibration: "
+            f"{_esc(a.get('calibration', '?'))}; CI: {_esc(a.get('ci_method', '?'))}.</p>")
+    present = [k for k in ("lds", "spearman", "pearson") if k in ev]
+    if not present:
+        return table + info + _missing("The evaluation has none of the per-target variables "
+                                       "lds, spearman, pearson to draw.")
+    fig = _new_fig(3.4 * len(present), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(present)))
+    for ax, k in zip(axes, present, strict=True):
+        v = np.asarray(ev[k].values, np.float64)
+        v = v[np.isfinite(v)]
+        if v.size:
+            ax.hist(v, bins=min(30, max(5, v.size // 3)), color="#8250df", alpha=0.8)
+            ax.axvline(float(v.mean()), color="k", lw=1, ls="--", label=f"mean {v.mean():.3f}")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_xlabel({"lds": "LDS"}.get(k, k.capitalize()) + " per target")
+        ax.set_ylabel("targets")
+    cap = ("Per-target LDS (Spearman over held-out subsets between the summed scores and the "
+           "replicate-mean margin), Spearman and Pearson correlation of the predictions with "
+           "each run's margin; dashed: the mean over targets.")
+    return table + info + _figure("fig-eval-hist", fig, cap, "histograms of per-target "
+                                                             "correlations")
+
+
+_CMP_REQUIRED = ("spearman", "mse", "auc", "lds", "lds_ci_low", "lds_ci_high")
+
+
+def _sec_comparison(cmp) -> str:
+    if cmp is None:
+        return _missing("No estimator comparison given. Evaluate several estimators on the same "
+                        "held-out models (<code>dmdask.evaluate(STORE, "
+                        "dmdask.estimators.compute(STORE, name))</code> for dom_margin, "
+                        "dom_correctness, ols, ridge and the datamodels, or "
+                        "<code>dmdask.compare</code>) and pass <code>comparison=</code>.")
+    if "row" not in cmp.dims:
+        return _missing("The comparison has no <code>row</code> dimension.")
+    missing = [v for v in _CMP_REQUIRED if v not in cmp]
+    if missing:
+        return _missing("The comparison lacks the variables " + ", ".join(missing) + ".")
+    n = cmp.sizes["row"]
+
+    def col(name, default=""):
+        if name in cmp.variables:
+            return [v.item() if hasattr(v, "item") else v for v in np.asarray(cmp[name].values)]
+        return [default] * n
+
+    est, nm, out = col("estimator", "?"), col("n_models", ""), col("output", "")
+    cal = [bool(c) for c in col("calibrated", False)]
+    body = []
+    for i in range(n):
+        r = cmp.isel(row=i)
+        half = (float(r.lds_ci_high) - float(r.lds_ci_low)) / 2
+        star = "*" if cal[i] else ""
+        cells = [f"<td class='l'>{_esc(est[i])}</td>",
+                 f"<td>{int(nm[i]):,}</td>" if nm[i] != "" else "<td>—</td>",
+                 f"<td class='l'>{_esc(out[i])}</td>",
+                 f"<td>{_fmt(r.spearman)}</td>",
+                 f"<td>{_fmt(r.pearson) if 'pearson' in cmp else '—'}</td>",
+                 f"<td>{_fmt(r.mse)}{star}</td>",
+                 f"<td>{_fmt(r.auc)}{star}</td>",
+                 f"<td>{_fmt(r.r2) if 'r2' in cmp else '—'}{star if 'r2' in cmp else ''}</td>",
+                 f"<td>{_fmt(r.lds)} ± {_fmt(half)}</td>"]
+        cls = " class='calibrated'" if cal[i] else ""
+        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    level = float(cmp.attrs.get("ci_level", 0.95))
+    head = ("<tr><th class='l'>estimator</th><th># models</th><th class='l'>output</th>"
+            "<th>Spearman</th><th>Pearson</th><th>MSE</th><th>AUC</th><th>R²</th>"
+            f"<th>LDS ± {level:.0%} CI</th></tr>")
+    opt = cmp.attrs.get("opt_mean")
+    note = ("<p class='note'>* calibrated: scored after the best per-target affine map on the "
+            "fitting models (the estimator has no bias or models correctness); Spearman and "
+            "LDS are rank metrics and never calibrated."
+            + (f" OPT noise floor (MSE): {_fmt(opt)}." if opt is not None else "") + "</p>")
+    table = (f"<table id='comparison-table'><thead>{head}</thead><tbody>{''.join(body)}"
+             f"</tbody></table>{note}")
+    labels = [f"{est[i]} ({int(nm[i]):,})" if nm[i] != "" else str(est[i]) for i in range(n)]
+    fig = _new_fig(8, 1.2 + 0.45 * n)
+    ax = fig.subplots()
+    if "lds_target" in cmp:
+        data = [np.asarray(cmp["lds_target"].isel(row=i).values, np.float64) for i in range(n)]
+        data = [d[np.isfinite(d)] for d in data]
+        pos = np.arange(1, n + 1)
+        ax.boxplot([d if d.size else [np.nan] for d in data], positions=pos, showmeans=True,
+                   meanprops={"marker": "D", "markerfacecolor": "#d1242f",
+                              "markeredgecolor": "#d1242f", "markersize": 4},
+                   **_horizontal())
+        ax.set_yticks(pos, labels)
+        what = "per-target LDS (box: quartiles, whiskers 1.5 IQR, diamond: mean)"
+    else:  # means with their CI only
+        y = np.arange(n)
+        m = np.asarray(cmp["lds"].values, np.float64)
+        lo, hi = np.asarray(cmp["lds_ci_low"].values), np.asarray(cmp["lds_ci_high"].values)
+        ax.errorbar(m, y, xerr=[m - lo, hi - m], fmt="D", color="#d1242f", capsize=3)
+        ax.set_yticks(y, labels)
+        what = "mean LDS with its CI (no per-target lds_target in the comparison)"
+    ax.invert_yaxis()  # first row on top, as in the table
+    ax.set_xlabel("LDS")
+    ax.grid(axis="x", alpha=0.3)
+    cap = f"LDS of every estimator in the table: {what}."
+    return table + _figure("fig-comparison-lds", fig, cap, "LDS per estimator")
+
+
+_SC_REQUIRED = ("mse", "lds", "spearman")
+
+
+def _sec_sample_complexity(sc) -> str:
+    if sc is None:
+        return _missing("No sample-complexity results given. Fit and evaluate datamodels on the "
+                        "first n fitting models for a few n (<code>dmdask.fit_datamodels(STORE, "
+                        "n_models=n)</code>, <code>dmdask.evaluate</code>), collect the means "
+                        "over targets in a Dataset with dim <code>n_models</code> and pass "
+                        "<code>sample_complexity=</code>.")
+    if "n_models" not in sc.dims:
+        return _missing("The sample-complexity Dataset has no <code>n_models</code> dimension.")
+    missing = [v for v in _SC_REQUIRED if v not in sc]
+    if missing:
+        return _missing("The sample-complexity Dataset lacks " + ", ".join(missing) + ".")
+    sc = sc.sortby("n_models")
+    n = np.asarray(sc["n_models"].values, np.float64)
+    fig = _new_fig(10, 3.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    mse = np.asarray(sc["mse"].values, np.float64)
+    ax1.plot(n, mse, "o-", color="#1f6feb", label="MSE (mean over targets)")
+    if "mse_ci_low" in sc and "mse_ci_high" in sc:
+        ax1.fill_between(n, sc["mse_ci_low"].values, sc["mse_ci_high"].values,
+                         color="#1f6feb", alpha=0.2, lw=0, label="CI")
+    opt = float(sc["opt"].values) if "opt" in sc and sc["opt"].ndim == 0 else float("nan")
+    if np.isfinite(opt):
+        ax1.axhline(opt, color="#d1242f", ls="--", lw=1.2, label=f"OPT floor {opt:.3f}")
+    ax1.set_xlabel("models used to fit")
+    ax1.set_ylabel("held-out MSE")
+    ax1.legend(frameon=False, fontsize=8)
+    for k, c in (("lds", "#8250df"), ("spearman", "#1a7f37"), ("r2", "#9a6700")):
+        if k in sc:
+            ax2.plot(n, np.asarray(sc[k].values, np.float64), "o-", color=c,
+                     label={"lds": "LDS", "r2": "R²"}.get(k, k.capitalize()))
+    for ax in (ax1, ax2):  # log x, ticked at the measured sizes only (minor labels clutter)
+        ax.set_xscale("log")
+        ax.set_xticks(n, [f"{int(v):,}" for v in n])
+        ax.minorticks_off()
+    ax2.set_xlabel("models used to fit")
+    ax2.set_ylabel("mean over targets")
+    ax2.legend(frameon=False, fontsize=8)
+    ax2.grid(alpha=0.3)
+    cap = ("Sample complexity: held-out MSE against the number of fitting models (log scale), "
+           "with its CI over targets and the OPT noise floor — the error no predictor of the "
+           "margin from the subset alone can beat, since replicates of one subset differ by "
+           "that much — and LDS/Spearman (and R²) against the number of models."
+           + ("" if np.isfinite(opt) else " No OPT floor was given (needs replicate runs)."))
+    return _figure("fig-sample-complexity", fig, cap, "sample-complexity curves")
+
+
+def _example_targets(n_target: int, k: int) -> np.ndarray:
+    """``k`` target positions evenly spread over the datamodels' targets: deterministic and
+    not selected by quality, so the examples are not cherry-picked."""
+    if n_target == 0 or k <= 0:
+        return np.zeros(0, np.int64)
+    return np.unique(np.linspace(0, n_target - 1, min(k, n_target)).round().astype(np.int64))
+
+
+def _sec_lambda_path(dm, n_examples: int) -> str:
+    if dm is None:
+        return _missing("No datamodels given: the λ path and its validation error come from "
+                        "<code>dmdask fit STORE --out datamodels.zarr</code>.")
+    if "lambdas" not in dm or "val_mse_path" not in dm:
+        return _missing("The datamodels have no λ path (variables lambdas, val_mse_path).")
+    lam = np.asarray(dm["lambdas"].values, np.float64)
+    vp = np.asarray(dm["val_mse_path"].values, np.float64)
+    chosen = np.asarray(dm["lam"].values, np.float64) if "lam" in dm else None
+    picks = [t for t in _example_targets(dm.sizes["target"], max(n_examples, 6))
+             if (np.isfinite(lam[t]) & np.isfinite(vp[t])).sum() >= 2]
+    if not picks:
+        return _missing("No target has a validation curve along its λ path.")
+    fig = _new_fig(7.5, 4.2)
+    ax = fig.subplots()
+    tnames = np.asarray(dm["target"].values)
+    labs = np.asarray(dm["target_label"].values) if "target_label" in dm.coords else None
+    for i, t in enumerate(picks):
+        ok = np.isfinite(lam[t]) & np.isfinite(vp[t])
+        x, y = lam[t][ok], vp[t][ok] / np.min(vp[t][ok])
+        lab = f"target {tnames[t]}" + (f" (label {labs[t]})" if labs is not None else "")
+        (line,) = ax.plot(x, y, "-", lw=1.3, label=lab, color=f"C{i % 10}")
+        if chosen is not None and np.isfinite(chosen[t]):
+            j = int(np.argmin(np.abs(np.log(x) - np.log(chosen[t]))))
+            ax.plot(x[j], y[j], "o", ms=7, mfc="none", mec=line.get_color(), mew=1.6)
+    ax.set_xscale("log")
+    _no_minor_labels(ax)
+    ax.set_xlabel("λ (standardised features)")
+    ax.set_ylabel("validation MSE / its minimum")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    sel = dm.attrs.get("selection", "?")
+    cap = (f"Validation error along the λ path ({_esc(sel)} selection) for {len(picks)} targets "
+           "spread over the datamodels, each divided by its minimum; circles mark the chosen λ. "
+           "Paths that stop early were cut by the validation early stop.")
+    return _figure("fig-lambda-path", fig, cap, "validation curves along the lambda path")
+
+
+def _show_image(ax, img: np.ndarray) -> None:
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray_r", interpolation="nearest")
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
+    if images is False:
+        return _missing("Images were switched off (<code>images=False</code>).")
+    if dm is None:
+        return _missing("No datamodels given: the images shown are those with the largest "
+                        "datamodel weights.")
+    try:
+        res = resolve_images(ds, images)
+    except InputError as e:
+        return _missing(_esc(e))
+    if res is None:
+        return _missing("No images for this job. The digits jobs (<code>jobs.digits:…</code>) "
+                        "are recognised from the store; for other image jobs pass "
+                        "<code>images=(train_images, target_images)</code> or a callable "
+                        "<code>f(store) → (train_images, target_images)</code>.")
+    tr_img, tg_img, source = res
+    if tr_img.shape[0] != dm.sizes["train"]:
+        return _missing(f"{tr_img.shape[0]} training images for datamodels of "
+                        f"{dm.sizes['train']} training examples.")
+    W = np.asarray(dm["weight"].transpose("target", "train").values, np.float64)
+    tnames = np.asarray(dm["target"].values, np.int64)
+    picks = _example_targets(W.shape[0], n_examples)
+    tlab = np.asarray(dm["target_label"].values) if "target_label" in dm.coords else None
+    trlab = np.asarray(dm["train_label"].values) if "train_label" in dm.coords else None
+    ncol = 1 + 2 * top_k
+    fig = _new_fig(1.05 * ncol + 0.4, 1.45 * picks.size)
+    axes = np.atleast_2d(fig.subplots(picks.size, ncol))
+    rows = []
+    for r, t in enumerate(picks):
+        w = W[t]
+        order = np.argsort(-w, kind="stable")
+        pos = [j for j in order[:top_k] if w[j] > 0]
+        neg = [j for j in order[::-1][:top_k] if w[j] < 0]
+        ax = axes[r, 0]
+        if tg_img is not None:
+            _show_image(ax, tg_img[tnames[t]])
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(f"target {tnames[t]}" + (f"\nlabel {tlab[t]}" if tlab is not None else ""),
+                     fontsize=8, color="#0b3d91")
+        for c, js in ((1, pos), (1 + top_k, neg)):
+            for i in range(top_k):
+                ax = axes[r, c + i]
+                if i >= len(js):
+                    ax.axis("off")
+                    continue
+                j = js[i]
+                _show_image(ax, tr_img[j])
+                lab = f"\nlabel {trlab[j]}" if trlab is not None else ""
+                ax.set_title(f"{w[j]:+.3f}{lab}", fontsize=8,
+                             color="#1a7f37" if w[j] > 0 else "#d1242f")
+
+        def cells(js, w=w):
+            return ", ".join(f"{j} ({w[j]:+.3f})" for j in js) or "—"
+
+        rows.append(f"<tr><td>{tnames[t]}</td><td>{_esc(tlab[t]) if tlab is not None else '—'}"
+                    f"</td><td class='l'>{cells(pos)}</td><td class='l'>{cells(neg)}</td></tr>")
+    table = ("<table id='images-table'><thead><tr><th>target</th><th>label</th>"
+             "<th class='l'>largest positive weights: train (weight)</th>"
+             "<th class='l'>largest negative weights: train (weight)</th></tr></thead>"
+             f"<tbody>{''.join(rows)}</tbody></table>")
+    cap = (f"For {picks.size} targets spread over the datamodels (first column), the "
+           f"{top_k} training images with the largest positive weights (green: their presence "
+           f"raises the target's margin) and the {top_k} with the largest negative weights "
+           "(red), titled by weight and label. Fewer are shown where the LASSO kept fewer "
+           f"non-zero weights. Images: {_esc(source)}.")
+    return _figure("fig-images", fig, cap, "training images with the largest weights") + table
+
+
+# --------------------------------------------------------------------------- page
+def _as_dataset(obj, what: str) -> xr.Dataset | None:
+    if obj is None or isinstance(obj, xr.Dataset):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return xr.open_zarr(os.fspath(obj), consolidated=False)
+    raise InputError(f"{what} must be an xarray Dataset or a Zarr path, not "
+                     f"{type(obj).__name__}")
+
+
+def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
+                  sample_complexity=None, images: ImagesArg = None, title: str | None = None,
+                  n_examples: int = 4, top_k: int = 5) -> str:
+    """The report page as an HTML string (see :func:`write_report`)."""
+    ds, path = _open_store(store)
+    dm = _open_datamodels(datamodels)
+    ev = _as_dataset(evaluation, "evaluation")
+    cmp = _as_dataset(comparison, "comparison")
+    sc = _as_dataset(sample_complexity, "sample_complexity")
+    if title is None:
+        title = "dmdask report" + (f": {Path(path).name}" if path else "")
+    sections = [
+        ("sec-pred-actual", "Predicted vs actual margins on held-out models",
+         lambda: _sec_pred_actual(ds, dm)),
+        ("sec-evaluation", "Evaluation", lambda: _sec_evaluation(ev)),
+        ("sec-comparison", "Estimator comparison", lambda: _sec_comparison(cmp)),
+        ("sec-sample-complexity", "Sample complexity", lambda: _sec_sample_complexity(sc)),
+        ("sec-lambda-path", "λ path validation curves",
+         lambda: _sec_lambda_path(dm, n_examples)),
+        ("sec-images", "Training images with the largest weights",
+         lambda: _sec_images(ds, dm, images, n_examples, top_k)),
+    ]
+    body = []
+    for sid, name, make in sections:
+        try:
+            content = make()
+        except DmdaskError as e:  # a refused input spoils its section, not the page
+            content = _missing(_esc(e))
+        body.append(_section(sid, name, content))
+    from . import __version__
+
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<meta name='generator' content='dmdask {_esc(__version__)}'>"
+            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>"
+            f"{_header(ds, path, dm, title)}{''.join(body)}</main></body></html>\n")
+
+
+def write_report(out, *, store, datamodels=None, evaluation=None, comparison=None,
+                 sample_complexity=None, images: ImagesArg = None, title: str | None = None,
+                 n_examples: int = 4, top_k: int = 5) -> Path:
+    """Write the report page to ``out`` (an ``.html`` path; parent folders are created) and
+    return its path.
+
+    ``store``: run-store path or Dataset (:func:`dmdask.open_store`), or None.
+    ``datamodels``: datamodels Dataset or Zarr path (:func:`dmdask.fit_datamodels`,
+    :func:`dmdask.fit.save_datamodels`). ``evaluation``: the Dataset
+    :func:`dmdask.evaluate` returns. ``comparison``: Dataset with dim ``row``, coords
+    ``estimator``/``n_models``/``output`` and variables ``spearman, pearson, mse, auc, lds, r2,
+    lds_ci_low, lds_ci_high, calibrated`` (and optionally ``lds_target(row, target)``).
+    ``sample_complexity``: Dataset with dim ``n_models`` and ``mse, mse_ci_low, mse_ci_high,
+    lds, spearman, r2`` and the scalar ``opt``. ``images``: see :func:`resolve_images`.
+    ``n_examples``: targets shown with their images and λ paths; ``top_k``: positive and
+    negative training images per target. Any input may be None: its section then says what
+    is missing and how to produce it. Needs matplotlib (the ``viz`` extra).
+    """
+    from .optional import require
+
+    require("matplotlib")  # fail before any work, naming the extra
+    page = render_report(store=store, datamodels=datamodels, evaluation=evaluation,
+                         comparison=comparison, sample_complexity=sample_complexity,
+                         images=images, title=title, n_examples=n_examples, top_k=top_k)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)  # a reader never sees half a page
+    return out
+
