@@ -562,21 +562,35 @@ def _sec_sample_complexity(sc) -> str:
     n = np.asarray(sc["n_models"].values, np.float64)
     fig = _new_fig(10, 3.8)
     ax1, ax2 = fig.subplots(1, 2)
-    mse = np.asarray(sc["mse"].values, np.float64)
-    ax1.plot(n, mse, "o-", color="#1f6feb", label="MSE (mean over targets)")
-    if "mse_ci_low" in sc and "mse_ci_high" in sc:
-        ax1.fill_between(n, sc["mse_ci_low"].values, sc["mse_ci_high"].values,
-                         color="#1f6feb", alpha=0.2, lw=0, label="CI")
+    # one curve per estimator when the Dataset has an estimator dim (dmdask.complexity)
+    ests = ([str(e) for e in sc["estimator"].values] if "estimator" in sc.dims else [None])
+    colors = ("#1f6feb", "#bc4c00", "#1a7f37", "#8250df", "#9a6700")
+    for k, est in enumerate(ests):
+        sub = sc.sel(estimator=est) if est is not None else sc
+        c = colors[k % len(colors)]
+        name = f"{est} " if est is not None else ""
+        ax1.plot(n, np.asarray(sub["mse"].values, np.float64), "o-", color=c,
+                 label=f"{name}MSE (mean over targets)")
+        if "mse_ci_low" in sub and "mse_ci_high" in sub:
+            ax1.fill_between(n, sub["mse_ci_low"].values, sub["mse_ci_high"].values,
+                             color=c, alpha=0.2, lw=0)
+        if est is None:
+            for key, cc in (("lds", "#8250df"), ("spearman", "#1a7f37"), ("r2", "#9a6700")):
+                if key in sub:
+                    ax2.plot(n, np.asarray(sub[key].values, np.float64), "o-", color=cc,
+                             label={"lds": "LDS", "r2": "R²"}.get(key, key.capitalize()))
+        else:
+            ax2.plot(n, np.asarray(sub["lds"].values, np.float64), "o-", color=c,
+                     label=f"{est} LDS")
+            if "spearman" in sub:
+                ax2.plot(n, np.asarray(sub["spearman"].values, np.float64), "s--", color=c,
+                         alpha=0.7, label=f"{est} Spearman")
     opt = float(sc["opt"].values) if "opt" in sc and sc["opt"].ndim == 0 else float("nan")
     if np.isfinite(opt):
         ax1.axhline(opt, color="#d1242f", ls="--", lw=1.2, label=f"OPT floor {opt:.3f}")
     ax1.set_xlabel("models used to fit")
     ax1.set_ylabel("held-out MSE")
     ax1.legend(frameon=False, fontsize=8)
-    for k, c in (("lds", "#8250df"), ("spearman", "#1a7f37"), ("r2", "#9a6700")):
-        if k in sc:
-            ax2.plot(n, np.asarray(sc[k].values, np.float64), "o-", color=c,
-                     label={"lds": "LDS", "r2": "R²"}.get(k, k.capitalize()))
     for ax in (ax1, ax2):  # log x, ticked at the measured sizes only (minor labels clutter)
         ax.set_xscale("log")
         ax.set_xticks(n, [f"{int(v):,}" for v in n])
