@@ -12,6 +12,35 @@ parameters. It must define two methods on the class itself:
     by the bool row ``masks[b]`` with seed ``seeds[b]``; ``train_labels`` ([B, n_train] int,
     or None) replaces the labels the models train on (label-flip experiments).
 
+**Optional model hooks** (used only by the model-based estimators of
+:mod:`dmdask.estimators.model`; a job without them trains stores as before, and those
+estimators refuse it with a :class:`JobError` naming the missing hook). For torch jobs;
+``params`` is a dict of named tensors, batched (leading dim ``B``) where returned by a
+training hook and one model's slice (``{k: v[b]}``) where passed to ``features``/``head``:
+
+``model_inputs() -> dict``
+    ``x_train`` [n_train, ...], ``x_target`` [n_target, ...] (float tensors, the inputs the
+    models see, in the dtype they train in) and ``y_train``/``y_target`` (int64 labels).
+``train_params(masks, seeds, train_labels=None) -> dict[str, Tensor [B, ...]]``
+    Final parameters of the models :meth:`train_block` trains on the same arguments (the
+    same training: DigitsMLP's are bit for bit those whose margins the store holds).
+``train_checkpoints(masks, seeds, train_labels=None) -> (list[dict], lr)``
+    Parameters at the end of every epoch (the last is the final model) and ``lr`` float64
+    [B, epochs], the learning rate in effect over the epoch each checkpoint closes
+    (TracInCP's η_c). Optional even among the hooks (a convex solver has none).
+``features(params, x) -> Tensor [m, H]``
+    Penultimate activations of one model (a linear model: the inputs).
+``head(params, h) -> Tensor [m, C]``
+    Logits from penultimate activations, affine in the parameters named by ``last_layer``:
+    ``head(params, features(params, x))`` is the model. Both are pure torch functions,
+    usable under ``torch.func`` (``grad``, ``vmap``, ``hessian``) for gradients of the loss
+    or of TRAK's output f = log p_y − log(1 − p_y) w.r.t. all parameters or the last layer.
+``last_layer: tuple[str, ...]``
+    The names of the last (linear) layer's parameters.
+``l2_penalty(params) -> dict[str, Tensor]``
+    Optional: per-entry c of the training objective's (c/2)·θ² (weight decay), added to the
+    last-layer Hessian of the influence function.
+
 A store is data, not code: the class a store names is checked for this interface *before*
 it is constructed (:func:`resolve_job_class`), so neither a caller nor an edited store can
 make dmdask construct or run a class that is not a job.

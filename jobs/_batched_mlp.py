@@ -111,7 +111,8 @@ def make_schedule(masks: np.ndarray, seeds: np.ndarray, *, n_init: int, epochs: 
 
 def train_mlp_block(x_train, masks, seeds, labels, x_eval, *, n_classes: int, hidden: int,
                     epochs: int, lr: float, momentum: float, batch_size: int,
-                    weight_decay: float, warmup: float = 0.2):
+                    weight_decay: float, warmup: float = 0.2, return_state: bool = False,
+                    checkpoints: bool = False):
     """Train ``B`` MLPs and return their logits on ``x_eval``: float32 tensor [B, C, m].
 
     ``x_train`` [n, d] and ``x_eval`` [m, d] are float32 torch tensors; ``masks`` bool
@@ -141,6 +142,11 @@ def train_mlp_block(x_train, masks, seeds, labels, x_eval, *, n_classes: int, hi
         b2 = torch.zeros(B, C, 1)
         params = [W1, W2t, b2]
         bufs = [torch.zeros_like(p) for p in params]
+        ckpt = None
+        epoch_lr = np.zeros((B, epochs))
+        if checkpoints:
+            # [epochs, B, ...] per parameter; a model with no steps keeps its init everywhere
+            ckpt = [p.unsqueeze(0).repeat(epochs, *([1] * p.dim())) for p in params]
 
         if T > 0:
             # the labels every model sees in every batch slot: [B, T, bs]
@@ -162,6 +168,11 @@ def train_mlp_block(x_train, masks, seeds, labels, x_eval, *, n_classes: int, hi
             wd_rows = torch.ones(1, d + 1, 1)
             wd_rows[:, d] = 0.0  # no decay on b1
             neg_one = torch.full((B, 1, batch_size), -1.0)
+            if checkpoints:
+                ks = steps // max(epochs, 1)  # steps per epoch of every model
+                for b in range(B):
+                    if ks[b]:
+                        epoch_lr[b] = lrs[: steps[b], b].reshape(epochs, ks[b]).mean(axis=1)
 
             for t in range(T):
                 xb = x_aug.index_select(0, idx_t[:, t].reshape(-1)).view(B, batch_size, d + 1)
@@ -189,6 +200,14 @@ def train_mlp_block(x_train, masks, seeds, labels, x_eval, *, n_classes: int, hi
                     g.addcmul_(bufs[i], mu_b)  # g <- momentum buffer mu * buf + grad
                     bufs[i] = g
                     params[i].addcmul_(g, lr_b, value=-1.0)
+                if checkpoints:
+                    # models whose epoch ends with this step: copy their parameters out
+                    done = np.flatnonzero((ks > 0) & ((t + 1) % np.maximum(ks, 1) == 0)
+                                          & (t + 1 <= steps))
+                    for b in done:
+                        e = (t + 1) // ks[b] - 1
+                        for i in range(3):
+                            ckpt[i][e, b] = params[i][b]
 
         # evaluation: logits on x_eval, in chunks of models to bound memory
         m = x_eval.shape[0]
@@ -198,4 +217,14 @@ def train_mlp_block(x_train, masks, seeds, labels, x_eval, *, n_classes: int, hi
             e = min(B, s + 64)
             h = torch.bmm(xe.expand(e - s, m, d + 1), W1[s:e]).relu_()
             torch.baddbmm(b2[s:e], W2t[s:e], h.transpose(1, 2), out=out[s:e])
-    return out
+    if not return_state:
+        return out
+
+    def named(ps):
+        return {"W1": ps[0].clone(), "W2": ps[1].clone(), "b2": ps[2][..., 0].clone()}
+
+    state = {"params": named(params)}
+    if checkpoints:
+        state["checkpoints"] = [named([c[e] for c in ckpt]) for e in range(epochs)]
+        state["epoch_lr"] = epoch_lr
+    return out, state

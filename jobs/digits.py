@@ -23,6 +23,12 @@ Both return the **correct-class margin** ``z_y - max_{c != y} z_c`` of every tar
 against the targets' true labels (also when ``train_labels`` flips what the models train on).
 ``train_targets=k`` appends the first ``k`` training examples to the targets (after the 500
 test targets) with their ``target_train_index`` set.
+
+Both implement the optional **model hooks** of :mod:`dmdask.jobspec` (``model_inputs``,
+``train_params``, ``features``, ``head``, ``last_layer``, ``l2_penalty``; ``DigitsMLP`` also
+``train_checkpoints``) used by the model-based estimators (:mod:`dmdask.estimators.model`).
+For ``DigitsLogistic`` the "penultimate features" are the inputs themselves and the last
+layer is the whole model.
 """
 
 from __future__ import annotations
@@ -143,6 +149,20 @@ class _DigitsJob:
     def _check(self, masks, seeds, train_labels):
         return check_block(masks, seeds, train_labels, self.split.y_train, N_CLASSES)
 
+    # -- model hooks (dmdask.jobspec) -------------------------------------------------------
+    _dtype = "float32"
+
+    def model_inputs(self) -> dict:
+        """Torch tensors ``x_train``/``x_target`` (the features the models see, in the dtype
+        they train in) and ``y_train``/``y_target`` (int64 labels)."""
+        import torch
+
+        s, dt = self.split, getattr(torch, self._dtype)
+        return {"x_train": torch.tensor(s.x_train, dtype=dt),
+                "y_train": torch.tensor(s.y_train, dtype=torch.int64),
+                "x_target": torch.tensor(self.x_target, dtype=dt),
+                "y_target": torch.tensor(self.y_target, dtype=torch.int64)}
+
 
 class DigitsMLP(_DigitsJob):
     """A 64-``hidden``-10 ReLU MLP on the digits, ``B`` models trained as one batched
@@ -209,6 +229,57 @@ class DigitsMLP(_DigitsJob):
     def train_block(self, masks, seeds, train_labels=None) -> np.ndarray:
         return margins_from_logits(self.train_logits(masks, seeds, train_labels), self.y_target)
 
+    # -- model hooks ------------------------------------------------------------------------
+    last_layer = ("W2", "b2")
+
+    def _train_state(self, masks, seeds, train_labels, checkpoints: bool) -> dict:
+        from ._batched_mlp import train_mlp_block
+
+        masks, seeds, labels = self._check(masks, seeds, train_labels)
+        x_train, x_target = self._data()
+        with torch_threads(self.threads):
+            _, state = train_mlp_block(
+                x_train, masks, seeds, labels, x_target, n_classes=N_CLASSES,
+                hidden=self.hidden, epochs=self.epochs, lr=self.lr, momentum=self.momentum,
+                batch_size=self.batch_size, weight_decay=self.weight_decay, warmup=self.warmup,
+                return_state=True, checkpoints=checkpoints)
+        return state
+
+    def train_params(self, masks, seeds, train_labels=None) -> dict:
+        """Final parameters of the ``B`` models that :meth:`train_block` trains (the same
+        training, bit for bit): ``W1`` [B, 65, H] (last row: hidden bias), ``W2`` [B, 10, H],
+        ``b2`` [B, 10], float32 tensors."""
+        return self._train_state(masks, seeds, train_labels, False)["params"]
+
+    def train_checkpoints(self, masks, seeds, train_labels=None):
+        """Parameters at the end of every epoch (a list of ``epochs`` dicts as in
+        :meth:`train_params`; the last is the final model) and ``lr`` float64 [B, epochs]:
+        the mean learning rate of each model's steps in that epoch (TracIn's η for the
+        interval the checkpoint closes; heavy-ball momentum scales every step by about
+        1 / (1 - momentum) more, the same factor for all)."""
+        st = self._train_state(masks, seeds, train_labels, True)
+        return st["checkpoints"], st["epoch_lr"]
+
+    @staticmethod
+    def features(params: dict, x):
+        """Penultimate (post-ReLU hidden) activations [m, H] of one model."""
+        return (x @ params["W1"][:-1] + params["W1"][-1]).relu()
+
+    @staticmethod
+    def head(params: dict, h):
+        """Logits [m, 10] of one model from its penultimate activations ``h``."""
+        return h @ params["W2"].T + params["b2"]
+
+    def l2_penalty(self, params: dict) -> dict:
+        """Per-entry coefficient c of the training objective's ``(c/2)·θ²`` (weight decay on
+        the weights, not on the biases)."""
+        import torch
+
+        pen = {k: torch.full_like(v, self.weight_decay) for k, v in params.items()}
+        pen["W1"][..., -1, :] = 0.0
+        pen["b2"].zero_()
+        return pen
+
 
 class DigitsLogistic(_DigitsJob):
     """L2-regularised multinomial logistic regression on the digits, solved to high precision.
@@ -263,5 +334,35 @@ class DigitsLogistic(_DigitsJob):
         masks, _, labels = self._check(masks, seeds, train_labels)
         W = self.fit(masks, labels)
         return margins_from_logits(self.logits(W), self.y_target)
+
+    # -- model hooks: a linear model, so the features are the inputs and the last layer is
+    # everything (no checkpoints: Newton-CG has no learning rate to weight them by)
+    _dtype = "float64"
+    last_layer = ("W",)
+
+    def train_params(self, masks, seeds, train_labels=None) -> dict:
+        """``W`` float64 tensor [B, 65, 10] (row 64: intercept) of the fitted models."""
+        import torch
+
+        masks, _, labels = self._check(masks, seeds, train_labels)
+        return {"W": torch.from_numpy(self.fit(masks, labels))}
+
+    @staticmethod
+    def features(params: dict, x):
+        """The inputs: a linear model's "penultimate layer"."""
+        return x
+
+    @staticmethod
+    def head(params: dict, h):
+        """Logits [m, 10] of one model."""
+        return h @ params["W"][:-1] + params["W"][-1]
+
+    def l2_penalty(self, params: dict) -> dict:
+        """``l2`` on the weights, 0 on the intercept row."""
+        import torch
+
+        pen = torch.full_like(params["W"], self.l2)
+        pen[..., -1, :] = 0.0
+        return {"W": pen}
 
 
