@@ -1,7 +1,8 @@
 """Optional dependencies, imported lazily in this one place.
 
 Core dmdask needs only numpy/dask/xarray/zarr. ``torch`` (jobs), ``cupy`` and ``dask_cuda``
-(GPU path) and ``matplotlib`` (reports) are imported through these helpers so that a missing
+(GPU path), ``matplotlib`` (reports) and ``trak`` (the ``traker`` package: the TRAK
+estimator) are imported through these helpers so that a missing
 extra gives one clear error naming the extra to install.
 """
 
@@ -12,7 +13,8 @@ from types import ModuleType
 
 from .errors import DmdaskError
 
-_EXTRA = {"torch": "torch", "cupy": "gpu", "dask_cuda": "gpu", "matplotlib": "viz"}
+_EXTRA = {"torch": "torch", "cupy": "gpu", "dask_cuda": "gpu", "matplotlib": "viz",
+          "trak": "model"}
 
 
 def has(name: str) -> bool:

@@ -1,7 +1,12 @@
 """The contract every registered estimator meets (parametrised over
 ``dmdask.estimators.ESTIMATORS``): schema of the output, sign convention, invariance to the
 store's model-block chunking, NaN margins, paper eq. 9 — each checked against an independent
-NumPy reference of the estimator on the rows it should use."""
+NumPy reference of the estimator on the rows it should use.
+
+Store-based estimators run on jobless planted stores; the model-based ones
+(``estimators.MODEL_BASED``) train models of a job, so they meet the parts of the contract
+that apply (schema, target subsets, sign, errors) on a small DigitsMLP store; their
+references are in ``tests/test_model_estimators.py``."""
 
 from __future__ import annotations
 
@@ -11,10 +16,13 @@ from test_evaluate import make_store, set_margins_nan
 
 import dmdask
 from dmdask import estimators
-from dmdask.errors import InputError
+from dmdask.errors import InputError, JobError
 from dmdask.metrics import correctness
 
-NAMES = sorted(estimators.ESTIMATORS)
+NAMES = sorted(n for n in estimators.ESTIMATORS if n not in estimators.MODEL_BASED)
+MODEL_NAMES = sorted(estimators.MODEL_BASED)
+# small settings keep the model-based contract cheap (a 64-16-10 MLP, 2 epochs)
+MODEL_OPTS = {"trak": {"n_models": 2, "proj_dim": 64}}
 
 
 def reference(name, X, y):
@@ -171,3 +179,54 @@ def test_shared_statistics_reused(planted):
         np.testing.assert_array_equal(a.values, b.values)
     with pytest.raises(InputError, match="output"):
         estimators.compute(ds, "dom_correctness", stats=st)
+
+
+# ------------------------------------------------------------------ model-based estimators
+@pytest.fixture(scope="module")
+def mlp_store(tmp_path_factory):
+    pytest.importorskip("torch")
+    p = tmp_path_factory.mktemp("mc") / "mlp.zarr"
+    dmdask.create_store(p, "jobs.digits:DigitsMLP", 0, 0.5, params={"hidden": 16, "epochs": 2})
+    return str(p)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_schema_and_sign(name, mlp_store):
+    """Schema as for the store estimators (no bias: calibrated by evaluate), a target subset
+    keeps its coordinates and values, and the sign convention: on the digits, training
+    examples of the target's own class score higher on average than the others."""
+    if name == "trak":
+        pytest.importorskip("trak")  # the `model` extra
+    ds = dmdask.open_store(mlp_store)
+    est = estimators.ESTIMATORS[name]
+    opts = MODEL_OPTS.get(name, {})
+    tg = np.arange(0, 500, 10)
+    sc = estimators.compute(ds, name, targets=tg, **opts)
+    assert sc.name == "score" and sc.dims == ("target", "train") and sc.dtype == np.float64
+    assert sc.shape == (tg.size, ds.sizes["train"]) and np.isfinite(sc.values).all()
+    np.testing.assert_array_equal(sc["target"], tg)
+    np.testing.assert_array_equal(sc["train"], ds["train"])
+    np.testing.assert_array_equal(sc["target_label"], ds["target_label"].values[tg])
+    assert sc.attrs["estimator"] == name and sc.attrs["output"] == est.output == "margin"
+    assert "bias" not in sc.coords and not est.has_bias and not est.eq9
+    assert sc.attrs["n_models"] == opts.get("n_models", 1 if name != "trak" else 10)
+    sub = estimators.compute(mlp_store, name, targets=tg[[3, 0]], **opts)
+    np.testing.assert_array_equal(sub["target"], tg[[3, 0]])
+    np.testing.assert_allclose(sub.values, sc.values[[3, 0]], rtol=1e-5,
+                               atol=1e-6 * np.abs(sc.values).max())
+    same = ds["target_label"].values[tg][:, None] == ds["train_label"].values[None, :]
+    v = sc.values
+    assert v[same].mean() > v[~same].mean()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_model_errors(name, planted, mlp_store):
+    paths, _ = planted
+    with pytest.raises(JobError, match="no job"):  # a jobless store has nothing to train
+        estimators.compute(paths[16], name)
+    with pytest.raises(InputError, match="targets"):
+        estimators.compute(mlp_store, name, targets=[10_000])
+    with pytest.raises(InputError, match="n_models"):
+        estimators.compute(mlp_store, name, n_models=0)

@@ -4,19 +4,25 @@ coordinate where the estimator is a calibrated predictor).
 
 Registry (``ESTIMATORS``; ``compute(ds, name, **opts)``):
 
-==================  ==========================================================  ======  =====
-name                what                                                        bias    eq. 9
-==================  ==========================================================  ======  =====
-dom_margin          difference of means (Feldman–Zhang) on margins              yes     yes
-dom_correctness     difference of means on correctness 1[margin > 0]            yes*    yes
-ols                 least-norm OLS with intercept (``light_ridge=`` option)     yes     yes
-ridge               ridge with intercept, (G_c + nλI)w = c_c (``lam=``)         yes     yes
-==================  ==========================================================  ======  =====
+=========================  ==========================================================  ======  =====
+name                       what                                                        bias    eq. 9
+=========================  ==========================================================  ======  =====
+dom_margin                 difference of means (Feldman–Zhang) on margins              yes     yes
+dom_correctness            difference of means on correctness 1[margin > 0]            yes*    yes
+ols                        least-norm OLS with intercept (``light_ridge=`` option)     yes     yes
+ridge                      ridge with intercept, (G_c + nλI)w = c_c (``lam=``)         yes     yes
+representation_similarity  −‖φ(x) − φ(z_j)‖ in the penultimate layer (``metric=``)     no      no
+influence_last_layer       −I_up,loss on the last layer, exact Hessian + ``damping``   no      no
+tracincp                   Σ_c η_c ∇ℓ(w_c, z_j)·∇ℓ(w_c, x) over epoch checkpoints      no      no
+trak                       TRAK via ``traker`` (``proj_dim=``, ``lambda_reg=``)        no      no
+=========================  ==========================================================  ======  =====
 
 \\* predicts correctness, not the margin: :func:`dmdask.evaluate` calibrates it before MSE.
-All are computed from the store's fitting models (``kind == "random"``) by
-:mod:`dmdask.estimators.store`. Model-based estimators (TRAK, influence functions, TracInCP,
-representation similarity) are not here yet.
+The first four are computed from the store's fitting models (``kind == "random"``) by
+:mod:`dmdask.estimators.store`. The last four (:mod:`dmdask.estimators.model`) train models of
+the store's job through its optional model hooks (:mod:`dmdask.jobspec`) and take
+``n_models=``, ``seed=`` and ``models="full"|"subsets"|"store"``; without a bias they are
+calibrated by :func:`dmdask.evaluate` (affine fit). ``docs/estimators.md`` has the formulas.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from .model import influence_last_layer, representation_similarity, tracincp, trak
 from .store import StoreStats, difference_of_means, ols, ridge, store_statistics
 
-__all__ = ["ESTIMATORS", "Estimator", "StoreStats", "compute", "difference_of_means", "ols",
-           "register", "ridge", "store_statistics"]
+__all__ = ["ESTIMATORS", "MODEL_BASED", "Estimator", "StoreStats", "compute",
+           "difference_of_means", "influence_last_layer", "ols", "register",
+           "representation_similarity", "ridge", "store_statistics", "tracincp", "trak"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,17 @@ register(Estimator("ols", _with_output(ols, "margin"), "margin", True, True,
                    "least-norm OLS with intercept on margins"))
 register(Estimator("ridge", _with_output(ridge, "margin"), "margin", True, True,
                    "ridge with intercept on margins"))
+register(Estimator("representation_similarity", representation_similarity, "margin", False,
+                   False, "negative L2 distance in the penultimate layer of trained models"))
+register(Estimator("influence_last_layer", influence_last_layer, "margin", False, False,
+                   "influence functions (Koh & Liang) on the last layer, exact Hessian"))
+register(Estimator("tracincp", tracincp, "margin", False, False,
+                   "TracInCP over end-of-epoch checkpoints"))
+register(Estimator("trak", trak, "margin", False, False,
+                   "TRAK (MadryLab traker 0.3.2) over models on alpha-subsets"))
+
+#: estimators that train models of the store's job (need its model hooks)
+MODEL_BASED = ("influence_last_layer", "representation_similarity", "tracincp", "trak")
 
 
 def compute(ds, name: str, **opts):
