@@ -82,21 +82,38 @@ def default_rows(ds, *, include_model_based: bool = True,
             ("ridge", n, "margin")]
     if include_model_based:
         for name, est in ESTIMATORS.items():
-            if not _is_model_based(name) or not _job_supports(ds, est):
+            if not _is_model_based(name) or not _job_supports(ds, name):
                 continue
-            k = model_based_models or getattr(est, "default_models", None) or 10
-            rows.append((name, int(k), est.output))
+            rows.append((name, int(model_based_models or _default_models(name)), est.output))
     return rows
 
 
-def _job_supports(ds, est) -> bool:
-    check = getattr(est, "supports", None)
-    if check is None:
-        return True
+def _default_models(name: str) -> int:
+    """The ``n_models`` default of a model-based estimator's function."""
+    import inspect
+
+    from .estimators import ESTIMATORS
+
+    p = inspect.signature(ESTIMATORS[name].fn).parameters.get("n_models")
+    return int(p.default) if p is not None and isinstance(p.default, int) else 10
+
+
+def _job_supports(ds, name: str) -> bool:
+    """Whether the store's job class has the model hooks estimator ``name`` needs (checked
+    on the class: nothing is constructed)."""
+    from . import jobspec
+    from .estimators.model import MODEL_HOOKS
+
+    meta = ds.attrs.get("dmdask") or {}
+    spec = meta.get("job") if isinstance(meta, dict) else None
+    if not spec:
+        return False
     try:
-        return bool(check(ds))
+        cls = jobspec.resolve_job_class(spec["path"])
     except Exception:
         return False
+    hooks = MODEL_HOOKS + (("train_checkpoints",) if name == "tracincp" else ())
+    return all(getattr(cls, h, None) is not None for h in hooks)
 
 
 def parse_rows(specs: Iterable[str], ds) -> list[tuple[str, int, str]]:
@@ -118,9 +135,8 @@ def parse_rows(specs: Iterable[str], ds) -> list[tuple[str, int, str]]:
                 raise InputError(f"row {spec!r}: the number of models must be an integer") \
                     from None
         elif _is_model_based(name):
-            from .estimators import ESTIMATORS
 
-            n = int(getattr(ESTIMATORS[name], "default_models", None) or 10)
+            n = _default_models(name)
         else:
             n = n_all
         rows.append((name, n, out))
