@@ -7,8 +7,10 @@ contiguous group of rows (a holdout split or the K folds of cross-validation):
 
 Statistics are additive (``a + b``, ``total - fold``), so any union of groups costs nothing
 more and the masks are read exactly once. Exactness: 0/1 masks make every entry of ``XᵀX`` an
-integer ≤ rows, so a float32 GEMM on a block of ≤ 2^24 rows is exact (products are 0/1, every
-partial sum an integer < 2^24); blocks are summed in float64 (exact to 2^53). ``C``, ``Σy``,
+integer ≤ rows, so float32 rank-k updates are exact while an accumulator holds ≤ 2^24 rows
+(products are 0/1, every partial sum an integer < 2^24): each accumulation chain adds its
+blocks into one float32 accumulator (BLAS ``ssyrk`` with β = 1 on NumPy), moving to float64
+(exact to 2^53) only beyond 2^24 rows and at the end. ``C``, ``Σy``,
 ``Σy²`` are accumulated in float64 (setting ``dmdask.solve.stats-c-dtype``: ``float32`` makes
 the ``XᵀY`` GEMM ~4× faster — y is shifted by its block mean before the float32 GEMM and
 the shift added back in float64, so the centred statistics keep ~1e-7 relative accuracy;
@@ -160,44 +162,181 @@ class SufficientStats:
 
 
 # ------------------------------------------------------------------ the pass
-def _block_stats(xb, yb, c_dtype: str) -> SufficientStats:
-    xp = get_namespace(xb, yb)
-    nb = xb.shape[0]
-    exact_int = xb.dtype == bool or np.issubdtype(xb.dtype, np.integer)  # host dtype test
-    if exact_int and nb <= _EXACT_ROWS:
-        xf = xb.astype(xp.float32)
-        G = xf.T @ xf  # exact: integer entries < 2^24
-    else:
-        xf = xb.astype(xp.float64)
-        G = xf.T @ xf
-    s = xf.sum(axis=0, dtype=xp.float64)
-    y64 = yb.astype(xp.float64)
-    if c_dtype == "float32":
-        # shift y by its block mean so the float32 GEMM sees centred values (no cancellation
-        # against s·ȳ later); the shift is added back exactly in float64
-        c = y64.mean(axis=0)
-        yc = (y64 - c).astype(xp.float32)
-        C = (xf.astype(xp.float32).T @ yc).astype(xp.float64) + xp.outer(s, c)
-    else:
-        C = xf.astype(xp.float64).T @ y64
-    sy = y64.sum(axis=0)
+def _check_finite(sy, xp):
     if not bool(xp.isfinite(sy).all()):
         from .solve.base import UnsupportedTargets
 
         raise UnsupportedTargets("outputs contain NaN/inf: targets with missing rows cannot use the "
                          "shared-design statistics (route them to a per-target-rows solver)")
-    syy = (y64 * y64).sum(axis=0)
-    return SufficientStats(int(nb), G, s, C, sy, syy)
 
 
-def _sum_block_stats(*parts: SufficientStats) -> SufficientStats:
-    xp = get_namespace(parts[0].G)
-    out = parts[0]
-    G = out.G.astype(xp.float64, copy=True)
-    res = SufficientStats(out.n, G, out.s.copy(), out.C.copy(), out.sy.copy(), out.syy.copy())
-    for p in parts[1:]:
-        res.add_(p)
-    return res
+class _LaneAcc:
+    """One accumulation chain's running statistics.
+
+    ``XᵀX`` of 0/1 (bool/integer) blocks is accumulated in **float32** while the chain has at
+    most 2^24 rows (every entry is an integer ≤ rows: exact), by a rank-k update into the
+    accumulator (NumPy: BLAS ``ssyrk`` with β = 1, upper triangle, no d × d temporary per
+    block), and moved to a float64 accumulator beyond that; each block is cast once into a
+    reusable float32 buffer. ``s`` comes with the ``XᵀY`` GEMM (a column of ones appended to
+    y: exact integer sums). :meth:`finish` symmetrises and returns float64 statistics."""
+
+    def __init__(self):
+        self.n = 0
+        self.rows32 = 0  # rows in G32 since the last flush
+        self.G32 = None  # float32 (upper triangle only when ``tri``)
+        self.G64 = None
+        self.tri = False
+        self.s = None
+        self.C = None
+        self.sy = None
+        self.syy = None
+        self.buf = None
+        self.shifts = []  # (s_b, c_b) of float32-C blocks: C misses Σ_b s_b c_bᵀ
+
+    # ---------------------------------------------------------------- blocks
+    def _cast(self, xb, xp, dtype):
+        """The block as a contiguous ``dtype`` array (in the reusable buffer when float32)."""
+        nb, d = xb.shape
+        if dtype != xp.float32:
+            return xp.asarray(xb, dtype=dtype)
+        if self.buf is None or self.buf.shape[0] < nb or self.buf.shape[1] != d:
+            self.buf = xp.empty((nb, d), dtype=xp.float32)
+        out = self.buf[:nb]
+        out[...] = xb
+        return out
+
+    def add(self, xb, yb, c_dtype: str):
+        xp = get_namespace(xb, yb)
+        nb, d = xb.shape
+        exact_int = xb.dtype == bool or np.issubdtype(xb.dtype, np.integer)  # host dtype test
+        f32 = exact_int and nb <= _EXACT_ROWS
+        xf = self._cast(xb, xp, xp.float32 if f32 else xp.float64)
+        y64 = yb.astype(xp.float64)
+        sy = y64.sum(axis=0)
+        _check_finite(sy, xp)
+        if f32:
+            if self.rows32 + nb > _EXACT_ROWS:
+                self._flush(xp)
+            self._syrk32(xf, xp)
+            self.rows32 += nb
+        else:
+            self._flush(xp)
+            G = xf.T @ xf
+            self.G64 = G if self.G64 is None else self.G64 + G
+        T = yb.shape[1]
+        if c_dtype == "float32" and f32:
+            # shift y by its block mean so the float32 GEMM sees centred values (no
+            # cancellation against s·ȳ later); the shift is added back exactly in float64. The
+            # appended column of ones gives the block's column sums (exact integers).
+            c = y64.mean(axis=0)
+            ya = xp.empty((nb, T + 1), dtype=xp.float32)
+            ya[:, :T] = y64 - c
+            ya[:, T] = 1.0
+            M = (xf.T @ ya).astype(xp.float64)
+            s = M[:, T].copy()
+            C = M[:, :T]
+            # the shifts s·cᵀ are added back at the end, as one product over the blocks
+            self.shifts.append((s, c))
+        else:
+            x64 = xf if xf.dtype == xp.float64 else xf.astype(xp.float64)
+            s = x64.sum(axis=0)
+            C = x64.T @ y64
+        syy = (y64 * y64).sum(axis=0)
+        if self.s is None:
+            self.s, self.C, self.sy, self.syy = s.copy(), C, sy, syy
+        else:
+            self.s += s
+            self.C += C
+            self.sy += sy
+            self.syy += syy
+        self.n += int(nb)
+        return self
+
+    def _syrk32(self, xf, xp):
+        d = xf.shape[1]
+        if xp is np:
+            from scipy.linalg.blas import ssyrk
+
+            if self.G32 is None:
+                self.G32 = np.zeros((d, d), dtype=np.float32, order="F")
+                self.tri = True
+            # C-order xf is the F-order xfᵀ: G32 += xfᵀ·xf in place (upper triangle)
+            out = ssyrk(1.0, xf.T, beta=1.0, c=self.G32, trans=0, lower=0, overwrite_c=1)
+            if out is not self.G32:  # pragma: no cover - the wrapper copied
+                self.G32 = out
+        else:
+            G = xf.T @ xf
+            if self.G32 is None:
+                self.G32 = G
+            else:
+                self.G32 += G
+
+    def _sym32(self, xp):
+        """G32 with both triangles, float64 (the lower triangle copied from the upper one
+        tile by tile: a plain transposed add is ~3× slower)."""
+        G = self.G32.astype(xp.float64)
+        if self.tri:
+            d = G.shape[0]
+            tile = 256
+            for i0 in range(0, d, tile):
+                i1 = min(i0 + tile, d)
+                for j0 in range(i1, d, tile):
+                    j1 = min(j0 + tile, d)
+                    G[j0:j1, i0:i1] = G[i0:i1, j0:j1].T
+                t = G[i0:i1, i0:i1]
+                G[i0:i1, i0:i1] = xp.triu(t) + xp.triu(t, 1).T
+        return G
+
+    def _flush(self, xp):
+        if self.G32 is None or self.rows32 == 0:
+            return
+        G = self._sym32(xp)
+        self.G64 = G if self.G64 is None else self.G64 + G
+        self.G32 = None
+        self.tri = False
+        self.rows32 = 0
+
+    def merge(self, other: _LaneAcc) -> _LaneAcc:
+        """Add ``other``'s statistics (float32 Grams summed in float32 while exact)."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        xp = get_namespace(other.C)
+        if (other.G32 is not None and self.G32 is not None and other.tri == self.tri
+                and self.rows32 + other.rows32 <= _EXACT_ROWS):
+            self.G32 += other.G32
+            self.rows32 += other.rows32
+        else:
+            other._flush(xp)
+        if other.G64 is not None:
+            self.G64 = other.G64 if self.G64 is None else self.G64 + other.G64
+        self.shifts += other.shifts
+        self.n += other.n
+        self.s += other.s
+        self.C += other.C
+        self.sy += other.sy
+        self.syy += other.syy
+        return self
+
+    def finish(self) -> SufficientStats:
+        xp = get_namespace(self.C)
+        self._flush(xp)
+        self.buf = None
+        if self.shifts:
+            S = xp.stack([a for a, _ in self.shifts], axis=1)
+            M = xp.stack([b for _, b in self.shifts], axis=0)
+            self.C += S @ M
+            self.shifts = []
+        return SufficientStats(self.n, self.G64, self.s, self.C, self.sy, self.syy)
+
+
+def _finish_lanes(*lanes: _LaneAcc) -> SufficientStats:
+    """Merge the lanes' accumulators of one group and return its float64 statistics."""
+    acc = lanes[0]
+    for other in lanes[1:]:
+        acc = acc.merge(other)
+    return acc.finish()
 
 
 def _row_chunks(n: int, row_block: int, bounds) -> tuple[int, ...]:
@@ -249,33 +388,53 @@ def compute_stats(
     bounds = np.asarray([0, n] if bounds is None else bounds, dtype=np.int64)
     if bounds[0] != 0 or bounds[-1] != n or np.any(np.diff(bounds) <= 0):
         raise InputError(f"group bounds {bounds.tolist()} must increase from 0 to {n}")
-    rows = _row_chunks(n, row_block, bounds)
     X = dask_to_backend(X, backend)
     Y = dask_to_backend(Y, backend)
-    starts = np.concatenate([[0], np.cumsum(rows)[:-1]])
-    stops = starts + np.asarray(rows)
-    group_of = np.searchsorted(bounds, starts, side="right") - 1
     # Each group is reduced by `lanes` chains that accumulate block statistics in place (one
-    # float64 d × d accumulator per lane), and the groups are computed one after another:
-    # peak memory is ~lanes accumulators plus the blocks in flight, whatever the number of
-    # blocks or groups (a tree reduction kept many d × d partial sums alive at once).
+    # d × d accumulator per lane), and the groups are computed one after another: peak
+    # memory is ~lanes accumulators plus the blocks in flight, whatever the number of blocks
+    # or groups (a tree reduction kept many d × d partial sums alive at once). Every group is
+    # cut into a multiple of `lanes` blocks of equal size, so all lanes work on every group
+    # (a 10% holdout group is as parallel as the training group).
     lanes = _lanes(client)
+    align = int(X.chunks[0][0]) if X.numblocks[0] > 1 else 1
     acc_fn = dask.delayed(_accumulate, pure=False)
-    sum_fn = dask.delayed(_sum_block_stats, pure=True)
+    sum_fn = dask.delayed(_finish_lanes, pure=True)
     out = []
     ngroups = len(bounds) - 1
     for g in range(ngroups):
-        idx = np.flatnonzero(group_of == g)
+        cuts = _group_blocks(int(bounds[g]), int(bounds[g + 1]), row_block, lanes, align)
+        nblk = len(cuts) - 1
         chains = []
-        for lane in range(min(lanes, idx.size)):
+        for lane in range(min(lanes, nblk)):
             acc = None
-            for i in idx[lane::lanes]:
-                sl = slice(int(starts[i]), int(stops[i]))
+            for i in range(lane, nblk, lanes):
+                sl = slice(cuts[i], cuts[i + 1])
                 acc = acc_fn(acc, _Deferred(X[sl]), _Deferred(Y[sl]), c_dtype)
             chains.append(acc)
         desc = "statistics" if ngroups == 1 else f"statistics {g + 1}/{ngroups}"
         out.append(_compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0])
     return out
+
+
+def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> list[int]:
+    """Cuts of rows [a, b) into a multiple of ``lanes`` blocks of ≤ ``row_block`` rows and
+    nearly equal size, snapped to multiples of ``align`` (the input's row chunk) where that
+    keeps them increasing."""
+    rows = b - a
+    nb = min(rows, lanes * -(-rows // (lanes * row_block)))
+    cuts = [a]
+    for k in range(1, nb):
+        c = a + (k * rows) // nb
+        if align > 1:
+            snap = int(round(c / align)) * align
+            if cuts[-1] < snap < b and snap - cuts[-1] <= row_block and \
+                    b - snap <= (nb - k) * row_block:
+                c = snap
+        if c > cuts[-1]:
+            cuts.append(c)
+    cuts.append(b)
+    return cuts
 
 
 def _lanes(client) -> int:
@@ -309,14 +468,12 @@ class _Deferred:
         return self.array.compute(scheduler="sync")
 
 
-def _accumulate(acc: SufficientStats | None, xb: _Deferred, yb: _Deferred,
-                c_dtype: str) -> SufficientStats:
+def _accumulate(acc: _LaneAcc | None, xb: _Deferred, yb: _Deferred, c_dtype: str) -> _LaneAcc:
     """Load one row block and add its statistics to ``acc`` in place (a chain's running sum;
-    a fresh float64 accumulator when ``acc`` is None)."""
-    st = _block_stats(xb.load(), yb.load(), c_dtype)
+    a fresh accumulator when ``acc`` is None)."""
     if acc is None:
-        return _sum_block_stats(st)  # promotes G to float64
-    return acc.add_(st)
+        acc = _LaneAcc()
+    return acc.add(xb.load(), yb.load(), c_dtype)
 
 
 def _compute(objs, *, client=None, progress=False, desc=""):
