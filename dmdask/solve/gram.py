@@ -20,12 +20,16 @@ Per target block, on the standardised centred problem scaled by 1/n
   along the step, violators join on the fly) or by the union-working-set coordinate
   descent (``method="cd"``).
 * **Precision.** With tol ≥ 1e-7 the GEMMs are float32; every convergence decision is
-  re-certified with a float64 gradient of the converging targets (a float32 error in |C_j|
-  near λ moves the gap by up to λ‖w‖₁·err/λ).
+  certified in float64 (a float32 error in |C_j| near λ moves the gap by up to λ‖w‖₁·err/λ):
+  on the stacked route the gap's pieces are float64 and the float32 gradient outside A_t
+  enters only through the dual scaling, so a rigorous rounding-error bound on it
+  (:meth:`_Problem.f32_error_bound`) certifies without a float64 GEMM; targets whose bound is
+  too loose, and the masked route, re-check with a float64 gradient.
 * **Stop** per target on the duality gap (§1.5) of the full problem:
   gap ≤ tol·‖y_c‖²/(2n). Converged targets leave the computation.
 * **Validation MSE** from the validation statistics in the training standardisation, centred
-  at the validation means (:class:`_ValGram`): one GEMM per λ on the supports' rows.
+  at the validation means (:class:`_ValGram`): w̃ᵀQ_v w̃ from a gather of Q_v[S_t, S_t] for
+  small supports, one GEMM on the supports' rows for the others.
 
 Selection, refit and raw-space conversion follow :mod:`dmdask.solve.base`. Which inner
 solver wins was measured in ``benchmarks/bench_solve.py`` (see ``benchmarks/RESULTS.md``);
@@ -107,6 +111,7 @@ class _Problem:
         self.cd_block = cd_block
         self._L = None
         self._Q32 = None
+        self._offmax = None
         # stacked subproblems for targets with |A_t|² ≤ stack_ratio·d·|U| (measured,
         # benchmarks/bench_solve.py); 0 = always the union working set
         self.stack_ratio = 0.005
@@ -273,12 +278,8 @@ class _Problem:
         index), validity mask [T, K], and the stacked Grams Q[A_t, A_t] [T, K, K] with padded
         rows/columns zero and unit diagonal (padded coordinates then stay 0)."""
         xp = self.xp
-        sizes = A.sum(axis=0)
-        K = max(int(sizes.max()), 1)
-        order = xp.argsort(~A, axis=0, kind="stable")[:K].T  # [T, K], A_t first, ascending
-        valid = xp.arange(K)[None, :] < sizes[:, None]
-        idx = xp.where(valid, order, order[:, :1])
-        del order
+        idx, valid = _padded_rows(A)  # [T, K], A_t ascending
+        K = idx.shape[1]
         d = self.Q.shape[0]
         flat = idx[:, :, None] * d + idx[:, None, :]
         Qs = xp.take(self.Q.reshape(-1), flat)
@@ -322,15 +323,24 @@ class _Problem:
             s = xp.maximum(xp.maximum(lam[P], cinf_a), cinf_out)
             gap = _gap_pieces(yv[P], lam[P], qw, wc, l1, s)
             cP = gap <= thr[P]
-            if self.fast and bool(cP.any()):
-                # certify with an exact (float64) gradient: a float32 error in |C_j| near λ
-                # moves the gap by up to λ‖w‖₁·err/λ
-                f = xp.flatnonzero(cP)
-                Cp[:, f] = q[:, P[f]] - self.matvec(Wp[:, f], exact=True)
-                cinf_out = xp.where(out, xp.abs(Cp), 0.0).max(axis=0)
-                s = xp.maximum(xp.maximum(lam[P], cinf_a), cinf_out)
-                gap = _gap_pieces(yv[P], lam[P], qw, wc, l1, s)
-                cP = gap <= thr[P]
+            if self.fast:
+                # Outside A_t the float32 gradient enters the gap only through s (the pieces
+                # qw, wc, l1, cinf_a are float64 on the stack). A rigorous bound δ_t on its
+                # rounding error (:meth:`f32_error_bound`) gives a dual-feasible
+                # s = max(λ, cinf_a, cinf_out + δ): the gap with it bounds the true gap.
+                dlt = self.f32_error_bound(Wp, l1)
+                s_ub = xp.maximum(s, cinf_out + dlt)
+                ok_ub = _gap_pieces(yv[P], lam[P], qw, wc, l1, s_ub) <= thr[P]
+                # only targets whose bound is too loose need an exact (float64) gradient: a
+                # float32 error in |C_j| near λ moves the gap by up to λ‖w‖₁·err/λ
+                cP = ok_ub
+                f = xp.flatnonzero(~ok_ub & (gap <= thr[P]))
+                if f.size:
+                    Pf = P[f]
+                    Cp[:, f] = q[:, Pf] - self.matvec(Wp[:, f], exact=True)
+                    co = xp.where(out[:, f], xp.abs(Cp[:, f]), 0.0).max(axis=0)
+                    sf = xp.maximum(xp.maximum(lam[Pf], cinf_a[f]), co)
+                    cP[f] = _gap_pieces(yv[Pf], lam[Pf], qw[f], wc[f], l1[f], sf) <= thr[Pf]
             C[:, P] = Cp
             conv[P] = cP
             viol = (xp.abs(Cp) > lam[P][None, :] * (1 - self.kkt_margin)) & out
@@ -508,6 +518,31 @@ class _Problem:
             return self.Q @ W
         return self.Q[U].T @ W[U]
 
+    def f32_error_bound(self, W, l1):
+        """Rigorous bound [T] on |fl32((QW)_j) − (QW)_j| for every j outside supp(w_t).
+
+        The float32 product rounds Q and W (relative u each) and sums the nnz_t nonzero
+        products of each dot product (zero terms add exactly, whatever the BLAS order), so
+        the error is ≤ γ_{nnz_t+3}·Σ_k |Q_jk||w_kt| ≤ γ_{nnz_t+3}·max_{j≠k}|Q_jk|·‖w_t‖₁
+        (Higham, Accuracy and Stability §3.1; γ_m = mu/(1 − mu), u = 2⁻²⁴); doubled as a
+        margin."""
+        xp = self.xp
+        m = (W != 0).sum(axis=0).astype(xp.float64) + 3
+        u = 2.0**-24
+        return 2 * (m * u / (1 - m * u)) * self.offmax * l1
+
+    @property
+    def offmax(self):
+        """max_{j≠k} |Q_jk| (a bound on the float32 matrix entries as well, with the margin
+        of :meth:`f32_error_bound`)."""
+        if self._offmax is None:
+            xp = self.xp
+            a = xp.abs(self.Q32)
+            di = xp.arange(a.shape[0])
+            a[di, di] = 0
+            self._offmax = float(a.max()) * (1 + 2.0**-23)
+        return self._offmax
+
     @property
     def Q32(self):
         if self._Q32 is None:
@@ -618,6 +653,23 @@ def gram_path(
     return {"val": val, "W_best": W_best, "n_iter": n_iter, "converged": converged, "nnz": nnz}
 
 
+def _padded_rows(M):
+    """For a boolean [d, T] mask: ``idx`` [T, K] with the rows of each column's True entries
+    (ascending, padded with the first of them, or 0) and ``valid`` [T, K]; K = max count."""
+    xp = get_namespace(M)
+    T = M.shape[1]
+    cnt = M.sum(axis=0)
+    K = max(int(cnt.max()) if T else 0, 1)
+    t, j = xp.nonzero(M.T)  # sorted by column t, then row j
+    start = xp.cumsum(cnt) - cnt
+    pos = xp.arange(t.size) - start[t]
+    idx = xp.zeros((T, K), dtype=xp.int64)
+    idx[t, pos] = j
+    valid = xp.arange(K)[None, :] < cnt[:, None]
+    idx = xp.where(valid, idx, idx[:, :1])
+    return idx, valid
+
+
 class _ValGram:
     """Validation statistics in the training split's standardisation, centred at the
     validation means (no cancellation): for raw w = w̃/σ and b = ȳ_tr − μᵀw,
@@ -633,11 +685,42 @@ class _ValGram:
         self.xp = xp
         self.inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
         self.fast = fast
-        nv = val_stats.n
-        Q = val_stats.G - xp.outer(val_stats.s, val_stats.s / nv)
-        Q *= self.inv[:, None]
-        Q *= self.inv[None, :] / nv
-        self.Q = Q.astype(xp.float32) if fast else Q
+        Q, Q32, _ = _std_tiles(val_stats.G, val_stats.s, val_stats.n, sigma, keep64=not fast,
+                               want32=fast)
+        self.Q = Q32 if fast else Q
+
+    # targets whose support has at most d/_GATHER_DIV coordinates get w̃ᵀQ_v w̃ from a gather
+    # of Q_v[S_t, S_t] (~3 ns per entry) instead of their column of one GEMM (d² multiply-adds)
+    _GATHER_DIV = 16
+
+    def quad(self, W, U, Wu):
+        """w̃_tᵀ Q_v w̃_t for every column of ``W`` (U: rows where W is nonzero, Wu = W[U])."""
+        xp = self.xp
+        d, T = W.shape
+        nnz = (W != 0).sum(axis=0)
+        small = nnz <= d // self._GATHER_DIV
+        out = xp.zeros(T)
+        big = xp.flatnonzero(~small)
+        if big.size:
+            Wb = Wu[:, big]
+            if 2 * U.size >= d:
+                M = (self.Q @ (W[:, big].astype(xp.float32) if self.fast else W[:, big]))[U]
+            else:
+                M = self.Q[U][:, U] @ (Wb.astype(xp.float32) if self.fast else Wb)
+            out[big] = xp.sum(Wb * M, axis=0)
+        sm = xp.flatnonzero(small & (nnz > 0))
+        if sm.size:
+            idx, valid = _padded_rows(W[:, sm] != 0)
+            K = idx.shape[1]
+            Qf = self.Q.reshape(-1)
+            step = max(1, 2**22 // (K * K))  # ≤ 4M gathered entries at a time
+            for t0 in range(0, sm.size, step):
+                ii = idx[t0:t0 + step]
+                cols = sm[t0:t0 + step]
+                w = W[ii, cols[:, None]] * valid[t0:t0 + step]
+                Qs = xp.take(Qf, ii[:, :, None] * d + ii[:, None, :]).astype(xp.float64)
+                out[cols] = xp.sum(w * (Qs @ w[:, :, None])[:, :, 0], axis=1)
+        return out
 
     def fn(self, mu, sigma, ybar, cols):
         xp, st, inv = self.xp, self.st, self.inv
@@ -647,11 +730,7 @@ class _ValGram:
             c = cols[idx]
             U = xp.flatnonzero((Wstd != 0).any(axis=1))
             Wu = Wstd[U]
-            if 2 * U.size >= Wstd.shape[0]:
-                M = (self.Q @ (Wstd.astype(xp.float32) if self.fast else Wstd))[U]
-            else:
-                M = self.Q[U][:, U] @ (Wu.astype(xp.float32) if self.fast else Wu)
-            quad = xp.sum(Wu * M, axis=0)
+            quad = self.quad(Wstd, U, Wu)
             qv = (st.C[U][:, c] - xp.outer(st.s[U], st.sy[c] / nv)) * (inv[U][:, None] / nv)
             lin = xp.sum(Wu * qv, axis=0)
             yvv = xp.maximum(st.syy[c] - st.sy[c] ** 2 / nv, 0.0) / nv
@@ -744,14 +823,38 @@ def _std_targets(st: SufficientStats, cols):
     return None, q, yv, mu, sigma, sy / st.n
 
 
-def _std_gram(st: SufficientStats):
-    xp = st.xp
-    sigma = st.sigma
+def _std_gram(st: SufficientStats, fast: bool = False):
+    """Q = D⁻¹(G − s sᵀ/n)D⁻¹/n (float64); with ``fast`` also (Q32, offmax): its float32 copy
+    and max_{j≠k}|Q_jk|. One pass over G in row tiles (no d × d temporaries)."""
+    Q, Q32, offmax = _std_tiles(st.G, st.s, st.n, st.sigma, keep64=True, want32=fast)
+    return (Q, Q32, offmax) if fast else Q
+
+
+def _std_tiles(G, s, n, sigma, *, keep64=True, want32=False, tile=128):
+    xp = get_namespace(G)
+    d = G.shape[0]
     inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
-    Q = st.G - xp.outer(st.s, st.s / st.n)
-    Q *= inv[:, None]
-    Q *= inv[None, :] / st.n
-    return Q
+    sn = s / n
+    col = inv / n
+    Q = xp.empty((d, d)) if keep64 else None
+    Q32 = xp.empty((d, d), dtype=xp.float32) if want32 else None
+    offmax = 0.0
+    offs = []
+    for r0 in range(0, d, tile):
+        r1 = min(r0 + tile, d)
+        R = G[r0:r1] - s[r0:r1, None] * sn[None, :]
+        R *= inv[r0:r1, None]
+        R *= col[None, :]
+        if keep64:
+            Q[r0:r1] = R
+        if want32:
+            Q32[r0:r1] = R
+            ii = xp.arange(r1 - r0)
+            R[ii, ii + r0] = 0.0
+            offs.append(xp.abs(R).max())
+    if want32 and offs:
+        offmax = float(xp.max(xp.stack(offs))) * (1 + 2.0**-23)
+    return Q, Q32, offmax
 
 
 def solve_from_stats(
@@ -775,15 +878,24 @@ def solve_from_stats(
     else:
         tr_stats = [full - g for g in groups]
         val_stats = list(groups)
-    tr_probs = [_Problem(_std_gram(st), method, cd_block).set_gauge(st.sigma)
-                for st in tr_stats]
-    full_prob = _Problem(_std_gram(full), method, cd_block).set_gauge(full.sigma)
+    fast = options.tol >= 1e-7
+
+    def problem(st):
+        if not fast:
+            return _Problem(_std_gram(st), method, cd_block).set_gauge(st.sigma)
+        Q, Q32, offmax = _std_gram(st, fast=True)
+        p = _Problem(Q, method, cd_block)
+        p._Q32, p._offmax = Q32, offmax
+        return p.set_gauge(st.sigma)
+
+    tr_probs = [problem(st) for st in tr_stats]
+    full_prob = problem(full)
     ratio = float(options.extra.get("stack_ratio", config.get("solve.gram-stack-ratio", 0.005)))
     for p in (*tr_probs, full_prob):
         p.stack_ratio = ratio
         # float32 GEMM for the full gradient (KKT check, strong rule) where the tolerance
         # allows it; coordinates within 1e-4·λ of the KKT boundary then join the working set
-        p.fast = options.tol >= 1e-7
+        p.fast = fast
         p.kkt_margin = 1e-4 if p.fast else 0.0
     T = full.n_targets
     tb = int(options.target_block_size or config.get("solve.target-block-size", 512))
