@@ -398,23 +398,47 @@ def compute_stats(
     # (a 10% holdout group is as parallel as the training group).
     lanes = _lanes(client)
     align = int(X.chunks[0][0]) if X.numblocks[0] > 1 else 1
-    acc_fn = dask.delayed(_accumulate, pure=False)
-    sum_fn = dask.delayed(_finish_lanes, pure=True)
     out = []
     ngroups = len(bounds) - 1
-    for g in range(ngroups):
-        cuts = _group_blocks(int(bounds[g]), int(bounds[g + 1]), row_block, lanes, align)
-        nblk = len(cuts) - 1
-        chains = []
-        for lane in range(min(lanes, nblk)):
-            acc = None
-            for i in range(lane, nblk, lanes):
-                sl = slice(cuts[i], cuts[i + 1])
-                acc = acc_fn(acc, _Deferred(X[sl]), _Deferred(Y[sl]), c_dtype)
-            chains.append(acc)
-        desc = "statistics" if ngroups == 1 else f"statistics {g + 1}/{ngroups}"
-        out.append(_compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0])
+    with _blas_per_lane(client, lanes):
+        for g in range(ngroups):
+            out.append(_group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client,
+                                    progress))
     return out
+
+
+def _group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client, progress):
+    """The statistics of group ``g``: ``lanes`` accumulation chains over its blocks."""
+    acc_fn = dask.delayed(_accumulate, pure=False)
+    sum_fn = dask.delayed(_finish_lanes, pure=True)
+    ngroups = len(bounds) - 1
+    cuts = _group_blocks(int(bounds[g]), int(bounds[g + 1]), row_block, lanes, align)
+    nblk = len(cuts) - 1
+    chains = []
+    for lane in range(min(lanes, nblk)):
+        acc = None
+        for i in range(lane, nblk, lanes):
+            sl = slice(cuts[i], cuts[i + 1])
+            acc = acc_fn(acc, _Deferred(X[sl]), _Deferred(Y[sl]), c_dtype)
+        chains.append(acc)
+    desc = "statistics" if ngroups == 1 else f"statistics {g + 1}/{ngroups}"
+    return _compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0]
+
+
+def _blas_per_lane(client, lanes):
+    """On the local scheduler, the lanes already use the cores: BLAS gets cores/lanes threads
+    each (measured at 50,000 × 5,000 on 2 cores: 2 lanes × 1 thread took 12% less CPU than
+    2 lanes × 2 threads, which oversubscribe). Workers of a ``client`` are left alone."""
+    import contextlib
+    import os
+
+    if client is not None or lanes <= 1:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=max(1, (os.cpu_count() or 1) // lanes), user_api="blas")
 
 
 def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> list[int]:
