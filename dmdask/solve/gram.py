@@ -304,17 +304,27 @@ class _Problem:
         pend = xp.arange(T)
         for _round in range(1000):
             P = pend
-            idx, valid, Qs = self._stack(A[:, P])
-            tcol = cols[P][:, None]
-            ws = W[idx, tcol] * valid
-            qs = q[idx, tcol] * valid
             budget = max(max_iter - int(total[P].max()), 1)
-            ws, cs, pieces, it = self._cd_stack(Qs, qs, ws, lam[P], yv[P], thr[P], valid,
-                                                idx, budget)
-            total[P] += it
             Wp = xp.zeros((W.shape[0], P.size))
-            rr = xp.arange(P.size)[:, None]
-            Wp[idx[valid], xp.broadcast_to(rr, idx.shape)[valid]] = ws[valid]
+            pieces = [xp.zeros(P.size) for _ in range(4)]
+            sizes = A[:, P].sum(axis=0)
+            # targets sorted by working-set size, stacked in chunks of similar sizes: a
+            # stack is padded to its largest set (work and memory chunk·K²)
+            for sub in _size_chunks(to_numpy(sizes)):
+                sub = xp.asarray(sub)
+                Pc = P[sub]
+                idx, valid, Qs = self._stack(A[:, Pc])
+                tcol = cols[Pc][:, None]
+                ws = W[idx, tcol] * valid
+                qs = q[idx, tcol] * valid
+                ws, _, pcs, it = self._cd_stack(Qs, qs, ws, lam[Pc], yv[Pc], thr[Pc], valid,
+                                                idx, budget)
+                del Qs, qs
+                total[Pc] += it
+                rr = xp.broadcast_to(sub[:, None], idx.shape)
+                Wp[idx[valid], rr[valid]] = ws[valid]
+                for dst, src in zip(pieces, pcs, strict=True):
+                    dst[sub] = src
             W[:, P] = Wp
             Cp = q[:, P] - self.matvec(Wp)
             qw, wc, l1, cinf_a = pieces
@@ -505,11 +515,21 @@ class _Problem:
         """QW using only W's nonzero rows (float32 GEMM when ``self.fast`` and not
         ``exact``)."""
         xp = self.xp
-        U = xp.flatnonzero((W != 0).any(axis=1))
+        nz = W != 0
+        U = xp.flatnonzero(nz.any(axis=1))
         if U.size == 0:
             return xp.zeros_like(W)
         dense = 2 * U.size >= W.shape[0]
-        if self.fast and not exact:
+        rows = W.shape[0] if dense else U.size
+        f32 = self.fast and not exact
+        # a sparse W (few nonzeros per target) streams one row of Q per nonzero (memory
+        # bound, one thread) instead of a GEMM over all rows: measured break-even at ~1/64
+        # (float32) and ~1/32 (float64) of the GEMM's multiply-adds on 2 cores
+        if int(nz.sum()) * (64 if f32 else 32) < rows * W.shape[1]:
+            Qm = self.Q32 if f32 else self.Q
+            S = _csr(xp, W.T.astype(Qm.dtype))
+            return (S @ Qm).T.astype(xp.float64)
+        if f32:
             Q32 = self.Q32
             if dense:
                 return (Q32 @ W.astype(xp.float32)).astype(xp.float64)
@@ -651,6 +671,38 @@ def gram_path(
             if hit.size:
                 W_best[:, xp.asarray(hit)] = W[:, xp.asarray(hit)]
     return {"val": val, "W_best": W_best, "n_iter": n_iter, "converged": converged, "nnz": nnz}
+
+
+def _size_chunks(sizes, ratio=1.5, min_chunk=32, max_entries=2**24):
+    """Positions of ``sizes`` in chunks of similar size (ascending): a chunk grows while its
+    largest size is ≤ ``ratio`` × its smallest (or it has fewer than ``min_chunk`` members)
+    and its padded stack chunk·K² stays ≤ ``max_entries``."""
+    order = np.argsort(sizes, kind="stable")
+    out = []
+    i = 0
+    n = order.size
+    while i < n:
+        lo = max(int(sizes[order[i]]), 1)
+        j = i + 1
+        while j < n:
+            k = max(int(sizes[order[j]]), 1)
+            if (j - i + 1) * k * k > max_entries and j > i:
+                break
+            if k > ratio * lo and j - i >= min_chunk:
+                break
+            j += 1
+        out.append(order[i:j])
+        i = j
+    return out
+
+
+def _csr(xp, M):
+    """``M`` as a CSR sparse matrix of the array's own library (SciPy or CuPy)."""
+    if xp is np:
+        import scipy.sparse as sps
+    else:  # pragma: no cover - GPU only
+        import cupyx.scipy.sparse as sps
+    return sps.csr_matrix(M)
 
 
 def _padded_rows(M):
