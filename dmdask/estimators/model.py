@@ -339,7 +339,7 @@ class _Functional:
 
 
 def trak(ds, *, n_models: int = 10, seed: int = 0, models: str = "subsets",
-         proj_dim: int = 512, lambda_reg: float = 0.0, proj_type: str = "normal",
+         proj_dim: int = 128, lambda_reg: float = 0.0, proj_type: str = "normal",
          alpha: float | None = None, targets=None, batch_size: int = 2048,
          **_unused) -> xr.DataArray:
     """TRAK (Park et al. 2023) by the authors' ``traker`` 0.3.2 on the CPU (BasicProjector,
