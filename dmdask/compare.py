@@ -88,6 +88,10 @@ def default_rows(ds, *, include_model_based: bool = True,
     return rows
 
 
+# optional libraries a model-based estimator needs (import names)
+_NEEDS = {"trak": "trak"}
+
+
 def _default_models(name: str) -> int:
     """The ``n_models`` default of a model-based estimator's function."""
     import inspect
@@ -101,7 +105,7 @@ def _default_models(name: str) -> int:
 def _job_supports(ds, name: str) -> bool:
     """Whether the store's job class has the model hooks estimator ``name`` needs (checked
     on the class: nothing is constructed)."""
-    from . import jobspec
+    from . import jobspec, optional
     from .estimators.model import MODEL_HOOKS
 
     meta = ds.attrs.get("dmdask") or {}
@@ -113,6 +117,8 @@ def _job_supports(ds, name: str) -> bool:
     except Exception:
         return False
     hooks = MODEL_HOOKS + (("train_checkpoints",) if name == "tracincp" else ())
+    if name in _NEEDS and not optional.has(_NEEDS[name]):
+        return False  # its optional library is not installed (the `model` extra)
     return all(getattr(cls, h, None) is not None for h in hooks)
 
 
