@@ -253,7 +253,7 @@ class _Problem:
             b = xp.asarray(big)
             if self.method == "fista":
                 Wb, Cb, it, cb = self._solve_masked(q[:, b], yv[b], lam[b], W[:, b],
-                                                    A[:, b], tol, max_iter)
+                                                    A[:, b], tol, max_iter, C=C[:, b])
             else:
                 Wb, Cb, it, cb = self._solve_union(q[:, b], yv[b], lam[b], W[:, b],
                                                    C[:, b], lam_prev[b], tol, max_iter)
@@ -424,7 +424,7 @@ class _Problem:
             act = xp.flatnonzero(~ok)
         return ws, cs, pieces, sweeps
 
-    def _solve_masked(self, q, yv, lam, W, A, tol, max_iter, check_every=2):
+    def _solve_masked(self, q, yv, lam, W, A, tol, max_iter, check_every=2, C=None):
         """Accelerated proximal gradient for all targets at once on the full Gram, each target
         restricted to its working set A_t (one GEMM QX per iteration, float32 when
         ``self.fast``). Restricting to A_t removes the fixed-size null direction and the
@@ -442,27 +442,47 @@ class _Problem:
         its = xp.zeros(T, dtype=xp.int64)
         act = xp.arange(T)
         x = W * A
-        Px = self.matvec(x)
+        # QW from the gradient C = q − QW that comes with the warm start (supp W ⊂ A)
+        Px = self.matvec(x) if C is None else q - C
         qa, lam_a, thr_a, yv_a = q, lam, thr, yv
         y, Py = x, Px
         t = xp.ones(T)
         L = xp.full(T, 1.0)
         nu = int(self.usable.sum())
+        def dot(a, b):
+            return xp.einsum("ij,ij->j", a, b)
+
         for it in range(1, max_iter + 1):
-            grad = Py - qa
-            xn = _soft(y - grad / L, lam_a / L, xp) * A
+            # few passes over the d × T arrays (they cost as much as the GEMM): the prox
+            # soft(z, τ) = z − clip(z, −τ, τ), column dots by einsum, updates in place
+            z = Py - qa
+            z /= -L
+            z += y
+            tau = lam_a / L
+            xn = z - xp.clip(z, -tau, tau)
+            del z
+            xn *= A
             Pn = self.matvec(xn)
             D = xn - y
-            dd = xp.sum(D * D, axis=0)
-            dQd = xp.sum(D * (Pn - Py), axis=0)
+            dd = dot(D, D)
+            dP = Pn - Py
+            dQd = dot(D, dP)
+            del dP
             bad = dQd > L * dd * (1 + 1e-9)
             L = xp.where(bad, 1.05 * dQd / xp.where(dd > 0, dd, 1.0), L)
             tn = (1 + xp.sqrt(1 + 4 * t * t)) / 2
-            restart = (xp.sum((y - xn) * (xn - x), axis=0) > 0) | bad
-            mom = xp.where(restart, 0.0, (t - 1) / tn)
+            dx = xn - x
+            restart = (dot(D, dx) < 0) | bad  # (y − xn)·(xn − x) > 0
+            del D
+            mom = xp.where(restart, 0.0, (t - 1) / tn)[None, :]
             tn = xp.where(restart, 1.0, tn)
-            y = xn + mom[None, :] * (xn - x)
-            Py = Pn + mom[None, :] * (Pn - Px)
+            dx *= mom
+            dx += xn
+            y = dx
+            dPx = Pn - Px
+            dPx *= mom
+            dPx += Pn
+            Py = dPx
             x, Px, t = xn, Pn, tn
             if it % check_every and it < max_iter:
                 continue
@@ -476,10 +496,11 @@ class _Problem:
                     Py[:, f] = Px[:, f]
                     t[f] = 1.0
             C = qa - Px
-            qw = xp.sum(qa * x, axis=0)
+            qw = dot(qa, x)
             l1 = xp.abs(x).sum(axis=0)
-            gap = _gap_pieces(yv_a, lam_a, qw, xp.sum(x * C, axis=0), l1,
-                              xp.maximum(lam_a, xp.abs(C).max(axis=0)))
+            absC = xp.abs(C)
+            gap = _gap_pieces(yv_a, lam_a, qw, dot(x, C), l1,
+                              xp.maximum(lam_a, absC.max(axis=0)))
             ok = gap <= thr_a
             if self.fast and bool(ok.any()):
                 # certify with an exact (float64) gradient (see _solve_stacked)
@@ -493,7 +514,8 @@ class _Problem:
                 Py[:, f] = Px[:, f]
                 y[:, f] = x[:, f]
                 t[f] = 1.0
-            viol = (xp.abs(C) > lam_a[None, :] * (1 - self.kkt_margin)) & ~A
+                absC[:, f] = xp.abs(Cf)
+            viol = (absC > lam_a[None, :] * (1 - self.kkt_margin)) & ~A
             viol &= self.usable[:, None] & ~ok[None, :]
             A |= viol
             its[act] = it
@@ -647,10 +669,14 @@ def gram_path(
             break
         a = xp.asarray(act)
         lam = lambdas[a, li]
-        Wa, Ca, it, conv = prob.solve(q[:, a], yv[a], lam, W[:, a], C[:, a], lam_prev[a], tol,
-                                      max_iter)
-        W[:, a] = Wa
-        C[:, a] = Ca
+        if act.size == T:  # no gathers/scatters of d × T arrays (solve copies W, C)
+            Wa, Ca, it, conv = prob.solve(q, yv, lam, W, C, lam_prev, tol, max_iter)
+            W, C = Wa, Ca
+        else:
+            Wa, Ca, it, conv = prob.solve(q[:, a], yv[a], lam, W[:, a], C[:, a], lam_prev[a],
+                                          tol, max_iter)
+            W[:, a] = Wa
+            C[:, a] = Ca
         n_iter[act] += it
         converged[act] &= to_numpy(conv)
         nnz[act, li] = to_numpy((Wa != 0).sum(axis=0))
@@ -882,7 +908,7 @@ def _std_gram(st: SufficientStats, fast: bool = False):
     return (Q, Q32, offmax) if fast else Q
 
 
-def _std_tiles(G, s, n, sigma, *, keep64=True, want32=False, tile=128):
+def _std_tiles(G, s, n, sigma, *, keep64=True, want32=False, tile=32):
     xp = get_namespace(G)
     d = G.shape[0]
     inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
