@@ -45,7 +45,13 @@ import numpy as np
 
 from .. import config
 from ..backend import get_namespace, to_numpy
-from ..stats import SufficientStats, _compute, compute_stats, group_bounds_for
+from ..stats import (
+    SufficientStats,
+    _blas_per_lane,
+    _compute,
+    compute_stats,
+    group_bounds_for,
+)
 from .base import PathOptions, PathResult, Split, UnsupportedTargets, to_raw
 from .grid import lambda_grid, select_lambda, should_stop
 
@@ -977,6 +983,13 @@ def solve_from_stats(
         p.kkt_margin = 1e-4 if p.fast else 0.0
     T = full.n_targets
     tb = int(options.target_block_size or config.get("solve.target-block-size", 512))
+    lanes = 1
+    if client is None:
+        # local threads: one target block per thread (the d × T elementwise work of the path
+        # is single-threaded NumPy; blocks of targets run in parallel, BLAS one thread each)
+        lanes = _local_threads()
+        if lanes > 1 and T >= 2 * _MIN_PARALLEL_BLOCK:
+            tb = min(tb, max(-(-T // lanes), _MIN_PARALLEL_BLOCK))
     blocks = [np.arange(i, min(i + tb, T)) for i in range(0, T, tb)]
     opts = {
         "n_lambdas": options.n_lambdas, "lambda_ratio": options.lambda_ratio, "tol": options.tol,
@@ -1006,12 +1019,24 @@ def solve_from_stats(
             sh = dask.delayed(shared, traverse=False)
             tasks = [dask.delayed(_solve_block_shared, pure=True)(sh, b, split.kind, opts)
                      for b in blocks]
-            parts = list(_compute(tasks, progress=options.progress, desc="lasso paths"))
+            with _blas_per_lane(None, min(lanes, len(blocks))):
+                parts = list(_compute(tasks, progress=options.progress, desc="lasso paths"))
     res = PathResult.concat(parts)
     res.solver = "gram"
     res.info = {"method": method, "blocks": len(blocks),
                 "seconds": [p.info.get("seconds") for p in parts]}
     return res.validate()
+
+
+_MIN_PARALLEL_BLOCK = 64
+
+
+def _local_threads() -> int:
+    """Worker threads of the local dask scheduler (``num_workers``, else the cores)."""
+    import os
+
+    n = dask.config.get("num_workers", None)
+    return int(n) if n else (os.cpu_count() or 1)
 
 
 def _solve_block_shared(shared, cols, split_kind, opts):
