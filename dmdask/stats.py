@@ -444,7 +444,7 @@ def _blas_per_lane(client, lanes):
 def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> list[int]:
     """Cuts of rows [a, b) into a multiple of ``lanes`` blocks of ≤ ``row_block`` rows and
     nearly equal size, snapped to multiples of ``align`` (the input's row chunk) where that
-    keeps them increasing."""
+    moves a cut by at most 1/8 of a block."""
     rows = b - a
     nb = min(rows, lanes * -(-rows // (lanes * row_block)))
     cuts = [a]
@@ -452,10 +452,10 @@ def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> lis
         c = a + (k * rows) // nb
         if align > 1:
             snap = int(round(c / align)) * align
-            if cuts[-1] < snap < b and snap - cuts[-1] <= row_block and \
-                    b - snap <= (nb - k) * row_block:
+            if abs(snap - c) * 8 <= rows // nb:
                 c = snap
-        if c > cuts[-1]:
+        c = min(c, cuts[-1] + row_block)
+        if c > cuts[-1] and b - c <= (nb - k) * row_block:
             cuts.append(c)
     cuts.append(b)
     return cuts

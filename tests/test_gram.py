@@ -296,3 +296,61 @@ def test_fast_mode_float32_kkt_gemm_meets_default_tolerance():
             C = q - prob.Q @ W
             gap = _gap(yv, lams[:, li], W, C, q, np.abs(C).max(axis=0))
             assert np.all(gap <= tol * yv / 2 * 1.01), (ratio, li)
+
+
+def test_float32_error_bound_holds_and_sparse_products_agree():
+    """The rounding-error bound that certifies stacked targets without a float64 GEMM bounds
+    the float32 gradient's actual error off the support (dense and sparse products), and the
+    sparse (CSR) product equals the dense one."""
+    X, Y = _problem(seed=21, n=3000, d=400, T=4, fixed=True)
+    st = compute_stats(X, Y)[0]
+    Q, Q32, offmax = _std_gram(st, fast=True)
+    prob = _Problem(Q, "fista", 8)
+    prob._Q32, prob._offmax, prob.fast = Q32, offmax, True
+    off = np.abs(Q - np.diag(np.diag(Q))).max()
+    assert off <= offmax <= off * (1 + 1e-6)
+    rng = np.random.default_rng(3)
+    for k in (1, 5, 40, 300):
+        W = np.zeros((400, 30))
+        for t in range(30):
+            W[rng.choice(400, k, replace=False), t] = rng.standard_normal(k) * 10
+        exact = Q @ W
+        bound = prob.f32_error_bound(W, np.abs(W).sum(axis=0))
+        for P32 in (prob.matvec(W), (Q32 @ W.astype(np.float32)).astype(np.float64)):
+            err = np.where(W == 0, np.abs(P32 - exact), 0.0).max(axis=0)
+            assert np.all(err <= bound), k
+        np.testing.assert_allclose(prob.matvec(W, exact=True), exact, rtol=1e-12, atol=1e-12)
+
+
+def test_size_chunks_and_padded_rows():
+    from dmdask.solve.gram import _padded_rows, _size_chunks
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(0, 300, size=500)
+    chunks = _size_chunks(sizes, max_entries=2**20)
+    assert np.array_equal(np.sort(np.concatenate(chunks)), np.arange(500))
+    for c in chunks:
+        assert c.size * max(int(sizes[c].max()), 1) ** 2 <= 2**20 or c.size == 1
+    M = rng.random((50, 7)) < 0.2
+    M[:, 3] = False
+    idx, valid = _padded_rows(M)
+    assert idx.shape == (7, max(M.sum(axis=0).max(), 1))
+    for t in range(7):
+        assert np.array_equal(idx[t][valid[t]], np.flatnonzero(M[:, t]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_parallel_target_blocks_match_one_block(workers):
+    """On the local scheduler the targets are split into one block per thread; the result
+    matches one block to the solver tolerance."""
+    import dask
+
+    X, Y = _problem(seed=5, n=1500, d=60, T=140, k=4)
+    groups = compute_stats(X, Y, group_bounds_for(1500, Split("holdout")))
+    one = solve_from_stats(groups, Split("holdout"), PathOptions(tol=1e-8,
+                                                                  target_block_size=10**6))
+    with dask.config.set(num_workers=workers):
+        got = solve_from_stats(groups, Split("holdout"), PathOptions(tol=1e-8))
+    assert got.info["blocks"] == (1 if workers == 1 else 2)
+    np.testing.assert_allclose(got.val_mse, one.val_mse, rtol=1e-6)
+    np.testing.assert_array_equal(got.lam, one.lam)

@@ -167,3 +167,30 @@ def test_float32_c_is_centred_accurate():
             ca = ga.C - np.outer(ga.s, ga.sy) / ga.n
             cb = gb.C - np.outer(gb.s, gb.sy) / gb.n
             assert np.abs(ca - cb).max() <= 1e-5 * np.abs(cb).max()
+
+
+def test_group_blocks_balance_lanes_and_respect_row_block():
+    from dmdask.stats import _group_blocks
+
+    for a, b, rb, lanes, align in [(0, 5000, 8192, 2, 1024), (5000, 50000, 8192, 2, 1024),
+                                   (0, 7, 3, 4, 1), (10, 11, 5, 2, 1), (0, 300, 13, 2, 7)]:
+        cuts = _group_blocks(a, b, rb, lanes, align)
+        sizes = np.diff(cuts)
+        assert cuts[0] == a and cuts[-1] == b and np.all(sizes > 0) and np.all(sizes <= rb)
+        if b - a >= lanes:
+            assert len(sizes) % lanes == 0
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_float32_accumulation_is_exact_for_any_lanes(lanes):
+    import dask
+
+    X, Y = _problem(seed=11, n=700, d=40)
+    with dask.config.set({"dmdask.solve.stats-lanes": lanes}):
+        for c_dtype in ("float32", "float64"):
+            got = compute_stats(X, Y, [0, 70, 700], row_block_size=64, c_dtype=c_dtype)
+            if c_dtype == "float64":
+                _check(got[0], X[:70], Y[:70])
+            G, s, *_ = _brute(X[70:], Y[70:])
+            np.testing.assert_array_equal(got[1].G, G)
+            np.testing.assert_array_equal(got[1].s, s)
