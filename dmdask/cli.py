@@ -623,11 +623,16 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
 @click.option("--no-model-based", is_flag=True,
               help="Compare only the estimators computed from the store (skip TRAK, "
                    "influence functions, TracInCP, representation similarity).")
+@click.option("--curves/--no-curves", default=True, show_default=True,
+              help="Draw the sample-complexity curves (refits on nested prefixes of the "
+                   "models; the slowest stage when prefixes have fewer models than there are "
+                   "training examples).")
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
 @click.option("--job", default=DEFAULT_JOB, show_default=True, help="Job to run.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def quickstart(workdir, n_models, heldout, replicates, no_model_based, workers, job, progress):
+def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, workers, job,
+               progress):
     """Run the whole job end to end on the embedded default (digits MLP, local cluster, CPU).
 
     Creates DIR/runs.zarr with the random models to fit on, held-out models and their
@@ -676,15 +681,20 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, workers, 
     for line in format_table(cmp, markdown=False).splitlines():
         click.echo("      " + line)
     _save_quiet(cmp, path("comparison.zarr"))
-    click.echo(f"[5/6] sample complexity -> {path('sample_complexity.zarr')}")
-    sc = sample_complexity(store, estimators=("lasso", "dom_margin"))
-    last = sc.isel(n_models=-1)
-    click.echo(f"      OPT {float(sc.opt):.4f}; lasso MSE "
-               + ", ".join(f"{int(n)}: {float(v):.4f}" for n, v in
-                           zip(sc.n_models.values, sc.mse.sel(estimator="lasso").values,
-                               strict=True))
-               + f"; LDS at {int(last.n_models)}: {float(last.lds.sel(estimator='lasso')):.3f}")
-    _save_quiet(sc, path("sample_complexity.zarr"))
+    sc = None
+    if curves:
+        click.echo(f"[5/6] sample complexity -> {path('sample_complexity.zarr')}")
+        sc = sample_complexity(store, estimators=("lasso", "dom_margin"))
+        last = sc.isel(n_models=-1)
+        click.echo(f"      OPT {float(sc.opt):.4f}; lasso MSE "
+                   + ", ".join(f"{int(n)}: {float(v):.4f}" for n, v in
+                               zip(sc.n_models.values, sc.mse.sel(estimator="lasso").values,
+                                   strict=True))
+                   + f"; LDS at {int(last.n_models)}: "
+                   f"{float(last.lds.sel(estimator='lasso')):.3f}")
+        _save_quiet(sc, path("sample_complexity.zarr"))
+    else:
+        click.echo("[5/6] sample complexity skipped (--no-curves)")
     from .report import write_report
 
     out = write_report(path("report.html"), store=store, datamodels=dm, evaluation=ev,

@@ -108,8 +108,14 @@ def test_quickstart_on_a_small_job(tmp_path):
 @pytest.mark.slow
 @pytest.mark.torch
 def test_quickstart_default_job(tmp_path):
-    r = run("quickstart", "--dir", tmp_path / "q", "-n", 512, "--no-progress", timeout=900)
+    # the whole pipeline on the default job (model-based estimators included); the curves
+    # are left out here (test_quickstart_on_a_small_job and test_sample_complexity cover them)
+    r = run("quickstart", "--dir", tmp_path / "q", "-n", 512, "--heldout", 40, "--replicates",
+            1, "--no-curves", "--no-progress", timeout=900)
     assert r.returncode == 0, r.stderr
+    assert "trak" in r.stdout.split("[4/6]")[1] and "--no-curves" in r.stdout
+    assert (tmp_path / "q" / "report.html").exists()
+    assert not (tmp_path / "q" / "sample_complexity.zarr").exists()
     ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
     assert ds.attrs["dmdask"]["job"]["path"] == "jobs.digits:DigitsMLP"
     rnd = ds.sel(model=(ds.kind == "random").values)
