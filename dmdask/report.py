@@ -327,6 +327,16 @@ def _missing(text: str) -> str:
     return f'<p class="missing">{text}</p>'
 
 
+def _malformed(ds, dim: str, required, what: str) -> str | None:
+    """A "missing" paragraph when ``ds`` lacks ``dim`` or a required variable, else None."""
+    if dim not in ds.dims:
+        return _missing(f"The {what} has no <code>{dim}</code> dimension.")
+    lack = [v for v in required if v not in ds]
+    if lack:
+        return _missing(f"The {what} lacks the variables " + ", ".join(lack) + ".")
+    return None
+
+
 def _fmt(v: Any, nd: int = 3) -> str:
     try:
         f = float(v)
@@ -475,11 +485,9 @@ def _sec_comparison(cmp) -> str:
                         "dmdask.estimators.compute(STORE, name))</code> for dom_margin, "
                         "dom_correctness, ols, ridge and the datamodels, or "
                         "<code>dmdask.compare</code>) and pass <code>comparison=</code>.")
-    if "row" not in cmp.dims:
-        return _missing("The comparison has no <code>row</code> dimension.")
-    missing = [v for v in _CMP_REQUIRED if v not in cmp]
-    if missing:
-        return _missing("The comparison lacks the variables " + ", ".join(missing) + ".")
+    bad = _malformed(cmp, "row", _CMP_REQUIRED, "comparison")
+    if bad:
+        return bad
     n = cmp.sizes["row"]
 
     def col(name, default=""):
@@ -548,16 +556,13 @@ _SC_REQUIRED = ("mse", "lds", "spearman")
 
 def _sec_sample_complexity(sc) -> str:
     if sc is None:
-        return _missing("No sample-complexity results given. Fit and evaluate datamodels on the "
-                        "first n fitting models for a few n (<code>dmdask.fit_datamodels(STORE, "
-                        "n_models=n)</code>, <code>dmdask.evaluate</code>), collect the means "
-                        "over targets in a Dataset with dim <code>n_models</code> and pass "
+        return _missing("No sample-complexity results given. Compute them with "
+                        "<code>dmdask sample-complexity STORE --out sc.zarr</code> (or "
+                        "<code>dmdask.complexity.sample_complexity(STORE)</code>) and pass "
                         "<code>sample_complexity=</code>.")
-    if "n_models" not in sc.dims:
-        return _missing("The sample-complexity Dataset has no <code>n_models</code> dimension.")
-    missing = [v for v in _SC_REQUIRED if v not in sc]
-    if missing:
-        return _missing("The sample-complexity Dataset lacks " + ", ".join(missing) + ".")
+    bad = _malformed(sc, "n_models", _SC_REQUIRED, "sample-complexity Dataset")
+    if bad:
+        return bad
     sc = sc.sortby("n_models")
     n = np.asarray(sc["n_models"].values, np.float64)
     fig = _new_fig(10, 3.8)
