@@ -16,8 +16,10 @@ the ``XᵀY`` GEMM ~4× faster — y is shifted by its block mean before the flo
 the shift added back in float64, so the centred statistics keep ~1e-7 relative accuracy;
 the Gram solver uses it when its tolerance is ≥ 1e-7). Centring ``G − s sᵀ/n`` happens in float64.
 
-The pass runs on dask: blocks in parallel on the threads of the local scheduler or on the
-workers of a ``distributed.Client``, reduced by a tree of sums per group; NumPy or CuPy chunks.
+The pass runs on dask, group after group, each group's blocks accumulated in place along
+``lanes`` chains: one per worker thread of a ``distributed.Client``; one on the local
+scheduler, whose BLAS then uses every core (see :func:`_lanes`; ``dmdask.solve.stats-lanes``
+overrides). NumPy or CuPy chunks.
 """
 
 from __future__ import annotations
