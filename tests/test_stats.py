@@ -194,3 +194,47 @@ def test_float32_accumulation_is_exact_for_any_lanes(lanes):
             G, s, *_ = _brute(X[70:], Y[70:])
             np.testing.assert_array_equal(got[1].G, G)
             np.testing.assert_array_equal(got[1].s, s)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int8])
+@pytest.mark.parametrize("d,lanes", [(17, 1), (1031, 2)])
+def test_int8_gram_is_exact(dtype, d, lanes):
+    # int8 GEMMs (torch._int_mm) in upper-triangle tiles (4 column parts at d ≥ 1024):
+    # every entry an exact count, the same as the float32 syrk route and brute force
+    import dask
+
+    X, Y = _problem(seed=12, n=900, d=d, T=3)
+    X = X.astype(dtype)
+    with dask.config.set({"dmdask.solve.stats-lanes": lanes}):
+        with dask.config.set({"dmdask.solve.stats-gram": "int8"}):
+            a = compute_stats(da.from_array(X, chunks=(128, d)), Y, [0, 90, 900],
+                              row_block_size=200)
+        with dask.config.set({"dmdask.solve.stats-gram": "float32"}):
+            b = compute_stats(X, Y, [0, 90, 900], row_block_size=200)
+    for g, (lo, hi) in enumerate([(0, 90), (90, 900)]):
+        _check(a[g], X[lo:hi], Y[lo:hi])
+        np.testing.assert_array_equal(a[g].G, b[g].G)
+
+
+@pytest.mark.torch
+def test_int8_gram_routes_and_falls_back():
+    import dask
+
+    from dmdask.errors import InputError
+    from dmdask.stats import _as_int8_01, _gram_kind
+
+    X, Y = _problem(seed=13, n=400, d=30)
+    Xd = da.from_array(X.astype(np.uint8), chunks=(100, 30))
+    with dask.config.set({"dmdask.solve.stats-gram": "int8"}):
+        assert _gram_kind(Xd, 400, 30) == "int8"
+        assert _gram_kind(Xd.astype(np.float32), 400, 30) == "float32"  # not a 0/1 int block
+        # a uint8 block with values other than 0/1 takes the float32 route, still exact
+        X3 = X.astype(np.uint8) * 3
+        assert _as_int8_01(X3) is None
+        _check(compute_stats(X3, Y, row_block_size=64)[0], X3, Y)
+    with dask.config.set({"dmdask.solve.stats-gram": "float32"}):
+        assert _gram_kind(Xd, 400, 30) == "float32"
+    with dask.config.set({"dmdask.solve.stats-gram": "int4"}):
+        with pytest.raises(InputError, match="stats-gram"):
+            compute_stats(X, Y)
