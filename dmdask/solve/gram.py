@@ -917,6 +917,8 @@ def _std_gram(st: SufficientStats, fast: bool = False):
 def _std_tiles(G, s, n, sigma, *, keep64=True, want32=False, tile=32):
     xp = get_namespace(G)
     d = G.shape[0]
+    if G.flags.f_contiguous and not G.flags.c_contiguous:
+        G = G.T  # symmetric: the C-ordered view, so row tiles are contiguous (3× faster)
     inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
     sn = s / n
     col = inv / n
@@ -972,8 +974,14 @@ def solve_from_stats(
         p._Q32, p._offmax = Q32, offmax
         return p.set_gauge(st.sigma)
 
-    tr_probs = [problem(st) for st in tr_stats]
-    full_prob = problem(full)
+    # the standardised Grams are independent d × d passes (memory-bound, and on a fresh
+    # machine dominated by first touches of new pages): built in parallel on local threads
+    jobs = [*((problem, st) for st in tr_stats), (problem, full),
+            *((_ValGram, vst, st.sigma, fast) for st, vst in zip(tr_stats, val_stats,
+                                                                  strict=True))]
+    built = _parallel_map(jobs, _local_threads() if client is None else 1)
+    tr_probs, full_prob = built[:len(tr_stats)], built[len(tr_stats)]
+    val_grams = built[len(tr_stats) + 1:]
     ratio = float(options.extra.get("stack_ratio", config.get("solve.gram-stack-ratio", 0.005)))
     for p in (*tr_probs, full_prob):
         p.stack_ratio = ratio
@@ -996,8 +1004,6 @@ def solve_from_stats(
         "max_iter": options.max_iter, "early_stop": options.early_stop,
         "min_lams_to_try": options.min_lams_to_try,
     }
-    val_grams = [_ValGram(vst, st.sigma, p.fast)
-                 for p, st, vst in zip(tr_probs, tr_stats, val_stats, strict=True)]
     if len(blocks) == 1 and client is None:
         parts = [_solve_block(tr_probs, tr_stats, val_stats, full_prob, full, blocks[0],
                               split.kind, opts, val_grams)]
@@ -1029,6 +1035,17 @@ def solve_from_stats(
 
 
 _MIN_PARALLEL_BLOCK = 64
+
+
+def _parallel_map(jobs, threads: int):
+    """``[f(*args) for f, *args in jobs]`` on up to ``threads`` threads (NumPy releases the
+    GIL in the d × d passes these jobs make)."""
+    if threads <= 1 or len(jobs) <= 1:
+        return [f(*a) for f, *a in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(jobs))) as ex:
+        return list(ex.map(lambda j: j[0](*j[1:]), jobs))
 
 
 def _local_threads() -> int:
