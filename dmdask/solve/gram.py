@@ -430,7 +430,7 @@ class _Problem:
             act = xp.flatnonzero(~ok)
         return ws, cs, pieces, sweeps
 
-    def _solve_masked(self, q, yv, lam, W, A, tol, max_iter, check_every=2, C=None):
+    def _solve_masked(self, q, yv, lam, W, A, tol, max_iter, check_every=1, C=None):
         """Accelerated proximal gradient for all targets at once on the full Gram, each target
         restricted to its working set A_t (one GEMM QX per iteration, float32 when
         ``self.fast``). Restricting to A_t removes the fixed-size null direction and the
