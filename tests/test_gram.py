@@ -354,3 +354,73 @@ def test_parallel_target_blocks_match_one_block(workers):
     assert got.info["blocks"] == (1 if workers == 1 else 2)
     np.testing.assert_allclose(got.val_mse, one.val_mse, rtol=1e-6)
     np.testing.assert_array_equal(got.lam, one.lam)
+
+
+def _objective(prob, q, lam, W):
+    return 0.5 * np.sum(W * (prob.Q @ W), axis=0) - np.sum(q * W, axis=0) + lam * np.abs(W).sum(0)
+
+
+def test_newton_step_lands_on_the_solution_and_never_ascends():
+    """On the solution's support and signs one Newton step from any point of that orthant is
+    the LASSO solution; from points with wrong signs it only ever lowers the objective."""
+    X, Y = _problem(seed=21, n=150, d=60, T=4, fixed=True, k=8, noise=0.5)
+    st = compute_stats(X, Y)[0]
+    prob = _Problem(_std_gram(st), "fista", 8).set_gauge(st.sigma)
+    _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+    lam = 0.05 * lambda_max(q)
+    Xs, *_ = _standardise(X)
+    ref = np.stack([Lasso(alpha=lam[t], tol=1e-14, max_iter=10**6).fit(Xs, Y[:, t]).coef_
+                    for t in range(Y.shape[1])], axis=1)
+    rng = np.random.default_rng(0)
+    start = np.abs(ref) * rng.uniform(0.2, 3.0, ref.shape) * np.sign(ref)
+    cols, out = prob._newton(start, q, lam)
+    assert sorted(cols.tolist()) == list(range(Y.shape[1]))
+    got = np.zeros_like(start)
+    got[:, cols] = out
+    np.testing.assert_allclose(got, ref, atol=1e-7 * np.abs(ref).max())
+    # wrong signs / extra coordinates: the step may stop short, but never goes uphill
+    for seed in range(5):
+        r = np.random.default_rng(seed)
+        bad = np.where(r.random(ref.shape) < 0.3, r.standard_normal(ref.shape) * 0.3, start)
+        cols, out = prob._newton(bad, q, lam)
+        if cols.size:
+            before = _objective(prob, q[:, cols], lam[cols], bad[:, cols])
+            after = _objective(prob, q[:, cols], lam[cols], out)
+            assert np.all(after < before)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_newton_steps_cut_iterations_with_fewer_models_than_examples(fast):
+    """n < d: the masked route with Newton steps on settled supports reaches sklearn's
+    solutions, meets the gap at every path point, and needs fewer iterations than without."""
+    X, Y = _problem(seed=22, n=90, d=160, T=5, fixed=True, k=10, noise=1.0)
+    st = compute_stats(X, Y)[0]
+    Xs, *_ = _standardise(X)
+    iters = {}
+    for every in (0, 3):
+        prob = _Problem(_std_gram(st), "fista", 8).set_gauge(st.sigma)
+        prob.stack_ratio, prob.newton_every = 0.0, every
+        if fast:
+            prob.fast, prob.kkt_margin = True, 1e-4
+        _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+        lams = lambda_grid(lambda_max(q), 12, 1e-2)
+        points = []
+
+        def record(W, idx, points=points):
+            points.append(W.copy())
+            return np.zeros(len(idx))
+
+        tol = 1e-6 if fast else 1e-10
+        res = gram_path(prob, q, yv, lams, tol=tol, max_iter=100000, val_fn=record)
+        assert res["converged"].all()
+        iters[every] = int(res["n_iter"].sum())
+        for li, W in enumerate(points):
+            C = q - prob.Q @ W
+            gap = _gap(yv, lams[:, li], W, C, q, np.abs(C).max(axis=0))
+            assert np.all(gap <= tol * yv / 2 * 1.01), (every, li)
+            if not fast and li % 4 == 3:
+                for t in range(Y.shape[1]):
+                    m = Lasso(alpha=lams[t, li], tol=1e-14, max_iter=10**6).fit(Xs, Y[:, t])
+                    scale = max(np.abs(m.coef_).max(), 1e-12)
+                    assert np.abs(W[:, t] - m.coef_).max() <= 1e-4 * scale, (li, t)
+    assert iters[3] < iters[0]
