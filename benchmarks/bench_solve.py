@@ -4,6 +4,7 @@
     python benchmarks/bench_solve.py --small    # (8,000, 1,000, 100), a minute
     python benchmarks/bench_solve.py --crossover
     python benchmarks/bench_solve.py --methods  # CD vs FISTA, early stop on/off
+    python benchmarks/bench_solve.py --newton   # n < d: with and without Newton steps
 
 Planted sparse truth (2% of the training examples per target, Gaussian weights) with noise so
 the truth explains 40% of the margin variance; fixed-size α = 0.5 masks written to a run store
@@ -102,12 +103,23 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     ds = open_store(path)
     X = ds["mask"].values
     Y = ds["margin"].values.astype(np.float64)
-    t0 = time.perf_counter()
-    # as the fit runs it (float32 XᵀY at the default tolerance)
-    stats_only = compute_stats(ds["mask"].data, ds["margin"].data,
-                               [0, holdout_size(n, 0.1), n], c_dtype="float32")
-    t_stats = time.perf_counter() - t0
-    del stats_only
+    # the statistics pass alone, as the fit runs it (float32 XᵀY at the default tolerance),
+    # with each route for XᵀX: exact int8 GEMMs (the default where torch is installed) and
+    # float32 ssyrk
+    import dask
+
+    from dmdask.stats import _gram_kind
+
+    t_stats = {}
+    for route in ("int8", "float32"):
+        with dask.config.set({"dmdask.solve.stats-gram": route}):
+            if _gram_kind(ds["mask"].data, n, d) != route:
+                continue
+            t0 = time.perf_counter()
+            compute_stats(ds["mask"].data, ds["margin"].data, [0, holdout_size(n, 0.1), n],
+                          c_dtype="float32")
+            t_stats[route] = time.perf_counter() - t0
+    default = _gram_kind(ds["mask"].data, n, d)
     n_val = holdout_size(n, 0.1)
 
     # (d) the floor: one float32 XᵀX
@@ -119,6 +131,20 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
         floor_times.append(time.perf_counter() - t0)
     t_floor = min(floor_times)
     del Xf, _
+    # for reference: XᵀX as the int8 GEMMs of the statistics pass (one full product)
+    t_int8 = None
+    if "int8" in t_stats:
+        import torch
+
+        Xi = torch.from_numpy(X.view(np.int8) if X.dtype in (np.uint8, bool) else
+                              X.astype(np.int8))
+        int8_times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            torch._int_mm(Xi.T, Xi)
+            int8_times.append(time.perf_counter() - t0)
+        t_int8 = min(int8_times)
+        del Xi
     print(f"(d) floor: {t_floor:.1f}s (runs: {', '.join(f'{x:.1f}' for x in floor_times)})",
           flush=True)
 
@@ -201,13 +227,20 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     rows.append({"contestant": "(d) floor: one float32 XᵀX", "seconds": t_floor,
                  "dmdask faster by": t_floor / t_dm, "aim": "dmdask within 2x",
                  "val MSE / dmdask (same targets)": ""})
+    if t_int8 is not None:
+        rows.append({"contestant": "(d') for reference: one int8 XᵀX (torch._int_mm, full "
+                     "square)", "seconds": t_int8, "dmdask faster by": t_int8 / t_dm,
+                     "aim": "", "val MSE / dmdask (same targets)": ""})
     # recovery sanity: correlation with the planted weights
     corr = np.mean([np.corrcoef(dm.weight.values[t], W_true[:, t])[0, 1] for t in range(T)])
     body = (f"(models, training examples, targets) = ({n:,}, {d:,}, {T}); planted truth "
             f"explains 40% of variance; holdout 10%, 30 λ, ratio 1e-3. dmdask (best of "
             f"{len(dm_times)}) = **{t_dm / t_floor:.2f}× the floor** (best of "
-            f"{len(floor_times)}; aim ≤ 2×). dmdask statistics pass "
-            f"alone: {t_stats:.1f}s; path+selection+refit ≈ {t_dm - t_stats:.1f}s. Mean "
+            f"{len(floor_times)}; aim ≤ 2×). dmdask statistics pass alone "
+            f"(XᵀX route '{default}', the default here): {t_stats[default]:.1f}s"
+            + (f" (with the float32 ssyrk route: {t_stats['float32']:.1f}s)"
+               if default != "float32" and "float32" in t_stats else "")
+            + f"; path+selection+refit ≈ {t_dm - t_stats[default]:.1f}s. Mean "
             f"correlation of dmdask weights with the planted weights: {corr:.3f}. Load average "
             f"at the end of the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores. "
             f"Contestants (b) and (c) are timed on a subset of targets and scaled linearly to "
@@ -338,11 +371,50 @@ def methods(n=8000, d=1000, T=100):
     return body + table(rows, list(rows[0]))
 
 
+def newton(tmp, d=1300, T=100, sizes=(160, 320, 640, 1280, 2560), folds=5):
+    """Fewer models than training examples: the masked route with and without Newton steps on
+    settled supports (setting ``dmdask.solve.gram-newton-every``; 0 = never), 5-fold CV as
+    the quickstart's sample-complexity curves run it. Same statistics, same grid."""
+    import dask
+
+    rows = []
+    for n in sizes:
+        path = os.path.join(tmp, f"n{n}.zarr")
+        planted_store(path, n, d, T, seed=n, block=64)
+        res = {}
+        for every in (0, 3):
+            with dask.config.set({"dmdask.solve.gram-newton-every": every}):
+                best = np.inf
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    dm = dmdask.fit_datamodels(path, solver="gram", selection="cv", folds=folds)
+                    best = min(best, time.perf_counter() - t0)
+            res[every] = (best, dm)
+        (t0_, d0), (t3, d3) = res[0], res[3]
+        rows.append({"models": n, "rows per fold path": n - n // folds,
+                     "without Newton s": t0_, "with Newton s": t3, "speed-up": t0_ / t3,
+                     "iterations / target without": float(np.median(d0.n_iter.values)),
+                     "with": float(np.median(d3.n_iter.values)),
+                     "val MSE with / without": float(d3.val_mse.mean() / d0.val_mse.mean()),
+                     "max |Δ weight|": float(np.abs(d3.weight.values - d0.weight.values).max())})
+        print(rows[-1], flush=True)
+        shutil.rmtree(path)
+    body = (f"d = {d:,} training examples, {T} targets, planted truth explains 40% of variance, "
+            f"{folds}-fold CV (the paths run on (k−1)/k of the models, then the refit path), "
+            "30 λ, ratio 1e-3, default tolerance; best of 2 fits each. Iterations are per "
+            "target over all paths (median).\n\n")
+    body += table(rows, list(rows[0]))
+    print(body)
+    return body
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true")
     p.add_argument("--crossover", action="store_true")
     p.add_argument("--methods", action="store_true", help="CD vs FISTA x early stop")
+    p.add_argument("--newton", action="store_true",
+                   help="fewer models than training examples: with and without Newton steps")
     p.add_argument("--models", type=int, default=50_000)
     p.add_argument("--train", type=int, default=5_000)
     p.add_argument("--targets", type=int, default=500)
@@ -367,6 +439,10 @@ def main(argv=None):
     try:
         if a.methods:
             record("Gram inner solver: CD vs FISTA", methods())
+            return
+        if a.newton:
+            record("Gram path with fewer models than training examples (Newton steps)",
+                   newton(tmp))
             return
         if a.crossover:
             record("Holdout vs CV crossover (selection='auto')", crossover(tmp))
