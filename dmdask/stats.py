@@ -35,7 +35,7 @@ import numpy as np
 
 from . import config
 from .backend import dask_to_backend, get_namespace, to_numpy
-from .errors import InputError
+from .errors import DmdaskError, InputError
 
 __all__ = ["SufficientStats", "compute_stats", "group_bounds_for"]
 
@@ -222,9 +222,14 @@ class _LaneAcc:
         sy = y64.sum(axis=0)
         _check_finite(sy, xp)
         x8 = _as_int8_01(xb) if self.gram == "int8" and xp is np else None
-        if x8 is not None:
-            if self.gi is None:
+        if x8 is not None and self.gi is None:
+            try:
                 self.gi = _Int8Gram(d)
+            except DmdaskError:  # a worker without torch: the float32 route, still exact
+                self.gram, x8 = "float32", None
+        if x8 is not None:
+            if self.gi.rows + nb > _Int8Gram._MAX_ROWS:
+                self._flush_int8()
             self.gi.add(x8)
         elif f32:
             if self.rows32 + nb > _EXACT_ROWS:
@@ -386,8 +391,6 @@ class _Int8Gram:
 
     def add(self, x8):
         torch = self.torch
-        if self.rows + x8.shape[0] > self._MAX_ROWS:
-            raise InputError("a block too large for an int32 Gram accumulator")
         X = torch.from_numpy(x8)
         Xt = X.T
         c = self.cuts

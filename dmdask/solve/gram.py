@@ -19,6 +19,13 @@ Per target block, on the standardised centred problem scaled by 1/n
   A_t (``method="fista"``: one GEMM QX per iteration, per-target step from the curvature
   along the step, violators join on the fly) or by the union-working-set coordinate
   descent (``method="cd"``).
+* **Newton steps.** With few models per training example (n ≲ d) the supports approach the
+  rank and first-order methods need hundreds of iterations per λ. On the masked route a
+  column whose support and signs have not changed for ``newton_every`` iterations (setting
+  ``dmdask.solve.gram-newton-every``), once the iterations already spent at this λ cost more
+  than the step, gets an active-set Newton step: Q_SS w = q_S − λ·sign on its support,
+  coordinates whose sign flips leave and the reduced system is solved again, and the point
+  is kept only where the objective drops (:meth:`_Problem._newton`).
 * **Precision.** With tol ≥ 1e-7 the GEMMs are float32; every convergence decision is
   certified in float64 (a float32 error in |C_j| near λ moves the gap by up to λ‖w‖₁·err/λ):
   on the stacked route the gap's pieces are float64 and the float32 gradient outside A_t
@@ -123,13 +130,14 @@ class _Problem:
         self.stack_ratio = 0.005
         # float32 GEMM for the full KKT gradient (tolerances ≥ 1e-7 only, set by the path)
         self.fast = False
-        # Newton steps on the supports every this many masked iterations (0: never)
+        # masked route: a Newton step on a column whose support and signs held for this many
+        # iterations (0: never), with up to `newton_rounds` sign-flip rounds, not before
+        # iteration `newton_after` of a λ (well-conditioned problems converge before; the
+        # cost rule in _solve_masked spaces the steps after that). Measured:
+        # bench_solve.py --newton
         self.newton_every = 3
         self.newton_rounds = 3
-        # ... and only after this many iterations at one λ: a Newton step costs |S|² gathers
-        # and an |S|³ solve, ~15 iterations' worth at the sizes where it helps (measured,
-        # benchmarks/bench_solve.py --newton); well-conditioned problems converge before
-        self.newton_after = 8
+        self.newton_after = 20
         self.kkt_margin = 0.0
         # Fixed-size subsets: X̃_c σ = X_c 1 = 0, so Q σ = 0 exactly and w̃ → w̃ + tσ changes
         # only the L1 term (REFERENCE §0, §1 checks). CD and FISTA crawl along such a flat
@@ -462,6 +470,7 @@ class _Problem:
         t = xp.ones(T)
         L = xp.full(T, 1.0)
         stable = xp.zeros(T, dtype=xp.int64)  # iterations with unchanged support and signs
+        since = xp.zeros(T, dtype=xp.int64)  # iterations since the last Newton step (or start)
         nu = int(self.usable.sum())
         def dot(a, b):
             return xp.einsum("ij,ij->j", a, b)
@@ -477,20 +486,24 @@ class _Problem:
             del z
             xn *= A
             newt = xp.zeros(xn.shape[1], dtype=bool)
+            since += 1
             if self.newton_every and it > self.newton_after - self.newton_every:
                 same = ~(xp.sign(xn) != xp.sign(x)).any(axis=0)
                 stable = xp.where(same, stable + 1, 0)
-                # worth it once the iterations spent at this λ cost more than the step (ski
-                # rental): per column a step gathers |S|² entries (~10 ns each) and solves
-                # (~0.15 ns·|S|³ per round), an iteration costs ≳ 0.05 ns·d² (measured on
-                # 2 cores at d = 1,300 and 5,000)
+                # worth it once the iterations a column spent since its last step (or this
+                # λ's start) cost more than a step (ski rental: Newton is then at most half
+                # the work): per column a step gathers |S|² entries (~10 ns each) and solves
+                # (~0.15 ns·|S|³ per round), an iteration costs ≳ 0.05 ns·d² (rough costs
+                # measured on 2 cores at d = 1,300)
                 k = (xn != 0).sum(axis=0).astype(xp.float64)
-                worth = it * 0.05 * d * d >= 10 * k**2 + 0.15 * k**3
+                worth = since * 0.05 * d * d >= 10 * k**2 + 0.15 * k**3
+                worth &= it >= self.newton_after
                 ready = xp.flatnonzero((stable >= self.newton_every) & worth)
-                if ready.size and it >= self.newton_after:
+                if ready.size:
                     # a column whose support and signs have settled: solve on them directly
                     # (before the product, which then serves the Newton point)
                     stable[ready] = 0
+                    since[ready] = 0
                     ch, xc = self._newton(xn[:, ready], qa[:, ready], lam_a[ready])
                     if ch.size:
                         ch = ready[ch]
@@ -564,18 +577,19 @@ class _Problem:
                     break
                 act = act[keep]
                 A, x, Px, y, Py = A[:, keep], x[:, keep], Px[:, keep], y[:, keep], Py[:, keep]
-                t, L, stable = t[keep], L[keep], stable[keep]
+                t, L, stable, since = t[keep], L[keep], stable[keep], since[keep]
                 qa, lam_a, thr_a, yv_a = qa[:, keep], lam_a[keep], thr_a[keep], yv_a[keep]
         return Wout, Cout, its, conv
 
     def _newton(self, x, q, lam, max_k=1024):
-        """A Newton step on each column's current support and signs (active-set / homotopy
-        step): on the orthant of sign(x_S) the objective is the quadratic
-        ½wᵀQ_SS w − (q_S − λ·sign)ᵀw, minimised at w_N = Q_SS⁻¹(q_S − λ·sign). Move from x_S
-        toward w_N up to the first sign change (that coordinate leaves the support), and keep
-        the step only where it lowers the objective. First-order methods need ~√κ(Q_SS)
-        iterations per λ; with few models per training example (n ≲ d) the supports approach
-        the rows and κ reaches the hundreds, where one solve of |S| × |S| replaces them.
+        """An active-set Newton step on each column's current support S and signs: on the
+        orthant of sign(x_S) the objective is the quadratic ½wᵀQ_SS w − (q_S − λ·sign)ᵀw,
+        minimised at w_N = Q_SS⁻¹(q_S − λ·sign). Coordinates whose sign flips at w_N leave S
+        and the reduced system is solved again (up to ``newton_rounds`` times); of the points
+        found, the one with the lowest LASSO objective is kept if it is lower than x's (never
+        uphill; a singular Q_SS gives no step). First-order methods need ~√κ(Q_SS) iterations
+        per λ; with few models per training example (n ≲ d) the supports approach the rows
+        and κ reaches the hundreds, where one |S| × |S| solve replaces them.
 
         Returns (columns changed, their new values [d, k])."""
         xp = self.xp
