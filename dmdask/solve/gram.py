@@ -22,8 +22,8 @@ Per target block, on the standardised centred problem scaled by 1/n
 * **Newton steps.** With few models per training example (n ≲ d) the supports approach the
   rank and first-order methods need hundreds of iterations per λ. On the masked route a
   column whose support and signs have not changed for ``newton_every`` iterations (setting
-  ``dmdask.solve.gram-newton-every``), once the iterations already spent at this λ cost more
-  than the step, gets an active-set Newton step: Q_SS w = q_S − λ·sign on its support,
+  ``dmdask.solve.gram-newton-every``), from iteration 20 of a λ and once its iterations since
+  its last step cost more than a step, gets an active-set Newton step: Q_SS w = q_S − λ·sign on its support,
   coordinates whose sign flips leave and the reduced system is solved again, and the point
   is kept only where the objective drops (:meth:`_Problem._newton`).
 * **Precision.** With tol ≥ 1e-7 the GEMMs are float32; every convergence decision is
