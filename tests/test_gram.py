@@ -45,6 +45,17 @@ def _standardise(X):
     return (Xf - mu) / np.where(sd > 0, sd, 1.0), mu, sd
 
 
+def _recorder():
+    """A ``val_fn`` for :func:`gram_path` that keeps every path point (W_std per λ)."""
+    points = []
+
+    def record(W, idx):
+        points.append(W.copy())
+        return np.zeros(len(idx))
+
+    return points, record
+
+
 def _path(X, Y, method, n_lambdas=12, ratio=1e-2, tol=1e-12, fixed_gauge=True):
     """Every path point (W_std per λ) of the full-data problem."""
     st = compute_stats(X, Y)[0]
@@ -53,11 +64,7 @@ def _path(X, Y, method, n_lambdas=12, ratio=1e-2, tol=1e-12, fixed_gauge=True):
         prob.set_gauge(st.sigma)
     _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
     lams = lambda_grid(lambda_max(q), n_lambdas, ratio)
-    points = []
-
-    def record(W, idx):
-        points.append(W.copy())
-        return np.zeros(len(idx))
+    points, record = _recorder()
 
     res = gram_path(prob, q, yv, lams, tol=tol, max_iter=100000, val_fn=record)
     return st, prob, q, yv, lams, points, res
@@ -249,12 +256,8 @@ def test_working_set_routes_match_sklearn_with_kkt_and_gap(method, stack_ratio):
         prob.stack_ratio = stack_ratio
         _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
         lams = lambda_grid(lambda_max(q), 10, 1e-3)
-        points = []
+        points, record = _recorder()
         tol = 1e-10
-
-        def record(W, idx, points=points):
-            points.append(W.copy())
-            return np.zeros(len(idx))
 
         res = gram_path(prob, q, yv, lams, tol=tol, max_iter=100000, val_fn=record)
         assert res["converged"].all()
@@ -283,11 +286,7 @@ def test_fast_mode_float32_kkt_gemm_meets_default_tolerance():
         prob.stack_ratio, prob.fast, prob.kkt_margin = ratio, True, 1e-4
         _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
         lams = lambda_grid(lambda_max(q), 15, 1e-3)
-        points = []
-
-        def record(W, idx, points=points):
-            points.append(W.copy())
-            return np.zeros(len(idx))
+        points, record = _recorder()
 
         tol = 1e-6
         res = gram_path(prob, q, yv, lams, tol=tol, max_iter=5000, val_fn=record)
@@ -404,11 +403,7 @@ def test_newton_steps_cut_iterations_with_fewer_models_than_examples(fast):
             prob.fast, prob.kkt_margin = True, 1e-4
         _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
         lams = lambda_grid(lambda_max(q), 12, 1e-2)
-        points = []
-
-        def record(W, idx, points=points):
-            points.append(W.copy())
-            return np.zeros(len(idx))
+        points, record = _recorder()
 
         tol = 1e-6 if fast else 1e-10
         res = gram_path(prob, q, yv, lams, tol=tol, max_iter=100000, val_fn=record)
