@@ -373,7 +373,8 @@ class _Int8Gram:
 
     Exact: every product is 0/1 and int32 holds any count below 2^31 rows (flushed to float64
     before that). On a 2-core AVX-512 machine a block of 8,192 × 5,000 took 0.30 s against
-    1.0 s for float32 ``ssyrk`` (benchmarks/RESULTS.md). Only the upper triangle is computed,
+    1.0 s for float32 ``ssyrk``, and the whole statistics pass at 50,000 × 5,000 × 500 4.6 s
+    against 9.0 s (benchmarks/RESULTS.md, *Gram solver vs peers*). Only the upper triangle is computed,
     as ``p(p+1)/2`` tile GEMMs over ``p`` column parts (a full GEMM does twice the syrk's work;
     4 parts measured fastest)."""
 
