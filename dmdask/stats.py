@@ -239,7 +239,7 @@ class _LaneAcc:
         else:
             self._flush(xp)
             G = xf.T @ xf
-            self.G64 = G if self.G64 is None else self.G64 + G
+            self._add64(G)
         T = yb.shape[1]
         if c_dtype == "float32" and f32:
             # shift y by its block mean so the float32 GEMM sees centred values (no
@@ -309,7 +309,7 @@ class _LaneAcc:
         if self.G32 is None or self.rows32 == 0:
             return
         G = self._sym32(xp)
-        self.G64 = G if self.G64 is None else self.G64 + G
+        self._add64(G)
         self.G32 = None
         self.tri = False
         self.rows32 = 0
@@ -329,7 +329,7 @@ class _LaneAcc:
         else:
             other._flush(xp)
         if other.G64 is not None:
-            self.G64 = other.G64 if self.G64 is None else self.G64 + other.G64
+            self._add64(other.G64)
         self.shifts += other.shifts
         self.n += other.n
         self.s += other.s
@@ -338,10 +338,14 @@ class _LaneAcc:
         self.syy += other.syy
         return self
 
+    def _add64(self, G):
+        """Add a float64 Gram to the float64 accumulator."""
+        self.G64 = G if self.G64 is None else self.G64 + G
+
     def _flush_int8(self):
         if self.gi is not None and self.gi.rows:
             G = self.gi.pop()
-            self.G64 = G if self.G64 is None else self.G64 + G
+            self._add64(G)
 
     def finish(self) -> SufficientStats:
         xp = get_namespace(self.C)
