@@ -8,7 +8,8 @@ contiguous group of rows (a holdout split or the K folds of cross-validation):
 Statistics are additive (``a + b``, ``total - fold``), so any union of groups costs nothing
 more and the masks are read exactly once. Exactness: 0/1 masks make every entry of ``XᵀX`` an
 integer ≤ rows. On NumPy chunks of 0/1 uint8/bool masks with torch installed it is formed by
-int8 × int8 → int32 GEMMs (``torch._int_mm``, exact below 2^31 rows; ~3× faster than float32
+int8 × int8 → int32 GEMMs (``torch._int_mm``, exact below 2^31 rows, and kept as int32
+counts; ~3× faster than float32
 ``ssyrk`` on AVX-512 VNNI, setting ``dmdask.solve.stats-gram``); otherwise float32 rank-k
 updates are exact while an accumulator holds ≤ 2^24 rows (products are 0/1, every partial
 sum an integer < 2^24): each accumulation chain adds its blocks into one float32
@@ -45,7 +46,9 @@ _EXACT_ROWS = 2**24
 @dataclass
 class SufficientStats:
     """Statistics of one group of rows: ``n`` rows, ``G`` [d, d], ``s`` [d], ``C`` [d, T],
-    ``sy`` [T], ``syy`` [T] (float64, NumPy or CuPy)."""
+    ``sy`` [T], ``syy`` [T] (NumPy or CuPy). All float64 except ``G``, which holds exact
+    integer counts: float64, or int32/int64 where the int8 route formed it (half the memory,
+    and no conversion pass; sums move to int64 before they could pass 2^31 − 1)."""
 
     n: int
     G: object
@@ -58,7 +61,7 @@ class SufficientStats:
     def __add__(self, other: SufficientStats) -> SufficientStats:
         return SufficientStats(
             self.n + other.n,
-            self.G + other.G,
+            _wide(self.G, self.n + other.n) + other.G,
             self.s + other.s,
             self.C + other.C,
             self.sy + other.sy,
@@ -154,7 +157,11 @@ class SufficientStats:
     def add_(self, other: SufficientStats) -> SufficientStats:
         """Add ``other``'s statistics to these in place (statistics are additive over rows)."""
         self.n += other.n
-        self.G += other.G
+        G = _wide(self.G, self.n)
+        if G is self.G and np.result_type(G.dtype, other.G.dtype) == G.dtype:
+            self.G += other.G
+        else:
+            self.G = G + other.G
         self.s += other.s
         self.C += other.C
         self.sy += other.sy
@@ -164,6 +171,14 @@ class SufficientStats:
     def mse(self, W, b):
         """Mean squared error of raw-space models on these rows."""
         return self.sse(W, b) / self.n
+
+
+def _wide(G, rows: int):
+    """``G`` as int64 where it is an int32 count matrix that ``rows`` rows could overflow."""
+    dt = getattr(G, "dtype", None)
+    if dt is not None and dt == np.int32 and rows > np.iinfo(np.int32).max:
+        return G.astype(np.int64)
+    return G
 
 
 # ------------------------------------------------------------------ the pass
@@ -183,7 +198,8 @@ class _LaneAcc:
     accumulator (NumPy: BLAS ``ssyrk`` with β = 1, upper triangle, no d × d temporary per
     block), and moved to a float64 accumulator beyond that; each block is cast once into a
     reusable float32 buffer. ``s`` comes with the ``XᵀY`` GEMM (a column of ones appended to
-    y: exact integer sums). :meth:`finish` symmetrises and returns float64 statistics."""
+    y: exact integer sums). :meth:`finish` symmetrises and returns the statistics (float64;
+    ``G`` as exact int32 counts on the int8 route)."""
 
     def __init__(self, gram: str = "float32"):
         self.gram = gram  # "int8": XᵀX by exact int8 GEMMs (:class:`_Int8Gram`)
@@ -239,7 +255,7 @@ class _LaneAcc:
         else:
             self._flush(xp)
             G = xf.T @ xf
-            self._add64(G)
+            self._add64(G, self.n + nb)
         T = yb.shape[1]
         if c_dtype == "float32" and f32:
             # shift y by its block mean so the float32 GEMM sees centred values (no
@@ -247,7 +263,7 @@ class _LaneAcc:
             # appended column of ones gives the block's column sums (exact integers).
             c = y64.mean(axis=0)
             ya = xp.empty((nb, T + 1), dtype=xp.float32)
-            ya[:, :T] = y64 - c
+            xp.subtract(y64, c, out=ya[:, :T], casting="same_kind")  # no n × T temporary
             ya[:, T] = 1.0
             M = (xf.T @ ya).astype(xp.float64)
             s = M[:, T].copy()
@@ -258,7 +274,7 @@ class _LaneAcc:
             x64 = xf if xf.dtype == xp.float64 else xf.astype(xp.float64)
             s = x64.sum(axis=0)
             C = x64.T @ y64
-        syy = (y64 * y64).sum(axis=0)
+        syy = xp.einsum("ij,ij->j", y64, y64)
         if self.s is None:
             self.s, self.C, self.sy, self.syy = s.copy(), C, sy, syy
         else:
@@ -309,7 +325,7 @@ class _LaneAcc:
         if self.G32 is None or self.rows32 == 0:
             return
         G = self._sym32(xp)
-        self._add64(G)
+        self._add64(G, self.n)
         self.G32 = None
         self.tri = False
         self.rows32 = 0
@@ -329,7 +345,7 @@ class _LaneAcc:
         else:
             other._flush(xp)
         if other.G64 is not None:
-            self._add64(other.G64)
+            self._add64(other.G64, self.n + other.n)
         self.shifts += other.shifts
         self.n += other.n
         self.s += other.s
@@ -338,14 +354,15 @@ class _LaneAcc:
         self.syy += other.syy
         return self
 
-    def _add64(self, G):
-        """Add a float64 Gram to the float64 accumulator."""
-        self.G64 = G if self.G64 is None else self.G64 + G
+    def _add64(self, G, rows: int):
+        """Add an exact Gram (float64, or int32 counts) to the accumulator, which then
+        holds ``rows`` rows."""
+        self.G64 = G if self.G64 is None else _wide(self.G64, rows) + G
 
     def _flush_int8(self):
         if self.gi is not None and self.gi.rows:
             G = self.gi.pop()
-            self._add64(G)
+            self._add64(G, self.n)
 
     def finish(self) -> SufficientStats:
         xp = get_namespace(self.C)
@@ -375,8 +392,8 @@ def _as_int8_01(xb):
 class _Int8Gram:
     """XᵀX of 0/1 blocks by int8 × int8 → int32 GEMMs (``torch._int_mm``: VNNI on x86).
 
-    Exact: every product is 0/1 and int32 holds any count below 2^31 rows (flushed to float64
-    before that). On a 2-core AVX-512 machine a block of 8,192 × 5,000 took 0.30 s against
+    Exact: every product is 0/1 and int32 holds any count below 2^31 rows (handed to the
+    lane's accumulator before that, which widens to int64 where a sum could overflow). On a 2-core AVX-512 machine a block of 8,192 × 5,000 took 0.30 s against
     1.0 s for float32 ``ssyrk``, and the whole statistics pass at 50,000 × 5,000 × 500 4.6 s
     against 9.0 s (benchmarks/RESULTS.md, *Gram solver vs peers*). Only the upper triangle is computed,
     as ``p(p+1)/2`` tile GEMMs over ``p`` column parts (a full GEMM does twice the syrk's work;
@@ -391,11 +408,14 @@ class _Int8Gram:
         self.torch = optional.torch()
         p = max(1, min(self._PARTS, d // 256))
         self.cuts = [(k * d) // p for k in range(p)] + [d]
-        self.acc = self.torch.zeros((d, d), dtype=self.torch.int32)
+        self.d = d
+        self.acc = None
         self.rows = 0
 
     def add(self, x8):
         torch = self.torch
+        if self.acc is None:
+            self.acc = torch.zeros((self.d, self.d), dtype=torch.int32)
         X = torch.from_numpy(x8)
         Xt = X.T
         c = self.cuts
@@ -406,14 +426,16 @@ class _Int8Gram:
         self.rows += x8.shape[0]
 
     def pop(self):
-        """The accumulated XᵀX (float64, both triangles); the accumulator restarts at 0."""
-        G = self.acc.numpy().astype(np.float64)
+        """The accumulated XᵀX (int32 counts, both triangles): the accumulator itself, handed
+        over without a copy or a float64 conversion (a fresh d × d float64 array cost ~0.3 s
+        at d = 5,000, mostly first touches of new pages); the next block starts a new one."""
+        G = self.acc.numpy()
         c = self.cuts
         # diagonal tiles are whole (symmetric) products; tiles below them were never filled
         for i in range(len(c) - 1):
             for j in range(i + 1, len(c) - 1):
                 G[c[j]:c[j + 1], c[i]:c[i + 1]] = G[c[i]:c[i + 1], c[j]:c[j + 1]].T
-        self.acc.zero_()
+        self.acc = None
         self.rows = 0
         return G
 

@@ -297,6 +297,41 @@ def test_fast_mode_float32_kkt_gemm_meets_default_tolerance():
             assert np.all(gap <= tol * yv / 2 * 1.01), (ratio, li)
 
 
+def test_predicted_exact_products_save_float32_gemms_and_still_certify():
+    """A masked-route column close to its threshold gets its next product in float64, which
+    certifies it directly: fewer float32 product columns, and the float64 gap from scratch
+    still meets the tolerance at every path point."""
+    X, Y = _problem(seed=12, n=2000, d=300, T=6, fixed=True, k=10, noise=2.0)
+    st = compute_stats(X, Y)[0]
+    _, q, yv, *_ = _std_targets(st, np.arange(Y.shape[1]))
+    lams = lambda_grid(lambda_max(q), 15, 1e-3)
+    tol = 1e-6
+    cols = {}
+    for predict in (_Problem._PREDICT, -1.0):
+        prob = _Problem(_std_gram(st), "fista", 8).set_gauge(st.sigma)
+        prob.stack_ratio, prob.fast, prob.kkt_margin = 0.0, True, 1e-4
+        prob._PREDICT = predict
+        count = {False: 0, True: 0}
+        plain = prob.matvec
+
+        def counted(W, exact=False, plain=plain, count=count):
+            count[bool(exact)] += W.shape[1]
+            return plain(W, exact)
+
+        prob.matvec = counted
+        points, record = _recorder()
+        res = gram_path(prob, q, yv, lams, tol=tol, max_iter=5000, val_fn=record)
+        assert res["converged"].all()
+        for li, W in enumerate(points):
+            C = q - prob.Q @ W
+            gap = _gap(yv, lams[:, li], W, C, q, np.abs(C).max(axis=0))
+            assert np.all(gap <= tol * yv / 2 * 1.01), (predict, li)
+        cols[predict] = count
+    on, off = cols[_Problem._PREDICT], cols[-1.0]
+    assert on[False] < off[False]
+    assert on[False] + 2 * on[True] < off[False] + 2 * off[True]  # float64 costs ~2 float32
+
+
 def test_float32_error_bound_holds_and_sparse_products_agree():
     """The rounding-error bound that certifies stacked targets without a float64 GEMM bounds
     the float32 gradient's actual error off the support (dense and sparse products), and the

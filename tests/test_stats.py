@@ -42,7 +42,30 @@ def test_equals_brute_force_per_group():
     assert len(groups) == 3
     for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         _check(groups[g], X[a:b], Y[a:b])
-    assert groups[0].G.dtype == np.float64
+    # exact counts: float64 (float32 route) or int32 (int8 route)
+    assert groups[0].G.dtype in (np.float64, np.int32)
+
+
+def test_integer_gram_sums_widen_before_int32_overflows():
+    # int32 counts stay int32 while the rows fit; a sum that could pass 2^31 − 1 rows moves
+    # to int64 first (values near the limit, so an int32 sum would wrap)
+    big = np.int32(2**31 - 10)
+    G = np.full((2, 2), big, dtype=np.int32)
+    one = np.ones((2, 2), dtype=np.int32) * 20
+
+    def st(n, g):
+        return SufficientStats(n, g.copy(), np.zeros(2), np.zeros((2, 1)), np.zeros(1),
+                               np.zeros(1))
+
+    small = st(30, one) + st(30, one)
+    assert small.G.dtype == np.int32
+    for total in (st(2**31 - 10, G) + st(20, one), st(20, one) + st(2**31 - 10, G),
+                  st(2**31 - 10, G).add_(st(20, one))):
+        assert total.n == 2**31 + 10
+        assert total.G.dtype == np.int64
+        assert (total.G == 2**31 + 10).all()
+    back = (st(2**31 - 10, G) + st(20, one)) - st(20, one)
+    assert (back.G == 2**31 - 10).all()
 
 
 def test_additive_and_complement():

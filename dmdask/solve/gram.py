@@ -471,6 +471,10 @@ class _Problem:
         L = xp.full(T, 1.0)
         stable = xp.zeros(T, dtype=xp.int64)  # iterations with unchanged support and signs
         since = xp.zeros(T, dtype=xp.int64)  # iterations since the last Newton step (or start)
+        # gap / threshold at the last two checks: a column expected to pass at the next one
+        # gets that product in float64, which then certifies it without a second GEMM
+        ratio = xp.full(T, xp.inf)
+        ratio0 = xp.full(T, xp.inf)
         nu = int(self.usable.sum())
         def dot(a, b):
             return xp.einsum("ij,ij->j", a, b)
@@ -509,7 +513,8 @@ class _Problem:
                         ch = ready[ch]
                         xn[:, ch] = xc
                         newt[ch] = True
-            Pn = self.matvec(xn)
+            exact = self._predict(ratio, ratio0) if self.fast else None
+            Pn = self._matvec_mixed(xn, exact)
             D = xn - y
             dd = dot(D, D)
             dP = Pn - Py
@@ -550,15 +555,18 @@ class _Problem:
             gap = _gap_pieces(yv_a, lam_a, qw, dot(x, C), l1,
                               xp.maximum(lam_a, absC.max(axis=0)))
             ok = gap <= thr_a
-            if self.fast and bool(ok.any()):
-                # certify with an exact (float64) gradient (see _solve_stacked)
-                f = xp.flatnonzero(ok)
+            ratio0, ratio = ratio, gap / xp.maximum(thr_a, _TINY)
+            if self.fast and bool((ok & ~exact).any()):
+                # certify with an exact (float64) gradient (see _solve_stacked); columns whose
+                # product was exact already are
+                f = xp.flatnonzero(ok & ~exact)
                 Px[:, f] = self.matvec(x[:, f], exact=True)
                 C[:, f] = qa[:, f] - Px[:, f]
                 Cf = C[:, f]
                 gap_f = _gap_pieces(yv_a[f], lam_a[f], qw[f], xp.sum(x[:, f] * Cf, axis=0),
                                     l1[f], xp.maximum(lam_a[f], xp.abs(Cf).max(axis=0)))
                 ok[f] = gap_f <= thr_a[f]
+                ratio[f] = gap_f / xp.maximum(thr_a[f], _TINY)
                 Py[:, f] = Px[:, f]
                 y[:, f] = x[:, f]
                 t[f] = 1.0
@@ -578,6 +586,7 @@ class _Problem:
                 act = act[keep]
                 A, x, Px, y, Py = A[:, keep], x[:, keep], Px[:, keep], y[:, keep], Py[:, keep]
                 t, L, stable, since = t[keep], L[keep], stable[keep], since[keep]
+                ratio, ratio0 = ratio[keep], ratio0[keep]
                 qa, lam_a, thr_a, yv_a = qa[:, keep], lam_a[keep], thr_a[keep], yv_a[keep]
         return Wout, Cout, its, conv
 
@@ -656,6 +665,38 @@ class _Problem:
         rr = xp.broadcast_to(xp.arange(gi.size)[:, None], ii.shape)
         out[ii[vv], rr[vv]] = best[gi][vv]
         return gi, out
+
+    # A column gets its next product in float64 where it will most likely pass the next
+    # check: its gap was within `_PREDICT` of the threshold and it is converging fast (the
+    # last two checks' contraction c ≤ ½), or, converging slowly, extrapolating c puts it
+    # under the threshold. A right guess saves the float32 product before the certifying
+    # one; a wrong one costs a float64 product in place of a float32 one. Measured in GEMM
+    # work (columns × rows): −10% on the path at 50,000 × 5,000 × 500 (1,045 of 1,196
+    # predicted columns passed); −4% on a slowly converging fixed-size problem, where the
+    # threshold alone (+27%) guesses wrong most of the time.
+    _PREDICT = 10.0
+
+    def _predict(self, ratio, ratio0):
+        """Columns [T] whose next product should be float64 (``ratio``, ``ratio0``: gap /
+        threshold at the last two checks, inf where not yet checked)."""
+        xp = self.xp
+        seen = xp.isfinite(ratio0)
+        r = xp.where(seen, ratio, 0.0)  # before a second check: c = 0 (ratio may be inf)
+        c = r / xp.where(seen, ratio0, 1.0)
+        return (ratio <= self._PREDICT) & ((c <= 0.5) | (r * c <= 1.0))
+
+    def _matvec_mixed(self, W, exact):
+        """QW with the columns flagged in ``exact`` [T] (bool, or None) in float64."""
+        xp = self.xp
+        if exact is None or not bool(exact.any()):
+            return self.matvec(W)
+        if bool(exact.all()):
+            return self.matvec(W, exact=True)
+        e, f = xp.flatnonzero(exact), xp.flatnonzero(~exact)
+        out = xp.empty_like(W)
+        out[:, e] = self.matvec(W[:, e], exact=True)
+        out[:, f] = self.matvec(W[:, f])
+        return out
 
     def matvec(self, W, exact=False):
         """QW using only W's nonzero rows (float32 GEMM when ``self.fast`` and not
