@@ -937,15 +937,17 @@ class _ValGram:
     with Q_v = D⁻¹(G_v − s_v s_vᵀ/n_v)D⁻¹/n_v, q_v = D⁻¹(C_v − s_v Σy_v/n_v)/n_v. The quadratic
     term is one GEMM on the rows of the supports (float32 when ``fast``)."""
 
-    def __init__(self, val_stats: SufficientStats, sigma, fast=False):
+    def __init__(self, val_stats: SufficientStats, sigma, fast=False, Q=None):
         xp = val_stats.xp
         self.st = val_stats
         self.xp = xp
         self.inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
         self.fast = fast
-        Q, Q32, _ = _std_tiles(val_stats.G, val_stats.s, val_stats.n, sigma, keep64=not fast,
-                               want32=fast)
-        self.Q = Q32 if fast else Q
+        if Q is None:  # Q_v (float32 when ``fast``), unless built already
+            Q64, Q32, _ = _std_tiles(val_stats.G, val_stats.s, val_stats.n, sigma,
+                                     keep64=not fast, want32=fast)
+            Q = Q32 if fast else Q64
+        self.Q = Q
 
     # targets whose support has at most d/_GATHER_DIV coordinates get w̃ᵀQ_v w̃ from a gather
     # of Q_v[S_t, S_t] (~3 ns per entry) instead of their column of one GEMM (d² multiply-adds)
@@ -1091,30 +1093,65 @@ def _std_gram(st: SufficientStats, fast: bool = False):
 def _std_tiles(G, s, n, sigma, *, keep64=True, want32=False, tile=32):
     xp = get_namespace(G)
     d = G.shape[0]
+    Q = xp.empty((d, d)) if keep64 else None
+    Q32 = xp.empty((d, d), dtype=xp.float32) if want32 else None
+    offmax = _std_rows(G, s, n, sigma, Q, Q32, 0, d, tile=tile)
+    return Q, Q32, offmax
+
+
+def _std_rows(G, s, n, sigma, Q, Q32, r0, r1, tile=32) -> float:
+    """Rows [r0, r1) of Q = D⁻¹(G − s sᵀ/n)D⁻¹/n into ``Q`` (float64) and/or ``Q32``, in row
+    tiles (no d × d temporaries); returns max_{j≠k}|Q_jk| over those rows (with ``Q32``:
+    its float32 entries, rounded up)."""
+    xp = get_namespace(G)
     if G.flags.f_contiguous and not G.flags.c_contiguous:
         G = G.T  # symmetric: the C-ordered view, so row tiles are contiguous (3× faster)
     inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
     sn = s / n
     col = inv / n
-    Q = xp.empty((d, d)) if keep64 else None
-    Q32 = xp.empty((d, d), dtype=xp.float32) if want32 else None
-    offmax = 0.0
     offs = []
-    for r0 in range(0, d, tile):
-        r1 = min(r0 + tile, d)
-        R = G[r0:r1] - s[r0:r1, None] * sn[None, :]
-        R *= inv[r0:r1, None]
+    for a in range(r0, r1, tile):
+        b = min(a + tile, r1)
+        R = G[a:b] - s[a:b, None] * sn[None, :]
+        R *= inv[a:b, None]
         R *= col[None, :]
-        if keep64:
-            Q[r0:r1] = R
-        if want32:
-            Q32[r0:r1] = R
-            ii = xp.arange(r1 - r0)
-            R[ii, ii + r0] = 0.0
+        if Q is not None:
+            Q[a:b] = R
+        if Q32 is not None:
+            Q32[a:b] = R
+            ii = xp.arange(b - a)
+            R[ii, ii + a] = 0.0
             offs.append(xp.abs(R).max())
-    if want32 and offs:
-        offmax = float(xp.max(xp.stack(offs))) * (1 + 2.0**-23)
-    return Q, Q32, offmax
+    if Q32 is None or not offs:
+        return 0.0
+    return float(xp.max(xp.stack(offs))) * (1 + 2.0**-23)
+
+
+def _build_grams(specs, threads: int):
+    """The standardised Grams of ``specs`` [(stats, σ, keep64, want32)]: a list of (Q, Q32,
+    offmax). Memory-bound passes (on a fresh machine dominated by first touches of new
+    pages), run as equal row ranges on local threads so that no thread gets two matrices
+    while another idles."""
+    out, jobs = [], []
+    for st, sigma, keep64, want32 in specs:
+        xp = st.xp
+        d = st.G.shape[0]
+        Q = xp.empty((d, d)) if keep64 else None
+        Q32 = xp.empty((d, d), dtype=xp.float32) if want32 else None
+        out.append((Q, Q32))
+        parts = max(1, min(threads, d // 256))
+        cuts = [(k * d) // parts for k in range(parts + 1)]
+        jobs += [(_std_rows, st.G, st.s, st.n, sigma, Q, Q32, a, b)
+                 for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        out[-1] += (len(jobs) - parts, len(jobs))
+    # threads working on different matrices at a time (two threads first-touching the same
+    # matrix measured 2× slower)
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][7] > 0, i))
+    done = _parallel_map([jobs[i] for i in order], threads)
+    offs = [0.0] * len(jobs)
+    for i, o in zip(order, done, strict=True):
+        offs[i] = o
+    return [(Q, Q32, max(offs[i:j], default=0.0)) for Q, Q32, i, j in out]
 
 
 def solve_from_stats(
@@ -1140,22 +1177,22 @@ def solve_from_stats(
         val_stats = list(groups)
     fast = options.tol >= 1e-7
 
-    def problem(st):
-        if not fast:
-            return _Problem(_std_gram(st), method, cd_block).set_gauge(st.sigma)
-        Q, Q32, offmax = _std_gram(st, fast=True)
-        p = _Problem(Q, method, cd_block)
-        p._Q32, p._offmax = Q32, offmax
-        return p.set_gauge(st.sigma)
-
-    # the standardised Grams are independent d × d passes (memory-bound, and on a fresh
-    # machine dominated by first touches of new pages): built in parallel on local threads
-    jobs = [*((problem, st) for st in tr_stats), (problem, full),
-            *((_ValGram, vst, st.sigma, fast) for st, vst in zip(tr_stats, val_stats,
+    # the standardised Grams: training set(s) and all rows (float64, and float32 for the
+    # GEMMs when ``fast``), validation (float32 when ``fast``)
+    specs = [*((st, st.sigma, True, fast) for st in (*tr_stats, full)),
+             *((vst, st.sigma, not fast, fast) for st, vst in zip(tr_stats, val_stats,
                                                                   strict=True))]
-    built = _parallel_map(jobs, _local_threads() if client is None else 1)
-    tr_probs, full_prob = built[:len(tr_stats)], built[len(tr_stats)]
-    val_grams = built[len(tr_stats) + 1:]
+    grams = _build_grams(specs, _local_threads() if client is None else 1)
+    probs = []
+    for st, (Q, Q32, offmax) in zip((*tr_stats, full), grams, strict=False):
+        p = _Problem(Q, method, cd_block)
+        if fast:
+            p._Q32, p._offmax = Q32, offmax
+        probs.append(p.set_gauge(st.sigma))
+    tr_probs, full_prob = probs[:-1], probs[-1]
+    val_grams = [_ValGram(vst, st.sigma, fast, Q=Q32 if fast else Q)
+                 for st, vst, (Q, Q32, _) in zip(tr_stats, val_stats, grams[len(probs):],
+                                                 strict=True)]
     ratio = float(options.extra.get("stack_ratio", config.get("solve.gram-stack-ratio", 0.005)))
     newton_every = int(options.extra.get("newton_every",
                                          config.get("solve.gram-newton-every", 3)))
