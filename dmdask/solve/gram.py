@@ -1091,12 +1091,15 @@ def _std_gram(st: SufficientStats, fast: bool = False):
 
 
 def _std_tiles(G, s, n, sigma, *, keep64=True, want32=False, tile=32):
-    xp = get_namespace(G)
-    d = G.shape[0]
-    Q = xp.empty((d, d)) if keep64 else None
-    Q32 = xp.empty((d, d), dtype=xp.float32) if want32 else None
-    offmax = _std_rows(G, s, n, sigma, Q, Q32, 0, d, tile=tile)
+    Q, Q32 = _std_empty(get_namespace(G), G.shape[0], keep64, want32)
+    offmax = _std_rows(G, s, n, sigma, Q, Q32, 0, G.shape[0], tile=tile)
     return Q, Q32, offmax
+
+
+def _std_empty(xp, d: int, keep64: bool, want32: bool):
+    """Uninitialised (Q float64, Q32) of d × d, None where not wanted."""
+    return (xp.empty((d, d)) if keep64 else None,
+            xp.empty((d, d), dtype=xp.float32) if want32 else None)
 
 
 def _std_rows(G, s, n, sigma, Q, Q32, r0, r1, tile=32) -> float:
@@ -1134,23 +1137,15 @@ def _build_grams(specs, threads: int):
     while another idles."""
     out, jobs = [], []
     for st, sigma, keep64, want32 in specs:
-        xp = st.xp
         d = st.G.shape[0]
-        Q = xp.empty((d, d)) if keep64 else None
-        Q32 = xp.empty((d, d), dtype=xp.float32) if want32 else None
+        Q, Q32 = _std_empty(st.xp, d, keep64, want32)
         out.append((Q, Q32))
         parts = max(1, min(threads, d // 256))
         cuts = [(k * d) // parts for k in range(parts + 1)]
         jobs += [(_std_rows, st.G, st.s, st.n, sigma, Q, Q32, a, b)
                  for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         out[-1] += (len(jobs) - parts, len(jobs))
-    # threads working on different matrices at a time (two threads first-touching the same
-    # matrix measured 2× slower)
-    order = sorted(range(len(jobs)), key=lambda i: (jobs[i][7] > 0, i))
-    done = _parallel_map([jobs[i] for i in order], threads)
-    offs = [0.0] * len(jobs)
-    for i, o in zip(order, done, strict=True):
-        offs[i] = o
+    offs = _parallel_map(jobs, threads)
     return [(Q, Q32, max(offs[i:j], default=0.0)) for Q, Q32, i, j in out]
 
 
