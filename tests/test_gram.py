@@ -353,10 +353,16 @@ def test_float32_error_bound_holds_and_sparse_products_agree():
             W[rng.choice(400, k, replace=False), t] = rng.standard_normal(k) * 10
         exact = Q @ W
         bound = prob.f32_error_bound(W, np.abs(W).sum(axis=0))
-        for P32 in (prob.matvec(W), (Q32 @ W.astype(np.float32)).astype(np.float64)):
+        # the CSR and the GEMM route, forced by the break-even factor (at every density)
+        routes = []
+        for per_thread in ((1e-9, 1e-9), (1e9, 1e9)):
+            prob._CSR_PER_THREAD = per_thread
+            routes.append((prob.matvec(W), prob.matvec(W, exact=True)))
+        for P32 in (*(r[0] for r in routes), (Q32 @ W.astype(np.float32)).astype(np.float64)):
             err = np.where(W == 0, np.abs(P32 - exact), 0.0).max(axis=0)
             assert np.all(err <= bound), k
-        np.testing.assert_allclose(prob.matvec(W, exact=True), exact, rtol=1e-12, atol=1e-12)
+        for _, P64 in routes:
+            np.testing.assert_allclose(P64, exact, rtol=1e-12, atol=1e-12)
 
 
 def test_size_chunks_and_padded_rows():

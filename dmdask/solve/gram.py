@@ -139,6 +139,8 @@ class _Problem:
         self.newton_rounds = 3
         self.newton_after = 20
         self.kkt_margin = 0.0
+        # BLAS threads of the lane that runs this problem's GEMMs (set by solve_from_stats)
+        self.blas_threads = 1
         # Fixed-size subsets: X̃_c σ = X_c 1 = 0, so Q σ = 0 exactly and w̃ → w̃ + tσ changes
         # only the L1 term (REFERENCE §0, §1 checks). CD and FISTA crawl along such a flat
         # direction; an exact line search along it (a weighted median) removes the crawl.
@@ -698,6 +700,13 @@ class _Problem:
         out[:, f] = self.matvec(W[:, f])
         return out
 
+    # Break-even of that CSR product (SciPy, one thread) against the GEMM, per BLAS thread
+    # the GEMM has: nonzeros·k = rows·T with k = 20 (float32) and 17 (float64), measured at
+    # d = 5,000, T = 250 on one BLAS thread, one lane alone and two at once (same ratios),
+    # and half the density on two threads. The path's lanes have one thread each, so W with
+    # 1/64–1/20 nonzeros (the supports of the mid-path λ) take the CSR route.
+    _CSR_PER_THREAD = (20, 17)
+
     def matvec(self, W, exact=False):
         """QW using only W's nonzero rows (float32 GEMM when ``self.fast`` and not
         ``exact``)."""
@@ -710,9 +719,12 @@ class _Problem:
         rows = W.shape[0] if dense else U.size
         f32 = self.fast and not exact
         # a sparse W (few nonzeros per target) streams one row of Q per nonzero (memory
-        # bound, one thread) instead of a GEMM over all rows: measured break-even at ~1/64
-        # (float32) and ~1/32 (float64) of the GEMM's multiply-adds on 2 cores
-        if int(nz.sum()) * (64 if f32 else 32) < rows * W.shape[1]:
+        # bound, one thread) instead of a GEMM over all rows
+        if xp is np:
+            k = self._CSR_PER_THREAD[0 if f32 else 1] * self.blas_threads
+        else:  # pragma: no cover - GPU only
+            k = 64 if f32 else 32
+        if int(nz.sum()) * k < rows * W.shape[1]:
             Qm = self.Q32 if f32 else self.Q
             S = _csr(xp, W.T.astype(Qm.dtype))
             return (S @ Qm).T.astype(xp.float64)
@@ -1208,6 +1220,16 @@ def solve_from_stats(
         if lanes > 1 and T >= 2 * _MIN_PARALLEL_BLOCK:
             tb = min(tb, max(-(-T // lanes), _MIN_PARALLEL_BLOCK))
     blocks = [np.arange(i, min(i + tb, T)) for i in range(0, T, tb)]
+    # the BLAS threads each block's GEMMs get (see _blas_per_lane; distributed workers
+    # run BLAS on one thread per task), which sets the CSR/GEMM break-even in matvec
+    if client is not None:
+        blas = 1
+    else:
+        import os
+
+        blas = max(1, (os.cpu_count() or 1) // max(1, min(lanes, len(blocks))))
+    for p in (*tr_probs, full_prob):
+        p.blas_threads = blas
     opts = {
         "n_lambdas": options.n_lambdas, "lambda_ratio": options.lambda_ratio, "tol": options.tol,
         "max_iter": options.max_iter, "early_stop": options.early_stop,
