@@ -5,6 +5,7 @@
     python benchmarks/bench_solve.py --crossover
     python benchmarks/bench_solve.py --methods  # CD vs FISTA, early stop on/off
     python benchmarks/bench_solve.py --newton   # n < d: with and without Newton steps
+    python benchmarks/bench_solve.py --allocator  # the fit with/without keep-freed memory
 
 Planted sparse truth (2% of the training examples per target, Gaussian weights) with noise so
 the truth explains 40% of the margin variance; fixed-size α = 0.5 masks written to a run store
@@ -408,6 +409,44 @@ def newton(tmp, d=1300, T=100, sizes=(160, 320, 640, 1280, 2560), folds=5):
     return body
 
 
+_ONE_FIT = """
+import resource, sys, time
+import dask, dmdask
+with dask.config.set({"dmdask.memory.keep-freed": sys.argv[2] == "on"}):
+    t0 = time.perf_counter()
+    dmdask.fit_datamodels(sys.argv[1], solver="gram", selection="holdout")
+    print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def allocator(tmp, n, d, T, rounds=3):
+    """The fit with and without dmdask's allocator policy (``dmdask.memory.keep-freed``,
+    dmdask/memory.py): one fit per fresh process, as a user runs ``dmdask fit``, the two
+    settings alternating so that both see the same machine."""
+    import subprocess
+
+    path = os.path.join(tmp, "bench.zarr")
+    planted_store(path, n, d, T)
+    res = {"on": [], "off": []}
+    for _ in range(rounds):
+        for keep in ("on", "off"):
+            out = subprocess.run([sys.executable, "-c", _ONE_FIT, path, keep], check=True,
+                                 capture_output=True, text=True).stdout.split()
+            res[keep].append((float(out[-2]), int(out[-1]) / 1e6))
+            print(keep, res[keep][-1], flush=True)
+    rows = [{"keep-freed": keep, "fits s": " / ".join(f"{t:.2f}" for t, _ in r),
+             "median s": float(np.median([t for t, _ in r])),
+             "peak RSS GB": max(m for _, m in r)} for keep, r in res.items()]
+    ratio = rows[1]["median s"] / rows[0]["median s"]
+    body = (f"(models, train, targets) = ({n:,}, {d:,}, {T}), the planted store of *Gram solver "
+            f"vs peers*; `fit_datamodels(solver=\"gram\", selection=\"holdout\")`, one fit per "
+            f"fresh process (timed after `import dmdask`), settings alternating, {rounds} rounds. Without "
+            f"the policy the fit takes **{ratio:.2f}×** as long (median).\n\n")
+    body += table(rows, list(rows[0]))
+    print(body)
+    return body
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true")
@@ -415,6 +454,8 @@ def main(argv=None):
     p.add_argument("--methods", action="store_true", help="CD vs FISTA x early stop")
     p.add_argument("--newton", action="store_true",
                    help="fewer models than training examples: with and without Newton steps")
+    p.add_argument("--allocator", action="store_true",
+                   help="the fit with and without the allocator policy (fresh processes)")
     p.add_argument("--models", type=int, default=50_000)
     p.add_argument("--train", type=int, default=5_000)
     p.add_argument("--targets", type=int, default=500)
@@ -448,6 +489,10 @@ def main(argv=None):
             record("Holdout vs CV crossover (selection='auto')", crossover(tmp))
             return
         n, d, T = (8_000, 1_000, 100) if a.small else (a.models, a.train, a.targets)
+        if a.allocator:
+            record("Allocator policy" + (" (--small)" if a.small else ""),
+                   allocator(tmp, n, d, T))
+            return
         name = "Gram solver vs peers" + (" (--small)" if a.small else "")
         record(name, bench(n, d, T, sk_targets=a.sk_targets, naive_targets=a.naive_targets,
                            saga_targets=a.saga_targets, tmp=tmp, saga_cap=a.saga_cap,
