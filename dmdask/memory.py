@@ -13,7 +13,8 @@ fit here (benchmarks/RESULTS.md, *Allocator policy*).
 to 1 GiB from it and never trim it while a fit runs; on leaving, the thresholds go back to
 glibc's usual values for large arrays (32 MiB / 64 MiB) and ``malloc_trim`` returns the
 free memory to the system, so the process does not keep the fit's peak afterwards. Peak
-memory is unchanged (the same arrays are live at the peak). Setting
+memory measured no higher (1.6 M × 5,000 out of core: 1.80 GB against 1.81; 50,000 × 5,000
+× 500: 2.03 against 2.16 GB). Setting
 ``dmdask.memory.keep-freed`` (default true); without glibc (macOS, musl) it does nothing.
 """
 
