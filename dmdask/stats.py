@@ -574,12 +574,22 @@ def _group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client, prog
     return _compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0]
 
 
+def _lane_blas_threads(client, lanes: int) -> int:
+    """BLAS threads each of ``lanes`` parallel lanes gets: cores/lanes locally (see
+    :func:`_blas_per_lane`); one on a ``client``'s workers (distributed starts them with
+    one BLAS thread per process)."""
+    import os
+
+    if client is not None:
+        return 1
+    return max(1, (os.cpu_count() or 1) // max(1, lanes))
+
+
 def _blas_per_lane(client, lanes):
     """On the local scheduler, the lanes already use the cores: BLAS gets cores/lanes threads
     each (measured at 50,000 × 5,000 on 2 cores: 2 lanes × 1 thread took 12% less CPU than
     2 lanes × 2 threads, which oversubscribe). Workers of a ``client`` are left alone."""
     import contextlib
-    import os
 
     if client is not None or lanes <= 1:
         return contextlib.nullcontext()
@@ -587,7 +597,7 @@ def _blas_per_lane(client, lanes):
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn brings it
         return contextlib.nullcontext()
-    return threadpool_limits(limits=max(1, (os.cpu_count() or 1) // lanes), user_api="blas")
+    return threadpool_limits(limits=_lane_blas_threads(client, lanes), user_api="blas")
 
 
 def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> list[int]:

@@ -56,6 +56,7 @@ from ..stats import (
     SufficientStats,
     _blas_per_lane,
     _compute,
+    _lane_blas_threads,
     compute_stats,
     group_bounds_for,
 )
@@ -1220,14 +1221,8 @@ def solve_from_stats(
         if lanes > 1 and T >= 2 * _MIN_PARALLEL_BLOCK:
             tb = min(tb, max(-(-T // lanes), _MIN_PARALLEL_BLOCK))
     blocks = [np.arange(i, min(i + tb, T)) for i in range(0, T, tb)]
-    # the BLAS threads each block's GEMMs get (see _blas_per_lane; distributed workers
-    # run BLAS on one thread per task), which sets the CSR/GEMM break-even in matvec
-    if client is not None:
-        blas = 1
-    else:
-        import os
-
-        blas = max(1, (os.cpu_count() or 1) // max(1, min(lanes, len(blocks))))
+    # the BLAS threads each block's GEMMs get set the CSR/GEMM break-even in matvec
+    blas = _lane_blas_threads(client, min(lanes, len(blocks)))
     for p in (*tr_probs, full_prob):
         p.blas_threads = blas
     opts = {
