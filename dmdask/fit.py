@@ -34,7 +34,7 @@ import xarray as xr
 from . import config
 from .backend import dask_to_backend, to_numpy
 from .errors import DmdaskError, InputError
-from .memory import keep_freed_memory
+from .memory import fit_memory
 from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
 from .solve.grid import holdout_size
 
@@ -143,8 +143,9 @@ def fit_datamodels(
     ``solver`` (code into ``attrs['solver_codes']``), the store's coordinates, and provenance
     attributes.
     """
-    # the local scheduler's threads allocate in this process: keep what they free for reuse
-    with keep_freed_memory(enabled=client is None):
+    # the local scheduler's threads allocate in this process: keep what they free for reuse,
+    # fault in small pages (dmdask/memory.py)
+    with fit_memory(enabled=client is None):
         return _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, solver,
                     targets, client, tol, max_iter, early_stop, progress, n_models)
 

@@ -1,4 +1,4 @@
-"""The process allocator's policy while dmdask fits: keep freed memory for reuse.
+"""The process's memory policy while dmdask fits: keep freed memory, small pages.
 
 A fit allocates and frees large arrays all the time (row blocks and their casts in the
 statistics pass, the d × d Grams, the d × T iterates of every target block). glibc hands
@@ -9,26 +9,37 @@ faults in fresh pages, and on virtual machines that report free pages to the hos
 (Firecracker, common in the cloud) a fresh page costs ~1–7 ms per MB — a large share of a
 fit here (benchmarks/RESULTS.md, *Allocator policy*).
 
-:func:`keep_freed_memory` makes glibc serve every thread from the main heap, take arrays up
-to 1 GiB from it and never trim it while a fit runs; on leaving, the thresholds go back to
-glibc's usual values for large arrays (32 MiB / 64 MiB) and ``malloc_trim`` returns the
-free memory to the system, so the process does not keep the fit's peak afterwards. Peak
-memory measured no higher (1.6 M × 5,000 out of core: 1.80 GB against 1.81; 50,000 × 5,000
-× 500: 2.03 against 2.16 GB). Setting
-``dmdask.memory.keep-freed`` (default true); without glibc (macOS, musl) it does nothing.
+Within :func:`fit_memory`:
+
+* **Freed memory is kept.** glibc serves every thread from the main heap, takes arrays up to
+  1 GiB from it and never trims it; on leaving, the thresholds go back to glibc's usual
+  values for large arrays (32 MiB / 64 MiB) and ``malloc_trim`` returns the free memory to
+  the system, so the process does not keep the fit's peak afterwards. Peak memory measured
+  no higher (1.6 M × 5,000 out of core: 1.80 GB against 1.81; 50,000 × 5,000 × 500: 2.03
+  against 2.16 GB). Setting ``dmdask.memory.keep-freed`` (default true); without glibc
+  (macOS, musl) this part does nothing.
+* **No transparent huge pages for NumPy's arrays.** NumPy asks the kernel for huge pages on
+  every array of 4 MB or more (``madvise(MADV_HUGEPAGE)``). Where the guest's huge pages come
+  from memory the host has taken back, a 2 MB page costs far more to fault in than 512
+  small ones: here 800 MB took 2.2–5.1 s to touch with huge pages and 0.32 s without
+  (399 huge-page faults, no compaction), and the fit's d × d Grams alone cost 1.2–1.6 s of
+  first touches. The GEMMs ran no slower on small pages (same user time). Setting
+  ``dmdask.memory.huge-pages`` (default false: NumPy does not ask while a fit runs; its own
+  choice returns afterwards).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import sys
 import threading
 
 from . import config
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["fit_memory"]
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -37,6 +48,7 @@ _M_ARENA_MAX = -8
 
 _lock = threading.Lock()
 _depth = 0
+_undo = (None, None, None)
 _libc = None
 
 
@@ -71,24 +83,45 @@ def _set(libc, keep: bool) -> None:
         libc.malloc_trim(0)
 
 
+def _numpy_hugepage():
+    """NumPy's switch for huge-page advice on its arrays (returns the previous value), or
+    None where this NumPy has none."""
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            return importlib.import_module(mod)._set_madvise_hugepage
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
 @contextlib.contextmanager
-def keep_freed_memory(enabled: bool = True):
-    """Within the block, freed memory stays in the process for the next allocation (see the
-    module docstring). Re-entrant and thread-safe: the policy holds until the outermost block
-    ends. ``enabled=False`` or setting ``dmdask.memory.keep-freed: false``: no change."""
+def fit_memory(enabled: bool = True):
+    """Within the block, freed memory stays in the process for the next allocation and NumPy
+    does not ask for transparent huge pages (see the module docstring; each part has its
+    setting). Re-entrant and thread-safe: the policy holds until the outermost block ends.
+    ``enabled=False``: no change."""
+    global _depth, _undo
     libc = _glibc() if enabled and config.get("memory.keep-freed", True) else None
-    if libc is None:
+    hp = (None if not enabled or config.get("memory.huge-pages", False)
+          else _numpy_hugepage())
+    if libc is None and hp is None:
         yield
         return
-    global _depth
     with _lock:
         _depth += 1
         if _depth == 1:
-            _set(libc, True)
+            # what the outermost block changed is what the last one out restores
+            if libc is not None:
+                _set(libc, True)
+            _undo = (libc, hp, hp(False) if hp is not None else None)
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _set(libc, False)
+                libc0, hp0, huge0 = _undo
+                if libc0 is not None:
+                    _set(libc0, False)
+                if hp0 is not None:
+                    hp0(huge0)
