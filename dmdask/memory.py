@@ -5,9 +5,10 @@ statistics pass, the d × d Grams, the d × T iterates of every target block). g
 freed memory of that size back to the operating system: arrays above its mmap threshold
 (adaptive, at most 32 MiB) are unmapped on free, and the local scheduler's threads allocate
 from arenas of their own whose heaps (≤ 64 MiB each) are trimmed. The next allocation then
-faults in fresh pages, and on virtual machines that report free pages to the host
-(Firecracker, common in the cloud) a fresh page costs ~1–7 ms per MB — a large share of a
-fit here (benchmarks/RESULTS.md, *Allocator policy*).
+faults in fresh pages, which on virtual machines that report free pages to the host
+(Firecracker, common in the cloud) is slow: here ~0.4 ms per MB in small pages and 3–6 ms
+per MB in transparent huge pages — a large share of a fit (benchmarks/RESULTS.md,
+*Allocator policy*).
 
 Within :func:`fit_memory`:
 
@@ -22,8 +23,9 @@ Within :func:`fit_memory`:
   every array of 4 MB or more (``madvise(MADV_HUGEPAGE)``). Where the guest's huge pages come
   from memory the host has taken back, a 2 MB page costs far more to fault in than 512
   small ones: here 800 MB took 2.2–5.1 s to touch with huge pages and 0.32 s without
-  (399 huge-page faults, no compaction), and the fit's d × d Grams alone cost 1.2–1.6 s of
-  first touches. The GEMMs ran no slower on small pages (same user time). Setting
+  (399 huge-page faults, no compaction: ~12 ms per 2 MB page against ~0.8 ms for 512
+  small ones), and building the fit's d × d Grams took 1.4–1.9 s with huge pages, 0.24–0.36 s
+  without. The GEMMs ran no slower on small pages (same user time). Setting
   ``dmdask.memory.huge-pages`` (default false: NumPy does not ask while a fit runs; its own
   choice returns afterwards).
 """

@@ -15,6 +15,7 @@ from dmdask.solve.gram import (
     _Problem,
     _std_gram,
     _std_targets,
+    _ValGram,
     gram_path,
     lambda_max,
     solve_from_stats,
@@ -463,3 +464,27 @@ def test_newton_steps_cut_iterations_with_fewer_models_than_examples(fast):
                     scale = max(np.abs(m.coef_).max(), 1e-12)
                     assert np.abs(W[:, t] - m.coef_).max() <= 1e-4 * scale, (li, t)
     assert iters[3] < iters[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("union", [0.3, 1.0])
+def test_validation_quadratic_matches_dense_product(dtype, union):
+    """w̃ᵀQ_v w̃ of every column, whichever route it takes (gathers for small supports, one
+    triangular product on the support rows or all rows), equals the plain product."""
+    rng = np.random.default_rng(3)
+    d, T = 96, 12
+    X = (rng.random((400, d)) < 0.5).astype(np.float64)
+    Y = rng.standard_normal((400, 2))
+    st = compute_stats(X, Y, [0, 400])[0]
+    vg = _ValGram(st, st.sigma, fast=dtype == np.float32)
+    assert vg.Q.dtype == dtype
+    rows = rng.choice(d, int(union * d), replace=False)
+    W = np.zeros((d, T))
+    for t in range(T):  # supports from 1 to the whole union: both routes
+        k = max(1, (t + 1) * rows.size // T)
+        W[rng.choice(rows, k, replace=False), t] = rng.standard_normal(k)
+    U = np.flatnonzero((W != 0).any(axis=1))
+    Q = vg.Q.astype(np.float64)
+    want = np.einsum("ij,ij->j", W, Q @ W)
+    got = vg.quad(W, U, W[U])
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12)
