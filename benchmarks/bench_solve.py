@@ -478,7 +478,7 @@ def main(argv=None):
                    help="SAGA lower bound: time it on this many targets, unscaled (0 skips)")
     p.add_argument("--saga-cap", type=float, default=600.0,
                    help="stop the SAGA run after this many seconds (the bound is then the cap)")
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--repeats", type=int, default=3,
                    help="dmdask's fit is timed this many times and the floor at least 3 times; "
                         "the best of each is reported")
     p.add_argument("--tmp", default=None)
