@@ -109,11 +109,13 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     # float32 ssyrk
     import dask
 
+    from dmdask.memory import fit_memory
     from dmdask.stats import _gram_kind
 
     t_stats = {}
     for route in ("int8", "float32"):
-        with dask.config.set({"dmdask.solve.stats-gram": route}):
+        # under the fit's memory policy, as inside (a)
+        with dask.config.set({"dmdask.solve.stats-gram": route}), fit_memory():
             if _gram_kind(ds["mask"].data, n, d) != route:
                 continue
             t0 = time.perf_counter()
