@@ -470,7 +470,7 @@ def test_newton_steps_cut_iterations_with_fewer_models_than_examples(fast):
 @pytest.mark.parametrize("union", [0.3, 1.0])
 def test_validation_quadratic_matches_dense_product(dtype, union):
     """w̃ᵀQ_v w̃ of every column, whichever route it takes (gathers for small supports, one
-    triangular product on the support rows or all rows), equals the plain product."""
+    GEMM on the support rows or on all rows), equals the plain product."""
     rng = np.random.default_rng(3)
     d, T = 96, 12
     X = (rng.random((400, d)) < 0.5).astype(np.float64)
