@@ -16,8 +16,8 @@ Within :func:`fit_memory`:
   1 GiB from it and never trims it; on leaving, the thresholds go back to glibc's usual
   values for large arrays (32 MiB / 64 MiB) and ``malloc_trim`` returns the free memory to
   the system, so the process does not keep the fit's peak afterwards. Peak memory measured
-  no higher (1.6 M × 5,000 out of core: 1.80 GB against 1.81; 50,000 × 5,000 × 500: 2.03
-  against 2.16 GB). Setting ``dmdask.memory.keep-freed`` (default true); without glibc
+  no higher (1.6 M × 5,000 out of core: 1.80 GB against 1.81; 50,000 × 5,000 × 500: 2.09
+  against 2.17 GB). Setting ``dmdask.memory.keep-freed`` (default true); without glibc
   (macOS, musl) this part does nothing.
 * **No transparent huge pages for NumPy's arrays.** NumPy asks the kernel for huge pages on
   every array of 4 MB or more (``madvise(MADV_HUGEPAGE)``). Where the guest's huge pages come
