@@ -32,7 +32,6 @@ import numpy as np
 import xarray as xr
 
 from . import config
-from .backend import dask_to_backend, to_numpy
 from .errors import DmdaskError, InputError
 from .memory import fit_memory
 from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
@@ -95,6 +94,12 @@ def choose_selection(selection: str, n_models: int, val_fraction: float) -> str:
         raise InputError(f"selection must be 'auto', 'holdout' or 'cv', not {selection!r}")
     below = int(config.get("solve.auto-cv-below", 5000))
     return "cv" if holdout_size(n_models, val_fraction) < below else "holdout"
+
+
+def _own_rows_error(bad: np.ndarray, why: str):
+    raise UnsupportedTargets(
+        f"solver='gram' needs targets that share rows; {bad.size} target(s) have their "
+        f"own rows ({why}), e.g. {bad[:10].tolist()}; use solver='auto' or 'saga'")
 
 
 def _open(ds_or_path) -> xr.Dataset:
@@ -169,29 +174,25 @@ def _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, sol
         tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
     else:
         tti = np.full(tpos.size, -1, np.int64)
-    import dask.array as da
-
-    from .stats import _compute
-
-    # on the backend's chunks: no host NumPy pass over a CuPy-backed store
-    has_nan = to_numpy(_compute([da.isnan(dask_to_backend(Y)).any(axis=0)], client=client)[0])
-    own_rows = has_nan | (tti >= 0)
+    own_rows = tti >= 0
     if solver == "gram" and own_rows.any():
-        bad = tpos[own_rows]
-        why = "NaN margins" if has_nan.any() else "training-example targets"
-        raise UnsupportedTargets(
-            f"solver='gram' needs targets that share rows; {bad.size} target(s) have their "
-            f"own rows ({why}), e.g. {bad[:10].tolist()}; use solver='auto' or 'saga'")
+        _own_rows_error(tpos[own_rows], "training-example targets")
     options = PathOptions(n_lambdas=n_lambdas, lambda_ratio=lambda_ratio, tol=tol,
                           max_iter=max_iter, early_stop=early_stop, progress=progress)
     gram_t = np.flatnonzero(~own_rows) if solver != "saga" else np.zeros(0, np.int64)
-    saga_t = np.setdiff1d(np.arange(tpos.size), gram_t)
     parts: list[tuple[np.ndarray, PathResult]] = []
     if gram_t.size:
+        # targets with NaN margins are found by the statistics pass itself (no separate
+        # pass over the margins) and join the streaming solver's targets
         split = Split(sel_kind, val_fraction=val_fraction, folds=folds)
-        res = get_solver("gram").fit(X, Y[:, gram_t], split=split, options=options,
-                                     client=client)
-        parts.append((gram_t, res))
+        good, res = get_solver("gram").fit_finite(X, Y[:, gram_t], split=split,
+                                                  options=options, client=client)
+        if solver == "gram" and good.size < gram_t.size:
+            _own_rows_error(tpos[np.setdiff1d(gram_t, gram_t[good])], "NaN margins")
+        if res is not None:
+            parts.append((gram_t[good], res))
+        gram_t = gram_t[good]
+    saga_t = np.setdiff1d(np.arange(tpos.size), gram_t)
     if saga_t.size:
         try:
             saga = get_solver("saga")

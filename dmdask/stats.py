@@ -48,7 +48,10 @@ class SufficientStats:
     """Statistics of one group of rows: ``n`` rows, ``G`` [d, d], ``s`` [d], ``C`` [d, T],
     ``sy`` [T], ``syy`` [T] (NumPy or CuPy). All float64 except ``G``, which holds exact
     integer counts: float64, or int32/int64 where the int8 route formed it (half the memory,
-    and no conversion pass; sums move to int64 before they could pass 2^31 − 1)."""
+    and no conversion pass; sums move to int64 before they could pass 2^31 − 1).
+    ``nonfinite`` [T] bool marks targets with a NaN/inf output in these rows (their target
+    statistics are then NaN; the others are unaffected), or is None where the pass raised
+    on such outputs instead (``compute_stats(..., nonfinite="raise")``)."""
 
     n: int
     G: object
@@ -56,6 +59,7 @@ class SufficientStats:
     C: object
     sy: object
     syy: object
+    nonfinite: object = None
 
     # ----------------------------------------------------------------- algebra
     def __add__(self, other: SufficientStats) -> SufficientStats:
@@ -66,6 +70,7 @@ class SufficientStats:
             self.C + other.C,
             self.sy + other.sy,
             self.syy + other.syy,
+            _either(self.nonfinite, other.nonfinite),
         )
 
     def __sub__(self, other: SufficientStats) -> SufficientStats:
@@ -76,6 +81,7 @@ class SufficientStats:
             self.C - other.C,
             self.sy - other.sy,
             self.syy - other.syy,
+            _either(self.nonfinite, other.nonfinite),
         )
 
     @staticmethod
@@ -101,11 +107,13 @@ class SufficientStats:
     def take_targets(self, index) -> SufficientStats:
         """Statistics of a subset of the targets (``G``, ``s`` shared, not copied)."""
         return SufficientStats(self.n, self.G, self.s, self.C[:, index], self.sy[index],
-                               self.syy[index])
+                               self.syy[index],
+                               None if self.nonfinite is None else self.nonfinite[index])
 
     def to_numpy(self) -> SufficientStats:
         return SufficientStats(self.n, *(to_numpy(a) for a in
-                                         (self.G, self.s, self.C, self.sy, self.syy)))
+                                         (self.G, self.s, self.C, self.sy, self.syy)),
+                               None if self.nonfinite is None else to_numpy(self.nonfinite))
 
     # ------------------------------------------------------------- derived
     @property
@@ -166,11 +174,19 @@ class SufficientStats:
         self.C += other.C
         self.sy += other.sy
         self.syy += other.syy
+        self.nonfinite = _either(self.nonfinite, other.nonfinite)
         return self
 
     def mse(self, W, b):
         """Mean squared error of raw-space models on these rows."""
         return self.sse(W, b) / self.n
+
+
+def _either(a, b):
+    """Elementwise OR of two optional [T] masks (None: no mark)."""
+    if a is None:
+        return b
+    return a if b is None else a | b
 
 
 def _wide(G, rows: int):
@@ -215,6 +231,7 @@ class _LaneAcc:
         self.syy = None
         self.buf = None
         self.shifts = []  # (s_b, c_b) of float32-C blocks: C misses Σ_b s_b c_bᵀ
+        self.nonfinite = None  # [T] targets with NaN/inf outputs (``mark`` mode)
 
     # ---------------------------------------------------------------- blocks
     def _cast(self, xb, xp, dtype):
@@ -228,7 +245,9 @@ class _LaneAcc:
         out[...] = xb
         return out
 
-    def add(self, xb, yb, c_dtype: str):
+    def add(self, xb, yb, c_dtype: str, mark: bool = False):
+        """Add one row block; NaN/inf outputs raise, or with ``mark`` flag their targets
+        (whose statistics become NaN; GEMM columns do not mix, so the others stay exact)."""
         xp = get_namespace(xb, yb)
         nb, d = xb.shape
         exact_int = xb.dtype == bool or np.issubdtype(xb.dtype, np.integer)  # host dtype test
@@ -236,7 +255,10 @@ class _LaneAcc:
         xf = self._cast(xb, xp, xp.float32 if f32 else xp.float64)
         y64 = yb.astype(xp.float64)
         sy = y64.sum(axis=0)
-        _check_finite(sy, xp)
+        if mark:
+            self.nonfinite = _either(self.nonfinite, ~xp.isfinite(sy))
+        else:
+            _check_finite(sy, xp)
         x8 = _as_int8_01(xb) if self.gram == "int8" and xp is np else None
         if x8 is not None and self.gi is None:
             try:
@@ -347,6 +369,7 @@ class _LaneAcc:
         if other.G64 is not None:
             self._add64(other.G64, self.n + other.n)
         self.shifts += other.shifts
+        self.nonfinite = _either(self.nonfinite, other.nonfinite)
         self.n += other.n
         self.s += other.s
         self.C += other.C
@@ -373,7 +396,8 @@ class _LaneAcc:
             M = xp.stack([b for _, b in self.shifts], axis=0)
             self.C += S @ M
             self.shifts = []
-        return SufficientStats(self.n, self.G64, self.s, self.C, self.sy, self.syy)
+        return SufficientStats(self.n, self.G64, self.s, self.C, self.sy, self.syy,
+                               self.nonfinite)
 
 
 def _as_int8_01(xb):
@@ -512,6 +536,7 @@ def compute_stats(
     c_dtype: str | None = None,
     backend: str | None = None,
     progress: bool = False,
+    nonfinite: str = "raise",
 ) -> list[SufficientStats]:
     """One pass over row blocks of ``X`` (n × d, 0/1) and ``Y`` (n × T): the statistics of
     each contiguous group of rows ``[bounds[g], bounds[g+1])`` (default: one group, all rows).
@@ -519,8 +544,12 @@ def compute_stats(
     ``X``/``Y``: NumPy or dask arrays (e.g. ``ds.mask.data``); read once, block by block, in
     parallel (local dask scheduler, or ``client``'s workers). Memory: a few blocks of
     ``row_block_size`` rows (setting ``dmdask.solve.row-block-size``) plus one float64 d × d
-    accumulator per group in flight.
+    accumulator per group in flight. ``nonfinite``: NaN/inf outputs raise
+    :class:`~dmdask.solve.base.UnsupportedTargets` (``"raise"``) or are marked in each
+    group's ``nonfinite`` (``"mark"``), so one pass both finds and serves the finite targets.
     """
+    if nonfinite not in ("raise", "mark"):
+        raise InputError(f"nonfinite must be 'raise' or 'mark', not {nonfinite!r}")
     row_block = int(row_block_size or config.get("solve.row-block-size", 8192))
     if row_block < 1 or row_block > _EXACT_ROWS:
         raise InputError(f"row_block_size must lie in [1, 2^24], not {row_block}")
@@ -551,12 +580,12 @@ def compute_stats(
     with _blas_per_lane(client, lanes):
         for g in range(ngroups):
             out.append(_group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client,
-                                    progress, gram))
+                                    progress, gram, nonfinite == "mark"))
     return out
 
 
 def _group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client, progress,
-                 gram="float32"):
+                 gram="float32", mark=False):
     """The statistics of group ``g``: ``lanes`` accumulation chains over its blocks."""
     acc_fn = dask.delayed(_accumulate, pure=False)
     sum_fn = dask.delayed(_finish_lanes, pure=True)
@@ -568,7 +597,7 @@ def _group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client, prog
         acc = None
         for i in range(lane, nblk, lanes):
             sl = slice(cuts[i], cuts[i + 1])
-            acc = acc_fn(acc, _Deferred(X[sl]), _Deferred(Y[sl]), c_dtype, gram)
+            acc = acc_fn(acc, _Deferred(X[sl]), _Deferred(Y[sl]), c_dtype, gram, mark)
         chains.append(acc)
     desc = "statistics" if ngroups == 1 else f"statistics {g + 1}/{ngroups}"
     return _compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0]
@@ -652,12 +681,16 @@ class _Deferred:
 
 
 def _accumulate(acc: _LaneAcc | None, xb: _Deferred, yb: _Deferred, c_dtype: str,
-                gram: str = "float32") -> _LaneAcc:
+                gram: str = "float32", mark: bool = False) -> _LaneAcc:
     """Load one row block and add its statistics to ``acc`` in place (a chain's running sum;
     a fresh accumulator when ``acc`` is None)."""
     if acc is None:
         acc = _LaneAcc(gram)
-    return acc.add(xb.load(), yb.load(), c_dtype)
+    if not mark:
+        return acc.add(xb.load(), yb.load(), c_dtype)
+    # marked targets' NaN/inf flow through their own columns only: no warnings for them
+    with np.errstate(invalid="ignore", over="ignore"):
+        return acc.add(xb.load(), yb.load(), c_dtype, mark)
 
 
 def _compute(objs, *, client=None, progress=False, desc=""):

@@ -110,6 +110,10 @@ def test_nan_margins_route_to_streaming_solver(store):
     dm = fit_datamodels(ds, targets=[0, 1], selection="holdout")
     np.testing.assert_array_equal(dm.solver.values, [0, 1])
     assert int(dm.n_models[1]) == 10 * B - 1
+    # the pass that found the NaN also served target 0: the same fit as without target 1
+    alone = fit_datamodels(ds, targets=[0], selection="holdout")
+    np.testing.assert_array_equal(dm.weight.values[0], alone.weight.values[0])
+    assert float(dm.bias[0]) == float(alone.bias[0])
 
 
 def test_auto_selection_threshold():

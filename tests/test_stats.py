@@ -151,6 +151,37 @@ def test_nan_outputs_are_refused():
         compute_stats(X, Y)
 
 
+@pytest.mark.parametrize("c_dtype", ["float64", "float32"])
+def test_nonfinite_outputs_are_marked_and_the_others_stay_exact(c_dtype):
+    """``nonfinite="mark"``: the pass flags each group's targets with NaN/inf outputs and the
+    statistics of the other targets equal brute force on them alone (GEMM columns do not
+    mix), in every group and chunking."""
+    X, Y = _problem(n=400, T=5, seed=9)
+    Y[10, 1] = np.nan  # group 0
+    Y[250, 3] = np.inf  # group 1
+    bounds = [0, 100, 400]
+    for chunks in (400, 64):
+        groups = compute_stats(da.from_array(X, chunks=(chunks, -1)),
+                               da.from_array(Y, chunks=(chunks, -1)), bounds, row_block_size=48,
+                               c_dtype=c_dtype, nonfinite="mark")
+        assert groups[0].nonfinite.tolist() == [False, True, False, False, False]
+        assert groups[1].nonfinite.tolist() == [False, False, False, True, False]
+        full = SufficientStats.sum(groups)
+        assert full.nonfinite.tolist() == [False, True, False, True, False]
+        good = np.array([0, 2, 4])
+        for g, (a, b) in zip(groups, zip(bounds[:-1], bounds[1:], strict=True), strict=True):
+            st = g.take_targets(good)
+            assert not st.nonfinite.any()
+            if c_dtype == "float64":
+                _check(st, X[a:b], Y[a:b][:, good])
+            else:
+                C = _brute(X[a:b], Y[a:b][:, good])[2]
+                np.testing.assert_allclose(st.C, C, rtol=1e-6)
+            assert np.isnan(g.C[:, 1]).all() == (a == 0)
+    with pytest.raises(Exception, match="nonfinite"):
+        compute_stats(X, Y, nonfinite="skip")
+
+
 def test_bad_bounds():
     X, Y = _problem()
     with pytest.raises(Exception, match="bounds"):

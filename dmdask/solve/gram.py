@@ -1307,11 +1307,32 @@ class GramSolver:
                 f"the Gram solver cannot fit training-example targets (eq. 9: rows differ per "
                 f"target); targets {bad[:10].tolist()}{'…' if bad.size > 10 else ''} — use "
                 "solver='saga' or 'auto'")
-        n = X.shape[0]
-        bounds = group_bounds_for(n, split)
+        groups = self._stats(X, Y, split, options, client, "raise")
+        return solve_from_stats(groups, split, options, method=self.method, client=client)
+
+    def fit_finite(self, X, Y, *, split: Split = Split(), options: PathOptions = PathOptions(),
+                   client=None) -> tuple[np.ndarray, PathResult | None]:
+        """:meth:`fit` for the targets whose outputs are all finite, found in the same pass:
+        returns (their positions in Y's columns, their result; None where there are none).
+        The others (NaN/inf outputs: rows differ per target) need a per-target-rows solver."""
+        groups = self._stats(X, Y, split, options, client, "mark")
+        bad = to_numpy(groups[0].nonfinite)
+        for g in groups[1:]:
+            bad = bad | to_numpy(g.nonfinite)
+        good = np.flatnonzero(~bad)
+        if good.size == 0:
+            return good, None
+        if good.size < bad.size:
+            xg = groups[0].xp.asarray(good)
+            groups = [g.take_targets(xg) for g in groups]
+        return good, solve_from_stats(groups, split, options, method=self.method, client=client)
+
+    @staticmethod
+    def _stats(X, Y, split, options, client, nonfinite):
+        bounds = group_bounds_for(X.shape[0], split)
         # XᵀY as a float32 GEMM (block-mean shifted, float64 accumulation) where the
         # tolerance allows it: ~1e-7 relative error on the centred statistics
         c_dtype = "float32" if options.tol >= 1e-7 else None
-        groups = compute_stats(X, Y, bounds, row_block_size=options.row_block_size,
-                               client=client, progress=options.progress, c_dtype=c_dtype)
-        return solve_from_stats(groups, split, options, method=self.method, client=client)
+        return compute_stats(X, Y, bounds, row_block_size=options.row_block_size,
+                             client=client, progress=options.progress, c_dtype=c_dtype,
+                             nonfinite=nonfinite)
