@@ -419,7 +419,7 @@ class _Int8Gram:
     Exact: every product is 0/1 and int32 holds any count below 2^31 rows (handed to the
     lane's accumulator before that, which widens to int64 where a sum could overflow). On a
     2-core AVX-512 machine a block of 8,192 × 5,000 took 0.30 s against 1.0 s for float32
-    ``ssyrk``, and the whole statistics pass at 50,000 × 5,000 × 500 4.5 s against 9.5 s
+    ``ssyrk``, and the whole statistics pass at 50,000 × 5,000 × 500 4.3 s against 9.3 s
     (benchmarks/RESULTS.md, *Gram solver vs peers*). Only the upper triangle is computed,
     as ``p(p+1)/2`` tile GEMMs over ``p`` column parts (a full GEMM does twice the syrk's work;
     4 parts measured fastest)."""
