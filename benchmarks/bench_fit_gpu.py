@@ -1,10 +1,10 @@
 """The full datamodel fit on one GPU at the paper's CIFAR shape (issue 6 §3).
 
 300,000 models x 50,000 training examples x 10,000 targets by default: the statistics pass
-(``dmdask.stats.compute_stats`` on CuPy-backed dask arrays, under the chunk-type guard
+(``dmdask.fit.stats.compute_stats`` on CuPy-backed dask arrays, under the chunk-type guard
 ``dmdask.backend.expect_chunks("cupy")``), the Gram path with holdout selection and refit
-(``dmdask.solve.gram.solve_from_stats``), the Gram product's measured TFLOP/s against the GPU's
-nominal peak, and the blocked GPU SAGA (``dmdask.solve.saga.saga_path``) on a subset of the
+(``dmdask.fit.solve.gram.solve_from_stats``), the Gram product's measured TFLOP/s against the GPU's
+nominal peak, and the blocked GPU SAGA (``dmdask.fit.solve.saga.saga_path``) on a subset of the
 targets, its time scaled to all targets. ``--cpu-scaled`` runs the same pipeline on the NumPy
 backend at a scaled-down shape for the GPU/CPU ratio.
 
@@ -227,10 +227,10 @@ def run_pipeline(xp, n, d, T, *, row_block, saga_targets, saga_epochs, n_lambdas
     import dask
 
     from dmdask.backend import expect_chunks
-    from dmdask.solve.base import PathOptions, Split
-    from dmdask.solve.gram import solve_from_stats
-    from dmdask.solve.saga import saga_path
-    from dmdask.stats import _row_chunks, compute_stats, group_bounds_for
+    from dmdask.fit.solve.base import PathOptions, Split
+    from dmdask.fit.solve.gram import solve_from_stats
+    from dmdask.fit.solve.saga import saga_path
+    from dmdask.fit.stats import _row_chunks, compute_stats, group_bounds_for
 
     backend = "numpy" if xp is np else "cupy"
     res = {"backend": backend, "n": n, "d": d, "T": T, "row_block": row_block}

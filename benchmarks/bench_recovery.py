@@ -51,7 +51,7 @@ def sklearn_lassocv(X, Y, n_lambdas, lambda_ratio, folds):
     from sklearn.linear_model import LassoCV
     from sklearn.model_selection import KFold
 
-    from dmdask.solve.grid import lambda_grid
+    from dmdask.fit.solve.grid import lambda_grid
 
     Xf = X.astype(np.float64)
     mu, sd = Xf.mean(0), Xf.std(0)

@@ -21,7 +21,7 @@ on all fitting models:
 (c) the usual loop: ``Lasso(precompute=G, warm_start=True)`` along the path per target, with
     ``predict`` on the validation rows (subset of targets, scaled);
 (d) the floor: one float32 XᵀX of the same size with the same BLAS;
-(e) the streaming SAGA solver (``dmdask.solve.saga``) on ``--saga-targets k`` targets, in a
+(e) the streaming SAGA solver (``dmdask.fit.solve.saga``) on ``--saga-targets k`` targets, in a
     child process stopped after ``--saga-cap`` seconds. Reported as a **lower bound** on its
     time for all targets, not scaled: SAGA updates all targets of a block with one GEMM per
     minibatch, so its cost per epoch for T ≥ k targets is at least its cost for k, and its
@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dmdask  # noqa: E402
 from benchmarks.results import record as _record  # noqa: E402
 from benchmarks.results import table  # noqa: E402
-from dmdask.store import create_jobless_store, open_store, write_block  # noqa: E402
+from dmdask.store.runstore import create_jobless_store, open_store, write_block  # noqa: E402
 
 
 def planted_store(path, n, d, T, *, seed=0, r2=0.4, k_frac=0.02, block=1024):
@@ -81,8 +81,8 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
           repeats=1):
     from sklearn.linear_model import Lasso, lasso_path
 
-    from dmdask.solve.grid import holdout_size, select_lambda
-    from dmdask.stats import compute_stats
+    from dmdask.fit.solve.grid import holdout_size, select_lambda
+    from dmdask.fit.stats import compute_stats
 
     path = os.path.join(tmp, "bench.zarr")
     t0 = time.perf_counter()
@@ -109,8 +109,8 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     # float32 ssyrk
     import dask
 
+    from dmdask.fit.stats import _gram_kind
     from dmdask.memory import fit_memory
-    from dmdask.stats import _gram_kind
 
     t_stats = {}
     for route in ("int8", "float32"):
@@ -259,8 +259,8 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
 
 def _saga_child(path, k, queue):
     """Child process of :func:`saga_lower_bound`: SAGA on the first ``k`` targets."""
-    from dmdask.solve import PathOptions, Split, get_solver
-    from dmdask.store import open_store as _open
+    from dmdask.fit.solve import PathOptions, Split, get_solver
+    from dmdask.store.runstore import open_store as _open
 
     ds = _open(path)
     X, Y = ds["mask"].data, ds["margin"].data[:, :k]
@@ -348,9 +348,9 @@ def crossover(tmp, d=500, T=40, sizes=(1000, 2000, 4000, 8000, 16000, 32000)):
 def methods(n=8000, d=1000, T=100):
     """Inner solver (coordinate descent vs FISTA) × validation early stop, on the statistics of
     one planted problem (fixed-size masks), from the same statistics."""
-    from dmdask.solve.base import PathOptions, Split
-    from dmdask.solve.gram import solve_from_stats
-    from dmdask.stats import compute_stats
+    from dmdask.fit.solve.base import PathOptions, Split
+    from dmdask.fit.solve.gram import solve_from_stats
+    from dmdask.fit.stats import compute_stats
 
     rng = np.random.default_rng(0)
     X = np.argsort(rng.random((n, d)), axis=1) < d // 2

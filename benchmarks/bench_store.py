@@ -15,7 +15,7 @@ import dask
 import numpy as np
 
 import dmdask
-from dmdask.store import block_range, read_meta
+from dmdask.store.runstore import block_range, read_meta
 
 try:
     from benchmarks.results import record, table

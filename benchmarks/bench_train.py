@@ -29,8 +29,8 @@ import dask
 import numpy as np
 
 import dmdask
-from dmdask import jobspec
-from dmdask.store import block_range, read_meta, write_block
+from dmdask.store import jobspec
+from dmdask.store.runstore import block_range, read_meta, write_block
 
 try:
     from benchmarks.results import record, table

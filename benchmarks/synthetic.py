@@ -184,7 +184,7 @@ def make_store(path, n_models, n_train, n_target, *, block_size=None, nan_fracti
     """Write a synthetic run store at ``path`` (kind "random" models, store sampling = the
     truth's) and save the truth next to it (``truth_path``, default ``<path>.truth.npz``)."""
     import dmdask
-    from dmdask.store import create_jobless_store, read_meta, write_block
+    from dmdask.store.runstore import create_jobless_store, read_meta, write_block
 
     truth = planted_truth(n_train, n_target, seed=seed, **truth_kw)
     create_jobless_store(path, n_train, n_target, block_size=block_size, seed=seed,

@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dmdask  # noqa: E402
 from benchmarks.results import record, table  # noqa: E402
-from dmdask.compare import compare, default_rows, format_table  # noqa: E402
-from dmdask.complexity import sample_complexity  # noqa: E402
-from dmdask.lemma import lemma_check  # noqa: E402
+from dmdask.analysis.compare import compare, default_rows, format_table  # noqa: E402
+from dmdask.analysis.complexity import sample_complexity  # noqa: E402
+from dmdask.analysis.lemma import lemma_check  # noqa: E402
 
 
 def build_store(path, job, n, heldout, replicates, workers):

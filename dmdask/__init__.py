@@ -7,13 +7,13 @@ NumPy or CuPy chunks run the solver and the analyses out of core.
 __version__ = "0.1.0"
 
 from . import config  # noqa: E402,F401  (registers the dmdask dask.config defaults)
-from .errors import DmdaskError, InputError, JobError, StoreError, WriteRefused  # noqa: E402
 
 # Eager on purpose: importing the submodules ``dmdask.train``/``dmdask.evaluate`` would
 # otherwise rebind the package attributes from the functions to the modules.
-from .evaluate import evaluate  # noqa: E402
-from .jobspec import Job  # noqa: E402
-from .store import (  # noqa: E402
+from .analysis.evaluate import evaluate  # noqa: E402
+from .errors import DmdaskError, InputError, JobError, StoreError, WriteRefused  # noqa: E402
+from .store.jobspec import Job  # noqa: E402
+from .store.runstore import (  # noqa: E402
     KINDS,
     add_models,
     create_jobless_store,
@@ -48,11 +48,11 @@ __all__ = [
 def __getattr__(name):
     # heavier entry points import lazily (distributed, torch users)
     if name in ("import_madrylab", "export_madrylab"):
-        from . import madrylab
+        from .store import madrylab
 
         return getattr(madrylab, name)
     if name in ("fit_datamodels", "save_datamodels"):
-        from . import fit
+        from .fit import datamodels as fit
 
         return getattr(fit, name)
     raise AttributeError(f"module 'dmdask' has no attribute {name!r}")

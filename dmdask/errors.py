@@ -20,3 +20,7 @@ class JobError(DmdaskError):
 
 class InputError(DmdaskError):
     """Input data (arrays, directories, options) has the wrong shape, dtype or values."""
+
+
+class UnsupportedTargets(DmdaskError):
+    """A solver was asked for targets it cannot solve (e.g. per-target rows on the Gram)."""

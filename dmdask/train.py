@@ -21,9 +21,10 @@ from typing import Any
 import dask
 import numpy as np
 
-from . import config, jobspec
+from . import config
 from .errors import DmdaskError, JobError, StoreError
-from .store import (
+from .store import jobspec
+from .store.runstore import (
     _meta_of,
     _open_group,
     _write_block_to,

@@ -26,7 +26,7 @@ test targets) with their ``target_train_index`` set.
 
 Both implement the optional **model hooks** of :mod:`dmdask.jobspec` (``model_inputs``,
 ``train_params``, ``features``, ``head``, ``last_layer``, ``l2_penalty``; ``DigitsMLP`` also
-``train_checkpoints``) used by the model-based estimators (:mod:`dmdask.estimators.model`).
+``train_checkpoints``) used by the model-based estimators (:mod:`dmdask.analysis.estimators.model`).
 For ``DigitsLogistic`` the "penultimate features" are the inputs themselves and the last
 layer is the whole model.
 """

@@ -28,7 +28,7 @@ from dmdask.backend import (
     to_numpy,
 )
 from dmdask.errors import DmdaskError
-from dmdask.stats import compute_stats
+from dmdask.fit.stats import compute_stats
 
 DEV = np.ma.MaskedArray  # the stand-in "device" array type
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +124,7 @@ def tiny_store(tmp_path_factory):
 def test_expecting_numpy_passes_on_the_cpu_pipeline(tiny_store):
     """On the NumPy backend the whole pipeline is NumPy: statistics pass, both solvers (the
     Gram solver through dask in several target blocks), evaluation with calibration."""
-    from dmdask.evaluate import evaluate
+    from dmdask.analysis.evaluate import evaluate
 
     ds = dmdask.open_store(tiny_store)
     n = ds.sizes["model"]

@@ -8,10 +8,10 @@ import pytest
 from test_evaluate import make_store
 
 import dmdask
-from dmdask.compare import compare, default_rows, format_table, parse_rows
+from dmdask.analysis.compare import compare, default_rows, format_table, parse_rows
+from dmdask.analysis.estimators import difference_of_means, ridge
 from dmdask.errors import InputError
-from dmdask.estimators import difference_of_means, ridge
-from dmdask.fit import fit_datamodels, save_datamodels
+from dmdask.fit.datamodels import fit_datamodels, save_datamodels
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The contract every registered estimator meets (parametrised over
-``dmdask.estimators.ESTIMATORS``): schema of the output, sign convention, invariance to the
+``dmdask.analysis.estimators.ESTIMATORS``): schema of the output, sign convention, invariance to the
 store's model-block chunking, NaN margins, paper eq. 9 — each checked against an independent
 NumPy reference of the estimator on the rows it should use.
 
@@ -15,9 +15,9 @@ import pytest
 from test_evaluate import make_store, set_margins_nan
 
 import dmdask
-from dmdask import estimators
+from dmdask.analysis import estimators
+from dmdask.analysis.metrics import correctness
 from dmdask.errors import InputError, JobError
-from dmdask.metrics import correctness
 
 NAMES = sorted(n for n in estimators.ESTIMATORS if n not in estimators.MODEL_BASED)
 MODEL_NAMES = sorted(estimators.MODEL_BASED)

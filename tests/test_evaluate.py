@@ -1,4 +1,4 @@
-"""dmdask.evaluate and dmdask.scores on synthetic run stores with a planted additive model:
+"""dmdask.evaluate and dmdask.analysis.scores on synthetic run stores with a planted additive model:
 the evaluation equals an independent NumPy/scipy/sklearn computation on the same held-out
 runs, calibration is the least-squares affine map, OPT recovers the planted noise, every
 score source loads to the same matrix, and NaN margins / eq. 9 targets are handled."""
@@ -15,11 +15,11 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 import dmdask
-from dmdask import estimators
+from dmdask.analysis import estimators
+from dmdask.analysis.evaluate import evaluate, evaluation_runs
+from dmdask.analysis.scores import load_scores, make_scores
 from dmdask.errors import InputError
-from dmdask.evaluate import evaluate, evaluation_runs
-from dmdask.scores import load_scores, make_scores
-from dmdask.store import read_meta
+from dmdask.store.runstore import read_meta
 
 
 def make_store(path, *, N=20, T=5, n_fit=400, n_held=40, R=3, noise=0.3, alpha=0.5, block=64,

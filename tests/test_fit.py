@@ -6,9 +6,9 @@ import xarray as xr
 
 import dmdask
 from dmdask.errors import InputError
-from dmdask.fit import choose_selection, fit_datamodels, save_datamodels
-from dmdask.solve import UnsupportedTargets
-from dmdask.store import create_jobless_store, open_store, write_block
+from dmdask.fit.datamodels import choose_selection, fit_datamodels, save_datamodels
+from dmdask.fit.solve import UnsupportedTargets
+from dmdask.store.runstore import create_jobless_store, open_store, write_block
 
 N_TRAIN, N_TARGET, B = 40, 4, 64
 

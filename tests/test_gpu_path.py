@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import dmdask
+from dmdask.analysis.evaluate import evaluate
 from dmdask.backend import ChunkTypeError, expect_chunks, is_cupy, to_numpy
-from dmdask.evaluate import evaluate
-from dmdask.solve.base import PathOptions, Split
-from dmdask.stats import compute_stats
+from dmdask.fit.solve.base import PathOptions, Split
+from dmdask.fit.stats import compute_stats
 
 pytestmark = pytest.mark.gpu
 
@@ -119,8 +119,8 @@ def test_fit_datamodels_on_cupy_matches_cpu(store, solver):
 def test_gram_solver_from_cupy_statistics_stays_on_the_device(store):
     """solve_from_stats on CuPy statistics: one block in-process (no dask), the arrays it
     works on are CuPy (checked through the weights' agreement and the block's namespace)."""
-    from dmdask.solve.gram import solve_from_stats
-    from dmdask.stats import group_bounds_for
+    from dmdask.fit.solve.gram import solve_from_stats
+    from dmdask.fit.stats import group_bounds_for
 
     ds = dmdask.open_store(store)
     X, Y = ds.mask.data[:600], ds.margin.data[:600]

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from sklearn.linear_model import Lasso, LassoCV
 from sklearn.model_selection import KFold
 
-from dmdask.solve.base import PathOptions, Split
-from dmdask.solve.gram import (
+from dmdask.fit.solve.base import PathOptions, Split
+from dmdask.fit.solve.gram import (
     GramSolver,
     _gap,
     _Problem,
@@ -20,8 +20,8 @@ from dmdask.solve.gram import (
     lambda_max,
     solve_from_stats,
 )
-from dmdask.solve.grid import fold_bounds, holdout_size, lambda_grid, select_lambda
-from dmdask.stats import compute_stats, group_bounds_for
+from dmdask.fit.solve.grid import fold_bounds, holdout_size, lambda_grid, select_lambda
+from dmdask.fit.stats import compute_stats, group_bounds_for
 
 METHODS = ["cd", "fista"]
 
@@ -238,7 +238,7 @@ def test_early_stop_rule_truncates_path():
 
 def test_gram_solver_refuses_training_example_targets():
     X, Y = _problem(seed=7)
-    from dmdask.solve.base import UnsupportedTargets
+    from dmdask.fit.solve.base import UnsupportedTargets
 
     with pytest.raises(UnsupportedTargets, match="training-example"):
         GramSolver().fit(X, Y, target_train_index=np.array([-1, 4, -1]))
@@ -367,7 +367,7 @@ def test_float32_error_bound_holds_and_sparse_products_agree():
 
 
 def test_size_chunks_and_padded_rows():
-    from dmdask.solve.gram import _padded_rows, _size_chunks
+    from dmdask.fit.solve.gram import _padded_rows, _size_chunks
 
     rng = np.random.default_rng(0)
     sizes = rng.integers(0, 300, size=500)

@@ -12,7 +12,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dmdask import jobspec
+from dmdask.store import jobspec
 
 pytestmark = pytest.mark.torch
 
@@ -313,7 +313,7 @@ def test_gpu_benchmark_cpu_smoke():
 def test_through_a_run_store(tmp_path):
     """Blocks trained by dmdask's block task land in the store exactly as train_block gives."""
     import dmdask
-    from dmdask.store import read_meta
+    from dmdask.store.runstore import read_meta
     from dmdask.train import train_block_task
 
     params = {**TINY, "synthetic": dict(TINY["synthetic"]), "epochs": 1, "models_at_once": 2}

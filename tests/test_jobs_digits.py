@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from dmdask.errors import JobError  # noqa: E402
-from dmdask.jobspec import (  # noqa: E402
+from dmdask.store.jobspec import (  # noqa: E402
     construct_job,
     fingerprint,
     resolve_job_class,

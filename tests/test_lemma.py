@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dmdask
-from dmdask.lemma import lemma_check
+from dmdask.analysis.lemma import lemma_check
 
 
 def _nonlinear_store(path, *, N=8, T=4, m=40000, block=4096, sampling="fixed", seed=3):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import dmdask
 from dmdask.errors import InputError, StoreError
-from dmdask.madrylab import export_madrylab, import_madrylab
+from dmdask.store.madrylab import export_madrylab, import_madrylab
 
 FILES = ("masks.npy", "margins.npy", "_completed.npy")
 
@@ -318,7 +318,7 @@ def test_round_trip_property(n_models, n_train, n_target, block, dtype, seed, p,
 # getrusage's ru_maxrss survives fork+exec and so would report the (larger) pytest parent.
 _CHILD = textwrap.dedent("""
     import json, resource, sys
-    from dmdask.madrylab import export_madrylab, import_madrylab
+    from dmdask.store.madrylab import export_madrylab, import_madrylab
     mode, a, b = sys.argv[1:4]
     (import_madrylab if mode == "import" else export_madrylab)(a, b, progress=False)
     try:

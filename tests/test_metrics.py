@@ -1,4 +1,4 @@
-"""dmdask.metrics against scipy / scikit-learn / dattri and direct transcriptions; NaN and
+"""dmdask.analysis.metrics against scipy / scikit-learn / dattri and direct transcriptions; NaN and
 constant-column handling; OPT and the excess-error decomposition; the influence–OLS
 identities of REFERENCE §2.5 by exact enumeration."""
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from scipy import stats
 from sklearn.metrics import mean_squared_error, r2_score, roc_auc_score
 
-from dmdask import metrics as M
+from dmdask.analysis import metrics as M
+from dmdask.analysis.estimators.store import dom_from_stats, least_squares_from_stats
 from dmdask.errors import InputError
-from dmdask.estimators.store import dom_from_stats, least_squares_from_stats
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -1,4 +1,4 @@
-"""Model-based estimators (dmdask.estimators.model) against independent implementations:
+"""Model-based estimators (dmdask.analysis.estimators.model) against independent implementations:
 NumPy transcriptions of REFERENCE §2.6 on the very models the estimators train, dattri
 (influence functions, TracInCP, TRAK), and leave-one-out retraining of the convex
 DigitsLogistic (influence ≈ LOO; every estimator correlates positively with LOO effects)."""
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import dmdask
-from dmdask import estimators
+from dmdask.analysis import estimators
+from dmdask.analysis.estimators import model as M
 from dmdask.errors import DmdaskError, InputError, JobError
-from dmdask.estimators import model as M
-from dmdask.sampling import model_seeds
+from dmdask.store.sampling import model_seeds
 
 pytestmark = pytest.mark.torch
 

@@ -27,8 +27,8 @@ import pytest
 import xarray as xr
 
 import dmdask
-from dmdask import estimators
-from dmdask.evaluate import evaluation_runs
+from dmdask.analysis import estimators
+from dmdask.analysis.evaluate import evaluation_runs
 from dmdask.report import FIGURE_IDS, predicted_vs_actual, resolve_images, write_report
 
 pytestmark = pytest.mark.viz
@@ -353,7 +353,7 @@ def digits(tmp_path_factory):
     """A real digits store (DigitsMLP, small and fast settings), its datamodels, evaluation,
     a comparison of five estimators and a sample-complexity curve — all from real fits."""
     pytest.importorskip("torch")
-    from dmdask.store import incomplete_blocks, read_meta
+    from dmdask.store.runstore import incomplete_blocks, read_meta
     from dmdask.train import train_block_task
 
     d = tmp_path_factory.mktemp("digits")

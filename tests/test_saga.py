@@ -1,4 +1,4 @@
-"""The streaming SAGA solver (dmdask.solve.saga) against scikit-learn, the §1.6 oracle, KKT /
+"""The streaming SAGA solver (dmdask.fit.solve.saga) against scikit-learn, the §1.6 oracle, KKT /
 duality-gap checks, paper eq. 9, NaN margins, chunking and worker independence."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso
 
-from dmdask.solve.base import PathOptions, PathResult, Split
-from dmdask.solve.grid import holdout_size
-from dmdask.solve.saga import SagaSolver, saga_fit_lambda, saga_path, saga_reference
+from dmdask.fit.solve.base import PathOptions, PathResult, Split
+from dmdask.fit.solve.grid import holdout_size
+from dmdask.fit.solve.saga import SagaSolver, saga_fit_lambda, saga_path, saga_reference
 
 TIGHT = PathOptions(tol=1e-10, max_iter=2000, extra={"max_epochs": 2000})
 
@@ -363,7 +363,7 @@ def test_solver_class_and_refusals():
 def test_reads_a_run_store(tmp_path):
     """Masks and margins straight from a Zarr run store (dask-backed) give the NumPy result."""
     import dmdask
-    from dmdask.store import create_jobless_store, write_block
+    from dmdask.store.runstore import create_jobless_store, write_block
 
     path = tmp_path / "run.zarr"
     create_jobless_store(path, 30, 2, block_size=128, seed=0)

@@ -1,4 +1,4 @@
-"""dmdask.complexity.sample_complexity: nested prefixes from one statistics pass give the same
+"""dmdask.analysis.complexity.sample_complexity: nested prefixes from one statistics pass give the same
 fits as fitting each prefix on its own, and the held-out error falls toward the OPT floor."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pytest
 from test_evaluate import make_store
 
 import dmdask
-from dmdask.complexity import default_sizes, sample_complexity
+from dmdask.analysis.complexity import default_sizes, sample_complexity
+from dmdask.analysis.estimators import difference_of_means, ols
 from dmdask.errors import InputError
-from dmdask.estimators import difference_of_means, ols
-from dmdask.fit import fit_datamodels
+from dmdask.fit.datamodels import fit_datamodels
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""The one contract suite every registered LASSO-path solver passes (dmdask.solve.base).
+"""The one contract suite every registered LASSO-path solver passes (dmdask.fit.solve.base).
 
-A solver joins by registering in ``dmdask/solve/__init__.py``; every test here is run for it.
+A solver joins by registering in ``dmdask/fit/solve/__init__.py``; every test here is run for it.
 """
 
 import dask.array as da
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso
 
-from dmdask.solve import PathOptions, Split, UnsupportedTargets, available_solvers, get_solver
-from dmdask.solve.grid import holdout_size
+from dmdask.fit.solve import PathOptions, Split, UnsupportedTargets, available_solvers, get_solver
+from dmdask.fit.solve.grid import holdout_size
 
 SOLVERS = available_solvers()
 OPTS = PathOptions(n_lambdas=8, lambda_ratio=1e-2, tol=1e-10, max_iter=100000)

@@ -1,12 +1,12 @@
-"""dmdask.stats: one-pass sufficient statistics equal brute force, are additive, and do not
+"""dmdask.fit.stats: one-pass sufficient statistics equal brute force, are additive, and do not
 depend on chunking or on the number of dask workers."""
 
 import dask.array as da
 import numpy as np
 import pytest
 
-from dmdask.solve.base import Split, UnsupportedTargets
-from dmdask.stats import SufficientStats, compute_stats, group_bounds_for
+from dmdask.fit.solve.base import Split, UnsupportedTargets
+from dmdask.fit.stats import SufficientStats, compute_stats, group_bounds_for
 
 
 def _problem(n=300, d=17, T=4, seed=0, fixed=False):
@@ -224,7 +224,7 @@ def test_float32_c_is_centred_accurate():
 
 
 def test_group_blocks_balance_lanes_and_respect_row_block():
-    from dmdask.stats import _group_blocks
+    from dmdask.fit.stats import _group_blocks
 
     for a, b, rb, lanes, align in [(0, 5000, 8192, 2, 1024), (5000, 50000, 8192, 2, 1024),
                                    (0, 7, 3, 4, 1), (10, 11, 5, 2, 1), (0, 300, 13, 2, 7)]:
@@ -276,7 +276,7 @@ def test_int8_gram_routes_and_falls_back():
     import dask
 
     from dmdask.errors import InputError
-    from dmdask.stats import _as_int8_01, _gram_kind
+    from dmdask.fit.stats import _as_int8_01, _gram_kind
 
     X, Y = _problem(seed=13, n=400, d=30)
     Xd = da.from_array(X.astype(np.uint8), chunks=(100, 30))

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import dmdask
 from dmdask.errors import InputError, JobError, StoreError, WriteRefused
-from dmdask.sampling import model_seeds, sample_masks, subset_size
-from dmdask.store import block_range, incomplete_blocks, read_meta
+from dmdask.store.runstore import block_range, incomplete_blocks, read_meta
+from dmdask.store.sampling import model_seeds, sample_masks, subset_size
 
 
 def _raising_scheduler(*args, **kwargs):

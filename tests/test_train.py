@@ -18,7 +18,7 @@ import zarr
 
 import dmdask
 from dmdask.errors import DmdaskError, JobError
-from dmdask.store import read_meta
+from dmdask.store.runstore import read_meta
 
 RIDGE = "testjobs:RidgeDigits"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DmdaskError
+from ...errors import DmdaskError
+from ..splits import fold_bounds, holdout_size
 
 __all__ = [
     "fold_bounds",
@@ -29,26 +30,6 @@ def lambda_grid(lam_max, n_lambdas: int = 30, lambda_ratio: float = 1e-3) -> np.
         return lam_max[:, None].copy()
     expo = np.arange(n_lambdas) / (n_lambdas - 1)
     return lam_max[:, None] * lambda_ratio ** expo[None, :]
-
-
-def holdout_size(n: int, val_fraction: float) -> int:
-    """Number of validation rows: the first ``round(val_fraction·n)`` rows (at least 1, and at
-    least 1 row left for training)."""
-    n_val = int(round(val_fraction * n))
-    n_val = min(max(n_val, 1), n - 1)
-    if n_val < 1:
-        raise DmdaskError(f"cannot split {n} rows into training and validation")
-    return n_val
-
-
-def fold_bounds(n: int, folds: int) -> np.ndarray:
-    """Boundaries [K+1] of K contiguous folds of n rows, with scikit-learn ``KFold`` sizes
-    (the first n % K folds one row larger)."""
-    if folds < 2 or folds > n:
-        raise DmdaskError(f"cannot make {folds} folds of {n} rows")
-    sizes = np.full(folds, n // folds, dtype=np.int64)
-    sizes[: n % folds] += 1
-    return np.concatenate([[0], np.cumsum(sizes)])
 
 
 def select_lambda(val_mse_path) -> np.ndarray:

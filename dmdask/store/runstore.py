@@ -45,8 +45,9 @@ import xarray as xr
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import config, jobspec
-from .errors import InputError, StoreError, WriteRefused
+from .. import config
+from ..errors import InputError, StoreError, WriteRefused
+from . import jobspec
 from .sampling import SAMPLING_SCHEMES, check_alpha, model_seeds, sample_masks
 
 SCHEMA_VERSION = 1
@@ -192,7 +193,7 @@ def _init_store(
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return f"dmdask {__version__}"
 

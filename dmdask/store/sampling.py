@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 SAMPLING_SCHEMES = ("fixed", "bernoulli")
 

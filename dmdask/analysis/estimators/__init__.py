@@ -1,5 +1,5 @@
 """Attribution estimators, each producing a ``(target, train)`` score matrix in the schema of
-:mod:`dmdask.scores` (raw-mask space, τ > 0: presence raises the output; a ``bias``
+:mod:`dmdask.analysis.scores` (raw-mask space, τ > 0: presence raises the output; a ``bias``
 coordinate where the estimator is a calibrated predictor).
 
 Registry (``ESTIMATORS``; ``compute(ds, name, **opts)``):
@@ -19,8 +19,8 @@ trak                       TRAK via ``traker`` (``proj_dim=``, ``lambda_reg=``) 
 
 \\* predicts correctness, not the margin: :func:`dmdask.evaluate` calibrates it before MSE.
 The first four are computed from the store's fitting models (``kind == "random"``) by
-:mod:`dmdask.estimators.store`. The last four (:mod:`dmdask.estimators.model`) train models of
-the store's job through its optional model hooks (:mod:`dmdask.jobspec`) and take
+:mod:`dmdask.analysis.estimators.store`. The last four (:mod:`dmdask.analysis.estimators.model`) train models of
+the store's job through its optional model hooks (:mod:`dmdask.store.jobspec`) and take
 ``n_models=``, ``seed=`` and ``models="full"|"subsets"|"store"``; without a bias they are
 calibrated by :func:`dmdask.evaluate` (affine fit). ``docs/estimators.md`` has the formulas.
 """
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InputError
+from ...errors import InputError
 from .model import influence_last_layer, representation_similarity, tracincp, trak
 from .store import StoreStats, difference_of_means, ols, ridge, store_statistics
 
@@ -104,7 +104,7 @@ def compute(ds, name: str, **opts):
     if name not in ESTIMATORS:
         raise InputError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}")
     if not hasattr(ds, "sizes"):
-        from ..store import open_store
+        from ...store.runstore import open_store
 
         ds = open_store(ds)
     return ESTIMATORS[name].fn(ds, **opts)

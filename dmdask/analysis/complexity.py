@@ -9,7 +9,7 @@ is read twice. For each prefix:
 
 * ``lasso``: the Gram solver's path, selection (holdout or K-fold CV inside the prefix, as
   :func:`dmdask.fit.fit_datamodels` would do on those models alone) and refit;
-* ``dom_margin``, ``ols``, ``ridge``: the closed forms of :mod:`dmdask.estimators.store`
+* ``dom_margin``, ``ols``, ``ridge``: the closed forms of :mod:`dmdask.analysis.estimators.store`
   from the prefix's statistics;
 
 then :func:`dmdask.evaluate` on the held-out models gives the mean over targets (with CI) of
@@ -33,7 +33,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["default_sizes", "sample_complexity"]
 
@@ -49,7 +49,7 @@ def default_sizes(n: int, *, steps: int = 6, smallest: int = 50) -> list[int]:
 
 
 def _group_bounds(size: int, selection: str, folds: int, val_fraction: float) -> np.ndarray:
-    from .solve.grid import fold_bounds, holdout_size
+    from ..fit.solve.grid import fold_bounds, holdout_size
 
     if selection == "holdout":
         return np.array([0, holdout_size(size, val_fraction), size])
@@ -73,13 +73,14 @@ def sample_complexity(ds, sizes=None, *, estimators=("lasso", "dom_margin"),
     targets and ``<metric>_ci_low``/``_ci_high``; scalars ``opt`` (OPT noise floor, mean over
     targets) and ``var_actual``; ``seconds`` per estimator and size; attrs with the counts.
     """
+    from ..fit.datamodels import _open, select_models
+    from ..fit.solve.base import PathOptions, Split
+    from ..fit.solve.gram import solve_from_stats
+    from ..fit.stats import SufficientStats, compute_stats
+    from ..scheduling import compute
     from .estimators.store import dom_from_stats, least_squares_from_stats
     from .evaluate import evaluate
-    from .fit import _open, select_models
     from .scores import make_scores
-    from .solve.base import PathOptions, Split
-    from .solve.gram import solve_from_stats
-    from .stats import SufficientStats, _compute, compute_stats
 
     t_start = time.perf_counter()
     ds = _open(ds)
@@ -101,7 +102,7 @@ def sample_complexity(ds, sizes=None, *, estimators=("lasso", "dom_margin"),
         tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)
     else:
         tti = np.full(ds.sizes["target"], -1, np.int64)
-    has_nan = np.asarray(_compute([da.isnan(Y).any(axis=0)], client=client)[0])
+    has_nan = np.asarray(compute([da.isnan(Y).any(axis=0)], client=client)[0])
     tpos = np.flatnonzero(~has_nan & (tti < 0))
     if tpos.size == 0:
         raise InputError("every target has its own rows (NaN margins or training-example "

@@ -6,7 +6,7 @@ All four come from one statistics pass over the fitting models (``kind == "rando
 completed, one α; the same selection as :func:`dmdask.fit.select_models`):
 
 * targets whose rows are shared (no NaN output among the fitting models, not a training
-  example) use :func:`dmdask.stats.compute_stats` — n, G = XᵀX, s, C = XᵀY, Σy, Σy²;
+  example) use :func:`dmdask.fit.stats.compute_stats` — n, G = XᵀX, s, C = XᵀY, Σy, Σy²;
 * the other targets — NaN outputs, and training-example targets under paper eq. 9 (only
   models that exclude the target are used) — have their own rows; a private weighted pass
   (:func:`_own_row_stats`) accumulates per target n_t, s_t = XᵀW_t, C_t = Xᵀ(W_t∘y), Σ, Σ²
@@ -35,8 +35,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .. import config
-from ..errors import InputError
+from ... import config
+from ...errors import InputError
 from ..metrics import correctness
 from ..scores import make_scores
 
@@ -79,7 +79,7 @@ class StoreStats:
     targets: np.ndarray
     shared_targets: np.ndarray
     own_targets: np.ndarray
-    shared: object | None  # dmdask.stats.SufficientStats
+    shared: object | None  # dmdask.fit.stats.SufficientStats
     own: OwnRowStats | None
     eq9: bool
     info: dict = field(default_factory=dict)
@@ -114,14 +114,14 @@ def _own_row_stats(X, Y, tti, *, want_gram: bool, row_block: int, client=None) -
     parts = [f(a, b, tti, want_gram) for a, b in zip(xb, yb, strict=True)]
     while len(parts) > 1:
         parts = [s(*parts[i:i + 4]) for i in range(0, len(parts), 4)]
-    from ..stats import _compute
+    from ...scheduling import compute
 
-    (res,) = _compute([parts[0]], client=client)
+    (res,) = compute([parts[0]], client=client)
     return OwnRowStats(*res[:5], G=res[5] if want_gram else None)
 
 
 def _select_rows(ds, alpha, n_models=None):
-    from ..fit import select_models
+    from ...fit.datamodels import select_models
 
     return select_models(ds, alpha, n_models)
 
@@ -137,7 +137,8 @@ def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
     own-row targets (OLS/ridge need it; d²·8 bytes each). ``n_models``: only the first n
     fitting models (by model index).
     """
-    from ..stats import _compute, compute_stats
+    from ...fit.stats import compute_stats
+    from ...scheduling import compute
 
     if output not in ("margin", "correctness"):
         raise InputError(f"output must be 'margin' or 'correctness', not {output!r}")
@@ -154,7 +155,7 @@ def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
         tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
     else:
         tti = np.full(tpos.size, -1, np.int64)
-    has_nan = np.asarray(_compute([da.isnan(Y).any(axis=0)], client=client)[0])
+    has_nan = np.asarray(compute([da.isnan(Y).any(axis=0)], client=client)[0])
     own = has_nan | (tti >= 0)
     sh_t, own_t = np.flatnonzero(~own), np.flatnonzero(own)
     row_block = int(row_block_size or config.get("solve.row-block-size", 8192))
@@ -171,7 +172,7 @@ def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
                 raise InputError(
                     f"OLS/ridge for {own_t.size} target(s) with their own rows (NaN margins or "
                     f"eq. 9) needs {need / 2**30:.1f} GiB of per-target Gram matrices (limit "
-                    f"{limit / 2**30:.1f} GiB, setting dmdask.estimators.own-gram-bytes); pass "
+                    f"{limit / 2**30:.1f} GiB, setting dmdask.analysis.estimators.own-gram-bytes); pass "
                     f"eq9=False or fewer targets")
         own_stats = _own_row_stats(X, Y[:, own_t], tti[own_t], want_gram=own_gram,
                                    row_block=row_block, client=client)

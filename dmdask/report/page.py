@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import DmdaskError, InputError
+from ..errors import DmdaskError, InputError
 
 __all__ = [
     "FIGURE_IDS",
@@ -94,7 +94,7 @@ def _open_store(store) -> tuple[xr.Dataset | None, str | None]:
         meta = store.attrs.get("dmdask", {})
         path = meta.get("path") if isinstance(meta, dict) else None
         return store, path
-    from .store import open_store
+    from ..store.runstore import open_store
 
     path = os.path.abspath(os.fspath(store))
     return open_store(path), path
@@ -169,8 +169,8 @@ def predicted_vs_actual(store, datamodels, *, max_points: int = 5000,
     pairs of each kind are kept for plotting, drawn without replacement by
     ``numpy.random.default_rng(seed)`` so the page is reproducible.
     """
-    from .evaluate import evaluation_runs
-    from .metrics import group_means
+    from ..analysis.evaluate import evaluation_runs
+    from ..analysis.metrics import group_means
 
     ds, _ = _open_store(store)
     dm = _open_datamodels(datamodels)
@@ -278,7 +278,7 @@ def resolve_images(store, images: ImagesArg = None
 def _mpl():
     """matplotlib's Figure and Agg canvas, without pyplot: no global backend switch and no
     global figure registry in the caller's process."""
-    from .optional import require
+    from ..optional import require
 
     require("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -353,7 +353,7 @@ def _section(sec_id: str, title: str, body: str) -> str:
 
 # --------------------------------------------------------------------------- sections
 def _header(ds, path, dm, title: str) -> str:
-    from . import __version__
+    from .. import __version__
 
     rows = [("store", _esc(path) if path else "— (no run store given)")]
     job = _job_of(ds)
@@ -368,7 +368,7 @@ def _header(ds, path, dm, title: str) -> str:
         kind = np.asarray(ds["kind"].values).astype(str)
         done = np.asarray(ds["completed"].values).astype(bool)
         parts = []
-        from .store import KINDS
+        from ..store.runstore import KINDS
 
         # dmdask's own order of kinds (random first), then any others
         for k in [k for k in KINDS if k in kind] + sorted(set(kind) - set(KINDS)):
@@ -482,7 +482,7 @@ def _sec_comparison(cmp) -> str:
     if cmp is None:
         return _missing("No estimator comparison given. Evaluate several estimators on the same "
                         "held-out models (<code>dmdask.evaluate(STORE, "
-                        "dmdask.estimators.compute(STORE, name))</code> for dom_margin, "
+                        "dmdask.analysis.estimators.compute(STORE, name))</code> for dom_margin, "
                         "dom_correctness, ols, ridge and the datamodels, or "
                         "<code>dmdask.compare</code>) and pass <code>comparison=</code>.")
     bad = _malformed(cmp, "row", _CMP_REQUIRED, "comparison")
@@ -558,7 +558,7 @@ def _sec_sample_complexity(sc) -> str:
     if sc is None:
         return _missing("No sample-complexity results given. Compute them with "
                         "<code>dmdask sample-complexity STORE --out sc.zarr</code> (or "
-                        "<code>dmdask.complexity.sample_complexity(STORE)</code>) and pass "
+                        "<code>dmdask.analysis.complexity.sample_complexity(STORE)</code>) and pass "
                         "<code>sample_complexity=</code>.")
     bad = _malformed(sc, "n_models", _SC_REQUIRED, "sample-complexity Dataset")
     if bad:
@@ -567,7 +567,7 @@ def _sec_sample_complexity(sc) -> str:
     n = np.asarray(sc["n_models"].values, np.float64)
     fig = _new_fig(10, 3.8)
     ax1, ax2 = fig.subplots(1, 2)
-    # one curve per estimator when the Dataset has an estimator dim (dmdask.complexity)
+    # one curve per estimator when the Dataset has an estimator dim (dmdask.analysis.complexity)
     ests = ([str(e) for e in sc["estimator"].values] if "estimator" in sc.dims else [None])
     colors = ("#1f6feb", "#bc4c00", "#1a7f37", "#8250df", "#9a6700")
     for k, est in enumerate(ests):
@@ -777,7 +777,7 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
         except DmdaskError as e:  # a refused input spoils its section, not the page
             content = _missing(_esc(e))
         body.append(_section(sid, name, content))
-    from . import __version__
+    from .. import __version__
 
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -804,7 +804,7 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     negative training images per target. Any input may be None: its section then says what
     is missing and how to produce it. Needs matplotlib (the ``viz`` extra).
     """
-    from .optional import require
+    from ..optional import require
 
     require("matplotlib")  # fail before any work, naming the extra
     page = render_report(store=store, datamodels=datamodels, evaluation=evaluation,

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from . import config
-from .errors import InputError, StoreError
-from .sampling import check_alpha
-from .store import (
+from .. import config
+from ..errors import InputError, StoreError
+from .runstore import (
     KIND_CODE,
     KINDS,
     _block_pieces,
@@ -44,6 +43,7 @@ from .store import (
     _set_meta,
     create_jobless_store,
 )
+from .sampling import check_alpha
 
 __all__ = ["export_madrylab", "import_madrylab"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["lemma_check"]
 
@@ -59,9 +59,10 @@ def lemma_check(ds, sizes=None, *, output: str = "margin", groups: int = 10,
     """
     import dask.array as da
 
-    from .fit import _open, select_models
+    from ..fit.datamodels import _open, select_models
+    from ..fit.stats import SufficientStats, compute_stats
+    from ..scheduling import compute
     from .metrics import correctness
-    from .stats import SufficientStats, _compute, compute_stats
 
     ds = _open(ds)
     if output not in ("margin", "correctness"):
@@ -79,7 +80,7 @@ def lemma_check(ds, sizes=None, *, output: str = "margin", groups: int = 10,
         Y = Y.map_blocks(correctness, dtype=np.float64)
     tti = (np.asarray(ds["target_train_index"].values, np.int64)
            if "target_train_index" in ds.coords else np.full(ds.sizes["target"], -1))
-    nan = np.asarray(_compute([da.isnan(Y).any(axis=0)], client=client)[0])
+    nan = np.asarray(compute([da.isnan(Y).any(axis=0)], client=client)[0])
     tpos = np.flatnonzero(~nan & (tti < 0))
     if tpos.size == 0:
         raise InputError("no target shares the design (NaN outputs or training examples)")

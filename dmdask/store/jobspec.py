@@ -13,7 +13,7 @@ parameters. It must define two methods on the class itself:
     or None) replaces the labels the models train on (label-flip experiments).
 
 **Optional model hooks** (used only by the model-based estimators of
-:mod:`dmdask.estimators.model`; a job without them trains stores as before, and those
+:mod:`dmdask.analysis.estimators.model`; a job without them trains stores as before, and those
 estimators refuse it with a :class:`JobError` naming the missing hook). For torch jobs;
 ``params`` is a dict of named tensors, batched (leading dim ``B``) where returned by a
 training hook and one model's slice (``{k: v[b]}``) where passed to ``features``/``head``:
@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import JobError
+from ..errors import JobError
 
 REQUIRED_METHODS = ("describe", "train_block")
 

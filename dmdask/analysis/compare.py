@@ -4,7 +4,7 @@ the paper's Table 5 (App. K.2, REFERENCE.md §2.2) for any store.
 A comparison is a list of **rows** ``(estimator, n_models, output)``:
 
 * ``estimator``: ``"lasso"`` (LASSO datamodels, :func:`dmdask.fit.fit_datamodels`) or any
-  name in :data:`dmdask.estimators.ESTIMATORS` (difference of means on margins or
+  name in :data:`dmdask.analysis.estimators.ESTIMATORS` (difference of means on margins or
   correctness, OLS, ridge, and the model-based estimators where the store's job has the
   hooks they need);
 * ``n_models``: how many models the estimator uses — for store estimators and LASSO the
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["compare", "default_rows", "format_table", "parse_rows"]
 
@@ -38,7 +38,7 @@ PER_TARGET = ("lds", "spearman", "mse")
 
 
 def _open(ds):
-    from .fit import _open as open_ds
+    from ..fit.datamodels import _open as open_ds
 
     return open_ds(ds)
 
@@ -69,8 +69,8 @@ def default_rows(ds, *, include_model_based: bool = True,
     OLS and ridge with all, and (``include_model_based``) every model-based estimator whose
     hooks the store's job has, with its default number of models (or
     ``model_based_models``)."""
+    from ..fit.datamodels import select_models
     from .estimators import ESTIMATORS
-    from .fit import select_models
 
     ds = _open(ds)
     n = select_models(ds)[0].size
@@ -105,7 +105,8 @@ def _default_models(name: str) -> int:
 def _job_supports(ds, name: str) -> bool:
     """Whether the store's job class has the model hooks estimator ``name`` needs (checked
     on the class: nothing is constructed)."""
-    from . import jobspec, optional
+    from .. import optional
+    from ..store import jobspec
     from .estimators.model import MODEL_HOOKS
 
     meta = ds.attrs.get("dmdask") or {}
@@ -125,7 +126,7 @@ def _job_supports(ds, name: str) -> bool:
 def parse_rows(specs: Iterable[str], ds) -> list[tuple[str, int, str]]:
     """Rows from strings ``NAME`` or ``NAME:N`` (N models; default all fitting models, or the
     estimator's default for model-based ones)."""
-    from .fit import select_models
+    from ..fit.datamodels import select_models
 
     ds = _open(ds)
     n_all = select_models(ds)[0].size
@@ -192,7 +193,7 @@ def compare(ds, rows: Sequence[tuple[str, int, str]] | None = None, *, datamodel
             if dm_given is not None and int(dm_given.attrs.get("n_models", -1)) == int(n):
                 scores = dm_given
             else:
-                from .fit import fit_datamodels
+                from ..fit.datamodels import fit_datamodels
 
                 scores = fit_datamodels(ds, n_models=n, client=client, progress=progress,
                                         **opts.get("lasso", {}))

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as _st
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "LDSResult",

@@ -38,7 +38,7 @@ Per target block, on the standardised centred problem scaled by 1/n
   at the validation means (:class:`_ValGram`): w̃ᵀQ_v w̃ from a gather of Q_v[S_t, S_t] for
   small supports, one GEMM on the supports' rows for the others.
 
-Selection, refit and raw-space conversion follow :mod:`dmdask.solve.base`. Which inner
+Selection, refit and raw-space conversion follow :mod:`dmdask.fit.solve.base`. Which inner
 solver wins was measured in ``benchmarks/bench_solve.py`` (see ``benchmarks/RESULTS.md``);
 the default is the winner (setting ``dmdask.solve.gram-method``).
 """
@@ -50,16 +50,10 @@ import time
 import dask
 import numpy as np
 
-from .. import config
-from ..backend import get_namespace, to_numpy
-from ..stats import (
-    SufficientStats,
-    _blas_per_lane,
-    _compute,
-    _lane_blas_threads,
-    compute_stats,
-    group_bounds_for,
-)
+from ... import config
+from ...backend import get_namespace, to_numpy
+from ...scheduling import blas_per_lane, compute, lane_blas_threads
+from ..stats import SufficientStats, compute_stats, group_bounds_for
 from .base import PathOptions, PathResult, Split, UnsupportedTargets, to_raw
 from .grid import lambda_grid, select_lambda, should_stop
 
@@ -1171,7 +1165,7 @@ def solve_from_stats(
     client=None,
 ) -> PathResult:
     """Path, selection and refit for all targets from the per-group statistics of
-    :func:`dmdask.stats.compute_stats` (groups as :func:`group_bounds_for` makes them)."""
+    :func:`dmdask.fit.stats.compute_stats` (groups as :func:`group_bounds_for` makes them)."""
     method = method or options.extra.get("method") or config.get("solve.gram-method", "fista")
     if method not in ("cd", "fista"):
         raise UnsupportedTargets(f"unknown Gram method {method!r} (cd | fista)")
@@ -1222,7 +1216,7 @@ def solve_from_stats(
             tb = min(tb, max(-(-T // lanes), _MIN_PARALLEL_BLOCK))
     blocks = [np.arange(i, min(i + tb, T)) for i in range(0, T, tb)]
     # the BLAS threads each block's GEMMs get set the CSR/GEMM break-even in matvec
-    blas = _lane_blas_threads(client, min(lanes, len(blocks)))
+    blas = lane_blas_threads(client, min(lanes, len(blocks)))
     for p in (*tr_probs, full_prob):
         p.blas_threads = blas
     opts = {
@@ -1251,8 +1245,8 @@ def solve_from_stats(
             sh = dask.delayed(shared, traverse=False)
             tasks = [dask.delayed(_solve_block_shared, pure=True)(sh, b, split.kind, opts)
                      for b in blocks]
-            with _blas_per_lane(None, min(lanes, len(blocks))):
-                parts = list(_compute(tasks, progress=options.progress, desc="lasso paths"))
+            with blas_per_lane(None, min(lanes, len(blocks))):
+                parts = list(compute(tasks, progress=options.progress, desc="lasso paths"))
     res = PathResult.concat(parts)
     res.solver = "gram"
     res.info = {"method": method, "blocks": len(blocks),

@@ -26,7 +26,7 @@ model blocks. Then, per target:
   (run, target) pairs;
 * ``lds``: TRAK's linear datamodeling score — Spearman over subsets between z (raw scores,
   no calibration, no bias) and the margin averaged over the subset's runs
-  (:func:`dmdask.metrics.lds`);
+  (:func:`dmdask.analysis.metrics.lds`);
 * ``opt``: the noise floor, unbiased replicate variance averaged over subsets with ≥ 2 runs
   (paper eq. 11); ``excess_mse`` = mse − opt (E(f − g)² = OPT + E(E[f|S′] − g)²);
   ``r2_noise_adjusted`` = 1 − (mse − opt)/(Var f − opt).
@@ -38,7 +38,7 @@ a target's own column (an estimator cannot estimate it from models that exclude 
 target) and are set to 0 there; any other NaN score is an error.
 
 **Summary attrs**: for each metric ``<m>_mean``, ``<m>_ci_low``, ``<m>_ci_high``,
-``<m>_n_used``, ``<m>_n_skipped`` (mean over targets, CI per :func:`dmdask.metrics.summarize`:
+``<m>_n_used``, ``<m>_n_skipped`` (mean over targets, CI per :func:`dmdask.analysis.metrics.summarize`:
 Student-t by default, ``ci="bootstrap"`` for the percentile bootstrap over targets).
 """
 
@@ -48,9 +48,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from ..backend import dask_to_backend, get_namespace, namespace, to_numpy
+from ..errors import InputError
 from . import metrics as M
-from .backend import dask_to_backend, get_namespace, namespace, to_numpy
-from .errors import InputError
 from .scores import load_scores
 
 __all__ = ["evaluate", "evaluation_runs"]
@@ -62,7 +62,7 @@ PER_TARGET = ("mse", "r2", "r2_noise_adjusted", "pearson", "spearman", "lds", "a
 def _open(ds):
     if isinstance(ds, xr.Dataset):
         return ds
-    from .store import open_store
+    from ..store.runstore import open_store
 
     return open_store(ds)
 
@@ -99,8 +99,8 @@ def evaluation_runs(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None):
     """Per target (a, c, n): least-squares affine map of z = mask @ τ to the margin over the
     random (fitting) models; one pass, dask over model blocks."""
-    from .fit import select_models
-    from .stats import _compute
+    from ..fit.datamodels import select_models
+    from ..scheduling import compute
 
     rows, _ = select_models(ds, alpha)
     X = ds["mask"].data[rows]
@@ -136,7 +136,7 @@ def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None):
     parts = [f(xb, yb) for xb, yb in zip(Xc.to_delayed().ravel(), Yc.to_delayed().ravel(),
                                          strict=True)]
     total = dask.delayed(add)(*parts)
-    (tot,) = _compute([total], client=client)
+    (tot,) = compute([total], client=client)
     n, sz, szz, szy, sy = to_numpy(tot)
     with np.errstate(invalid="ignore", divide="ignore"):
         zbar, ybar = sz / n, sy / n
@@ -151,7 +151,7 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
              level: float = 0.95, layout: str = "auto", alpha: float | None = None,
              client=None) -> xr.Dataset:
     """Evaluate an attribution matrix on the store's held-out models (see the module
-    docstring). ``scores``: anything :func:`dmdask.scores.load_scores` reads. Returns a
+    docstring). ``scores``: anything :func:`dmdask.analysis.scores.load_scores` reads. Returns a
     Dataset with per-target variables ``mse, r2, r2_noise_adjusted, pearson, spearman, lds,
     auc, opt, excess_mse, var_actual, n_runs, n_subsets, n_opt_subsets, calib_slope,
     calib_intercept`` and summary attributes. ``alpha``: which random models calibrate
@@ -198,7 +198,7 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
         raise InputError(f"calibrate must be 'auto', True or False, not {calibrate!r}")
 
     subsets, runs, group = evaluation_runs(ds)
-    from .stats import _compute
+    from ..scheduling import compute
 
     Xs = ds["mask"].data[subsets]
     # predictions z = mask @ τᵀ on the backend's chunks (dmdask.array.backend); the margins
@@ -209,7 +209,7 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
     in_own = Xs[:, own_cols] if own_cols.size else None
     Y_dask = ds["margin"].data[runs][:, tpos]
     objs = [z_dask, Y_dask] + ([in_own] if in_own is not None else [])
-    res = _compute(objs, client=client)
+    res = compute(objs, client=client)
     z = to_numpy(res[0])
     y = np.asarray(to_numpy(res[1]), dtype=np.float64)
     if in_own is not None:

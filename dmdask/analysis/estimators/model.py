@@ -3,7 +3,7 @@
 (Koh & Liang), TracInCP and TRAK. Formulas, options and costs: ``docs/estimators.md``.
 
 They need a store made with a job (``create_store``) whose class has the optional *model
-hooks* of :mod:`dmdask.jobspec` (``model_inputs``, ``train_params``, ``features``, ``head``,
+hooks* of :mod:`dmdask.store.jobspec` (``model_inputs``, ``train_params``, ``features``, ``head``,
 ``last_layer``; TracInCP also ``train_checkpoints``). The job is constructed from the store's
 metadata and checked against the store's fingerprint, then trains ``n_models`` models:
 
@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .. import jobspec, optional
-from ..errors import InputError, JobError
+from ... import optional
+from ...errors import InputError, JobError
+from ...store import jobspec
 from ..scores import make_scores
 
 __all__ = ["MODEL_HOOKS", "influence_last_layer", "load_job", "representation_similarity",
@@ -58,7 +59,7 @@ def load_job(ds: xr.Dataset, estimator: str, hooks=MODEL_HOOKS):
     missing = [h for h in hooks if getattr(cls, h, None) is None]
     if missing:
         raise JobError(f"{estimator}: job {spec['path']} lacks the model hook(s) "
-                       f"{', '.join(missing)} (see dmdask.jobspec: model hooks)")
+                       f"{', '.join(missing)} (see dmdask.store.jobspec: model hooks)")
     job = jobspec.construct_job(spec["path"], spec.get("params") or {})
     desc = jobspec.validate_description(job.describe(), spec["path"])
     if meta.get("fingerprint") and jobspec.fingerprint(desc) != meta["fingerprint"]:
@@ -69,7 +70,7 @@ def load_job(ds: xr.Dataset, estimator: str, hooks=MODEL_HOOKS):
 
 def _model_set(ds, job, models: str, n_models: int, seed: int, alpha: float | None):
     """Masks [M, N] bool and seeds [M] uint64 of the models to train, and their α."""
-    from ..sampling import model_seeds, sample_masks
+    from ...store.sampling import model_seeds, sample_masks
 
     if models not in MODEL_CHOICES:
         raise InputError(f"models must be one of {MODEL_CHOICES}, not {models!r}")
@@ -87,7 +88,7 @@ def _model_set(ds, job, models: str, n_models: int, seed: int, alpha: float | No
             raise InputError("models='subsets' needs alpha= (the store records none)")
         masks = sample_masks(int(seed), idx, N, float(a), meta.get("sampling", "fixed"))
         return masks, model_seeds(int(seed), idx), float(a)
-    from ..fit import select_models
+    from ...fit.datamodels import select_models
 
     rows, a = select_models(ds, alpha)
     if n_models > rows.size:

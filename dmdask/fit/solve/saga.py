@@ -84,8 +84,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import config, optional
-from ..errors import DmdaskError, InputError
+from ... import config, optional
+from ...errors import DmdaskError, InputError
 from .base import PathOptions, PathResult, Split
 from .grid import holdout_size, lambda_grid, select_lambda, should_stop
 
@@ -169,7 +169,7 @@ class _Rows:
         self.lazy = _is_dask(X)
         if self.lazy and xp is not np:
             # device chunks come out of dask (no host-side computation on NumPy chunks)
-            from ..backend import dask_to_backend
+            from ...backend import dask_to_backend
 
             X = dask_to_backend(X, "cupy")
         self.X = X

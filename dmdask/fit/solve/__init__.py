@@ -1,6 +1,6 @@
 """LASSO-path solvers and their registry.
 
-Every solver implements :class:`dmdask.solve.base.Solver` and registers here by name; the
+Every solver implements :class:`dmdask.fit.solve.base.Solver` and registers here by name; the
 contract suite ``tests/test_solver_contract.py`` runs every registered solver. Modules are
 imported lazily so a solver's optional pieces cost nothing until used.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import DmdaskError
+from ...errors import DmdaskError
 from .base import PathOptions, PathResult, Solver, Split, UnsupportedTargets, to_raw
 
 __all__ = [
@@ -26,8 +26,8 @@ __all__ = [
 
 # name -> "module:attribute" of a Solver class
 _REGISTRY: dict[str, str] = {
-    "gram": "dmdask.solve.gram:GramSolver",
-    "saga": "dmdask.solve.saga:SagaSolver",
+    "gram": "dmdask.fit.solve.gram:GramSolver",
+    "saga": "dmdask.fit.solve.saga:SagaSolver",
 }
 
 

@@ -8,7 +8,7 @@ Conventions (REFERENCE.md §1, shared by all solvers):
 
 * objective (1/2n)‖y_c − X̃_c w̃‖² + λ‖w̃‖₁ on standardised features X̃ = (X − μ)/σ
   (μ, σ with 1/n, from the split the solve uses; σ_j = 0 columns get weight 0);
-* λ grid: ``lambda_grid(λ_max, n_lambdas, lambda_ratio)`` (see :mod:`dmdask.solve.grid`);
+* λ grid: ``lambda_grid(λ_max, n_lambdas, lambda_ratio)`` (see :mod:`dmdask.fit.solve.grid`);
   λ_max is in the standardised space of the *training* split (holdout) or of all fitting
   models (CV, as scikit-learn's ``LassoCV``); one grid per target, shared by every fold;
 * rows are positions in ``X``/``Y`` (the fitting models in model-index order): the holdout
@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import DmdaskError
+from ...errors import DmdaskError, UnsupportedTargets
 
 __all__ = [
     "PathOptions",
@@ -43,10 +43,6 @@ __all__ = [
     "UnsupportedTargets",
     "to_raw",
 ]
-
-
-class UnsupportedTargets(DmdaskError):
-    """A solver was asked for targets it cannot solve (e.g. per-target rows on the Gram)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +165,7 @@ def _ns(x):
 
 @runtime_checkable
 class Solver(Protocol):
-    """What every registered solver provides (see :mod:`dmdask.solve`).
+    """What every registered solver provides (see :mod:`dmdask.fit.solve`).
 
     ``fit(X, Y, ...)``: ``X`` (n, d) 0/1 and ``Y`` (n, T) float with NaN = missing, numpy or
     dask arrays (rows = fitting models in model-index order); ``target_train_index`` [T]

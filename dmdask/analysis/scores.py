@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["LAYOUTS", "load_scores", "make_scores", "read_trak_scores"]
 

@@ -22,7 +22,7 @@ the Gram solver uses it when its tolerance is ≥ 1e-7). Centring ``G − s sᵀ
 
 The pass runs on dask, group after group, each group's blocks accumulated in place along
 ``lanes`` chains: one per worker thread of a ``distributed.Client``; one on the local
-scheduler, whose BLAS then uses every core (see :func:`_lanes`; ``dmdask.solve.stats-lanes``
+scheduler, whose BLAS then uses every core (see :func:`dmdask.scheduling.lanes`; ``dmdask.solve.stats-lanes``
 overrides). NumPy or CuPy chunks.
 """
 
@@ -34,9 +34,11 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import config
-from .backend import dask_to_backend, get_namespace, to_numpy
-from .errors import DmdaskError, InputError
+from .. import config
+from ..backend import dask_to_backend, get_namespace, to_numpy
+from ..errors import DmdaskError, InputError, UnsupportedTargets
+from ..scheduling import blas_per_lane, compute
+from ..scheduling import lanes as n_lanes
 
 __all__ = ["SufficientStats", "compute_stats", "group_bounds_for"]
 
@@ -200,7 +202,6 @@ def _wide(G, rows: int):
 # ------------------------------------------------------------------ the pass
 def _check_finite(sy, xp):
     if not bool(xp.isfinite(sy).all()):
-        from .solve.base import UnsupportedTargets
 
         raise UnsupportedTargets("outputs contain NaN/inf: targets with missing rows cannot use the "
                          "shared-design statistics (route them to a per-target-rows solver)")
@@ -428,7 +429,7 @@ class _Int8Gram:
     _MAX_ROWS = 2**31 - 1
 
     def __init__(self, d: int):
-        from . import optional
+        from .. import optional
 
         self.torch = optional.torch()
         p = max(1, min(self._PARTS, d // 256))
@@ -482,7 +483,7 @@ def _gram_kind(X, n: int, d: int) -> str:
         return "float32"
     if kind == "auto" and "torch" not in sys.modules and n * d * d < 2e11:
         return "float32"  # ≲ 1 s of ssyrk: not worth importing torch
-    from . import optional
+    from .. import optional
 
     if kind == "int8":
         optional.torch()  # a clear error naming the extra
@@ -517,9 +518,9 @@ def _row_chunks(n: int, row_block: int, bounds) -> tuple[int, ...]:
 
 
 def group_bounds_for(n: int, split) -> np.ndarray:
-    """Row boundaries of the groups a :class:`~dmdask.solve.base.Split` needs: holdout →
+    """Row boundaries of the groups a :class:`~dmdask.fit.solve.base.Split` needs: holdout →
     ``[0, n_val, n]`` (group 0 validates), cv → the K fold boundaries."""
-    from .solve.grid import fold_bounds, holdout_size
+    from .splits import fold_bounds, holdout_size
 
     if split.kind == "holdout":
         return np.array([0, holdout_size(n, split.val_fraction), n])
@@ -545,7 +546,7 @@ def compute_stats(
     parallel (local dask scheduler, or ``client``'s workers). Memory: a few blocks of
     ``row_block_size`` rows (setting ``dmdask.solve.row-block-size``) plus one float64 d × d
     accumulator per group in flight. ``nonfinite``: NaN/inf outputs raise
-    :class:`~dmdask.solve.base.UnsupportedTargets` (``"raise"``) or are marked in each
+    :class:`~dmdask.errors.UnsupportedTargets` (``"raise"``) or are marked in each
     group's ``nonfinite`` (``"mark"``), so one pass both finds and serves the finite targets.
     """
     if nonfinite not in ("raise", "mark"):
@@ -572,12 +573,12 @@ def compute_stats(
     # or groups (a tree reduction kept many d × d partial sums alive at once). Every group is
     # cut into a multiple of `lanes` blocks of equal size, so all lanes work on every group
     # (a 10% holdout group is as parallel as the training group).
-    lanes = _lanes(client)
+    lanes = n_lanes(client)
     gram = _gram_kind(X, n, X.shape[1])
     align = int(X.chunks[0][0]) if X.numblocks[0] > 1 else 1
     out = []
     ngroups = len(bounds) - 1
-    with _blas_per_lane(client, lanes):
+    with blas_per_lane(client, lanes):
         for g in range(ngroups):
             out.append(_group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client,
                                     progress, gram, nonfinite == "mark"))
@@ -600,33 +601,7 @@ def _group_stats(X, Y, bounds, g, row_block, lanes, align, c_dtype, client, prog
             acc = acc_fn(acc, _Deferred(X[sl]), _Deferred(Y[sl]), c_dtype, gram, mark)
         chains.append(acc)
     desc = "statistics" if ngroups == 1 else f"statistics {g + 1}/{ngroups}"
-    return _compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0]
-
-
-def _lane_blas_threads(client, lanes: int) -> int:
-    """BLAS threads each of ``lanes`` parallel lanes gets: cores/lanes locally (see
-    :func:`_blas_per_lane`); one on a ``client``'s workers (distributed starts them with
-    one BLAS thread per process)."""
-    import os
-
-    if client is not None:
-        return 1
-    return max(1, (os.cpu_count() or 1) // max(1, lanes))
-
-
-def _blas_per_lane(client, lanes):
-    """On the local scheduler, the lanes already use the cores: BLAS gets cores/lanes threads
-    each (measured at 50,000 × 5,000 on 2 cores: 2 lanes × 1 thread took 12% less CPU than
-    2 lanes × 2 threads, which oversubscribe). Workers of a ``client`` are left alone."""
-    import contextlib
-
-    if client is not None or lanes <= 1:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn brings it
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=_lane_blas_threads(client, lanes), user_api="blas")
+    return compute([sum_fn(*chains)], client=client, progress=progress, desc=desc)[0]
 
 
 def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> list[int]:
@@ -647,22 +622,6 @@ def _group_blocks(a: int, b: int, row_block: int, lanes: int, align: int) -> lis
             cuts.append(c)
     cuts.append(b)
     return cuts
-
-
-def _lanes(client) -> int:
-    """Parallel accumulation chains: setting ``dmdask.solve.stats-lanes``, else the worker
-    threads of ``client``, else one (on the local scheduler one chain with a BLAS that uses
-    every core: at 50,000 × 5,000 × 500 on 2 cores 10.2–10.9 s against 15.0–15.2 s for two
-    chains of one BLAS thread each, and one d × d accumulator instead of two)."""
-    lanes = config.get("solve.stats-lanes", None)
-    if lanes:
-        return int(lanes)
-    if client is not None:
-        try:
-            return max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
-        except Exception:
-            pass
-    return 1
 
 
 class _Deferred:
@@ -691,40 +650,3 @@ def _accumulate(acc: _LaneAcc | None, xb: _Deferred, yb: _Deferred, c_dtype: str
     # marked targets' NaN/inf flow through their own columns only: no warnings for them
     with np.errstate(invalid="ignore", over="ignore"):
         return acc.add(xb.load(), yb.load(), c_dtype, mark)
-
-
-def _compute(objs, *, client=None, progress=False, desc=""):
-    """Compute dask objects locally or on ``client``, with an optional tqdm bar."""
-    if client is not None:
-        futures = client.compute(objs)
-        if progress:
-            from distributed import as_completed
-            from tqdm.auto import tqdm
-
-            for _ in tqdm(as_completed(futures), total=len(futures), desc=desc):
-                pass
-        return client.gather(futures)
-    if progress:
-        with _TqdmCallback(desc):
-            return dask.compute(*objs)
-    return dask.compute(*objs)
-
-
-class _TqdmCallback(dask.callbacks.Callback):
-    def __init__(self, desc=""):
-        super().__init__()
-        self._desc = desc
-        self._bar = None
-
-    def _start_state(self, dsk, state):
-        from tqdm.auto import tqdm
-
-        total = sum(len(state[k]) for k in ("ready", "waiting", "running", "finished"))
-        self._bar = tqdm(total=total, desc=self._desc)
-
-    def _posttask(self, key, result, dsk, state, worker_id):
-        self._bar.update(1)
-
-    def _finish(self, dsk, state, errored):
-        if self._bar is not None:
-            self._bar.close()

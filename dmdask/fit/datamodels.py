@@ -3,12 +3,12 @@
 Which models: ``kind == "random"``, completed, of one α (``alpha=`` picks when the store holds
 several). Held-out, replicate and counterfactual models are never used. Rows are the fitting
 models in model-index order; the holdout validates on the first ``val_fraction`` of them, CV
-uses ``folds`` contiguous folds (:mod:`dmdask.solve.base`).
+uses ``folds`` contiguous folds (:mod:`dmdask.fit.solve.base`).
 
 Which solver (``solver="auto"``): targets whose rows are shared by all (no NaN margin among the
 fitting models, not a training example) go to the Gram solver; the others — NaN margins, and
 training-example targets, which use only the models that exclude them (paper eq. 9) — go to
-the streaming solver ``dmdask.solve.saga`` (holdout selection). ``solver="gram"`` refuses such
+the streaming solver ``dmdask.fit.solve.saga`` (holdout selection). ``solver="gram"`` refuses such
 targets with an error naming them; ``solver="saga"`` sends every target to the streaming solver.
 
 Which selection (``selection="auto"``): K-fold CV when the holdout would have fewer than
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from . import config
-from .errors import DmdaskError, InputError
-from .memory import fit_memory
+from .. import config
+from ..errors import DmdaskError, InputError
+from ..memory import fit_memory
 from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
 from .solve.grid import holdout_size
 
@@ -48,7 +48,7 @@ def _versions() -> dict[str, str]:
     import scipy
     import zarr
 
-    from . import __version__
+    from .. import __version__
 
     return {"dmdask": __version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
             "dask": dask.__version__, "xarray": xr.__version__, "zarr": zarr.__version__}
@@ -106,7 +106,7 @@ def _open(ds_or_path) -> xr.Dataset:
     if isinstance(ds_or_path, xr.Dataset):
         return ds_or_path
     if isinstance(ds_or_path, (str, os.PathLike)):
-        from .store import open_store
+        from ..store.runstore import open_store
 
         return open_store(ds_or_path)
     raise InputError(f"expected a run-store Dataset or path, not {type(ds_or_path).__name__}")

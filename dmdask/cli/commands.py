@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .errors import DmdaskError
+from ..errors import DmdaskError
 
 DEFAULT_JOB = "jobs.digits:DigitsMLP"
 
@@ -83,7 +83,7 @@ def init(store, job, params, n_models, alpha, seed, sampling, block_size):
     Nothing is trained yet: run `dmdask train STORE`. Rerunning with the same arguments
     leaves an existing store alone; a store of a different job is refused.
     """
-    from .store import create_store, store_info
+    from ..store.runstore import create_store, store_info
 
     path = create_store(store, job, n_models, alpha, params=_parse_params(params), seed=seed,
                         sampling=sampling, block_size=block_size)
@@ -108,7 +108,7 @@ def add(store, kind, n_models, alpha, replicate_of, times):
     """Add models to STORE: more random subsets, held-out subsets, or replicates."""
     import numpy as np
 
-    from .store import KINDS, add_models, open_store
+    from ..store.runstore import KINDS, add_models, open_store
 
     if kind == "replicate":
         if not replicate_of:
@@ -147,7 +147,7 @@ def train(store, scheduler, workers, threads_per_worker, gpus, retries, progress
     Resumable: interrupt it, or lose a worker, at any moment and rerun it; only blocks whose
     `completed` mark is missing are trained again, and every block lands whole or not at all.
     """
-    from .train import train as run
+    from ..train import train as run
 
     def started(dashboard, total):
         click.echo(f"training {total} models; dashboard: {dashboard}", err=True)
@@ -175,7 +175,7 @@ def _fmt_bytes(n: float) -> str:
 @_refusals
 def info(store, as_json):
     """Summarise STORE: models done/pending per kind, alpha, sizes on disk, bits per mask entry."""
-    from .store import store_info
+    from ..store.runstore import store_info
 
     i = store_info(store)
     if as_json:
@@ -212,7 +212,7 @@ def import_(src_dir, store, alpha, block_size, margins_key, progress):
     Streams blocks from the memmaps, so any size fits in memory. Imported models are
     `random` models; rows not completed stay incomplete. The store has no job.
     """
-    from .madrylab import import_madrylab
+    from ..store.madrylab import import_madrylab
 
     path = import_madrylab(src_dir, store, alpha=alpha, block_size=block_size,
                            margins_key=margins_key, progress=progress)
@@ -228,7 +228,7 @@ def import_(src_dir, store, alpha, block_size, margins_key, progress):
 @_refusals
 def export(store, dst_dir, margins_key, progress):
     """Write STORE back in the MadryLab layout (masks.npy, margins.npy, _completed.npy)."""
-    from .madrylab import export_madrylab
+    from ..store.madrylab import export_madrylab
 
     path = export_madrylab(store, dst_dir, margins_key=margins_key, progress=progress)
     click.echo(f"exported {store} to {path}")
@@ -295,7 +295,7 @@ def fit(store, out, alpha, selection, folds, val_fraction, n_lambdas, lambda_rat
     """
     import numpy as np
 
-    from .fit import fit_datamodels, save_datamodels
+    from ..fit.datamodels import fit_datamodels, save_datamodels
 
     tsel = None
     if targets:
@@ -407,9 +407,9 @@ def evaluate(store, scores, out, layout, exp_name, calibrate, no_eq9, ci, alpha,
     Spearman, AUC and TRAK's LDS (means over targets, with CIs) and the OPT noise floor
     from the replicate models; --out keeps the per-target values.
     """
-    from .evaluate import evaluate as run
-    from .scores import load_scores
-    from .store import open_store
+    from ..analysis.evaluate import evaluate as run
+    from ..analysis.scores import load_scores
+    from ..store.runstore import open_store
 
     ds = open_store(store)
     sc = load_scores(scores, ds=ds, layout=layout, exp_name=exp_name)
@@ -454,8 +454,8 @@ def compare(store, rows, datamodels, no_model_based, out, scheduler, progress):
     predict the margin (no bias, or modelling correctness) are calibrated by the best
     per-target affine map on the fitting models before MSE and AUC, marked *.
     """
-    from .compare import compare as run
-    from .compare import default_rows, format_table, parse_rows
+    from ..analysis.compare import compare as run
+    from ..analysis.compare import default_rows, format_table, parse_rows
 
     todo = (parse_rows(rows, store) if rows
             else default_rows(store, include_model_based=not no_model_based))
@@ -495,7 +495,7 @@ def sample_complexity(store, sizes, estimators, selection, out, progress):
     and prints the metrics per size next to the OPT noise floor the held-out replicates
     give.
     """
-    from .complexity import sample_complexity as run
+    from ..analysis.complexity import sample_complexity as run
 
     sz = [int(x) for x in sizes.split(",")] if sizes else None
     sc = run(store, sz, estimators=estimators or ("lasso", "dom_margin"),
@@ -530,7 +530,7 @@ def lemma(store, output, sizes, groups, control_scale):
     1/sqrt(models). Prints the relative gap and the mean squared jackknife z-score per size,
     for the lemma's constant and for --control-scale.
     """
-    from .lemma import lemma_check
+    from ..analysis.lemma import lemma_check
 
     sz = [int(x) for x in sizes.split(",")] if sizes else None
     lc = lemma_check(store, sz, output=output, groups=groups, control_scale=control_scale)
@@ -579,10 +579,10 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
             complexity=None, fast=False, progress=False, echo=click.echo):
     import xarray as xr
 
-    from .report import write_report
+    from ..report.page import write_report
 
     if datamodels is None:
-        from .fit import fit_datamodels
+        from ..fit.datamodels import fit_datamodels
 
         echo("          fitting datamodels")
         dm = fit_datamodels(store, progress=progress)
@@ -590,19 +590,19 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
         dm = xr.open_zarr(datamodels, consolidated=False).load()
     ev = _load_result(evaluation)
     if ev is None:
-        from .evaluate import evaluate as run_eval
+        from ..analysis.evaluate import evaluate as run_eval
 
         ev = run_eval(store, dm)
     cmp = _load_result(comparison)
     if cmp is None and not fast:
-        from .compare import compare as run_cmp
-        from .compare import default_rows
+        from ..analysis.compare import compare as run_cmp
+        from ..analysis.compare import default_rows
 
         echo("          comparing estimators")
         cmp = run_cmp(store, default_rows(store, include_model_based=False), datamodels=dm)
     sc = _load_result(complexity)
     if sc is None and not fast:
-        from .complexity import sample_complexity as run_sc
+        from ..analysis.complexity import sample_complexity as run_sc
 
         echo("          sample-complexity curves")
         sc = run_sc(store)
@@ -641,8 +641,8 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     sample-complexity curves; and writes DIR/report.html. Rerunning resumes the training
     where it stopped and recomputes the rest.
     """
-    from .store import add_models, create_store, store_info
-    from .train import train as run
+    from ..store.runstore import add_models, create_store, store_info
+    from ..train import train as run
 
     os.makedirs(workdir, exist_ok=True)
     store = os.path.join(workdir, "runs.zarr")
@@ -665,9 +665,9 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     if not heldout:
         click.echo("      no held-out models (--heldout 0): stopping after the fit")
         return
-    from .compare import compare, default_rows, format_table
-    from .complexity import sample_complexity
-    from .evaluate import evaluate
+    from ..analysis.compare import compare, default_rows, format_table
+    from ..analysis.complexity import sample_complexity
+    from ..analysis.evaluate import evaluate
 
     click.echo(f"[3/6] evaluation on the held-out models -> {path('evaluation.zarr')}")
     ev = evaluate(store, dm)
@@ -695,7 +695,7 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
         _save_quiet(sc, path("sample_complexity.zarr"))
     else:
         click.echo("[5/6] sample complexity skipped (--no-curves)")
-    from .report import write_report
+    from ..report.page import write_report
 
     out = write_report(path("report.html"), store=store, datamodels=dm, evaluation=ev,
                        comparison=cmp, sample_complexity=sc)
@@ -707,7 +707,7 @@ def _save_quiet(ds, out):
 
 
 def _quickstart_fit(store: str, out: str, progress: bool):
-    from .fit import fit_datamodels, save_datamodels
+    from ..fit.datamodels import fit_datamodels, save_datamodels
 
     click.echo(f"[2/6] datamodels {out}")
     dm = fit_datamodels(store, progress=progress)
@@ -715,7 +715,3 @@ def _quickstart_fit(store: str, out: str, progress: bool):
     for line in _fit_summary(dm):
         click.echo("      " + line)
     return dm
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
