@@ -15,11 +15,15 @@ on all fitting models:
 
 (a) dmdask ``fit_datamodels(..., solver="gram", selection="holdout")``: statistics pass over
     the store + path + selection + refit;
-(b) scikit-learn ``lasso_path`` per target with the same precomputed standardised Gram and
-    Xy, then the same selection and a ``Lasso(precompute=Gram)`` refit (timed on a subset of
-    targets and scaled, as printed);
+(b) scikit-learn as a careful user runs it: the standardised matrices, both Grams and every
+    target's Xy formed once (timed once), then per target ``lasso_path`` on the precomputed
+    Gram and Xy at scikit-learn's tolerance matched to dmdask's (``tol / 2``: scikit-learn
+    scales the gap by ‖y‖², dmdask by ‖y_c‖²/2n), the same selection, and the refit by
+    ``lasso_path`` at the chosen λ on the full-data Gram and Xy (per-target part timed on
+    ``--sk-targets`` targets and scaled; the setup is counted once);
 (c) the usual loop: ``Lasso(precompute=G, warm_start=True)`` along the path per target, with
-    ``predict`` on the validation rows (subset of targets, scaled);
+    ``predict`` on the validation rows, at the same matched tolerance (subset of targets,
+    scaled, plus the shared setup);
 (d) the floor: one float32 XᵀX of the same size with the same BLAS;
 (e) the streaming SAGA solver (``dmdask.fit.solve.saga``) on ``--saga-targets k`` targets, in a
     child process stopped after ``--saga-cap`` seconds. Reported as a **lower bound** on its
@@ -151,49 +155,68 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     print(f"(d) floor: {t_floor:.1f}s (runs: {', '.join(f'{x:.1f}' for x in floor_times)})",
           flush=True)
 
-    # shared setup for (b), (c): standardised train matrix, its Gram, the full-data Gram
+    # (b) scikit-learn as a careful user runs it: scikit-learn's tolerance convention matched to
+    # dmdask's (sklearn stops when the gap of ½‖y−Xw‖² + nα‖w‖₁ is ≤ tol·‖y‖², i.e. the gap of
+    # the 1/(2n)-scaled objective ≤ tol·‖y_c‖²/n; dmdask's default stops at 1e-5·‖y_c‖²/(2n):
+    # sklearn tol = dmdask tol / 2), the standardised matrices, Grams and every target's Xy
+    # formed once (timed once, not scaled), then per target one lasso_path on the precomputed
+    # Gram and Xy, the validation MSE of the path, the same selection and a refit by lasso_path
+    # at the chosen λ on the full-data Gram and Xy: no per-target copies of X.
+    import inspect
+
+    tol_sk = inspect.signature(dmdask.fit_datamodels).parameters["tol"].default / 2
+    t0 = time.perf_counter()
     mu, sd = _std_train(X, n_val)
     Xs = (X[n_val:] - mu) / sd
     Xv = X[:n_val].astype(np.float64)
     Ytr = Y[n_val:]
+    # targets as contiguous rows: scikit-learn's unchecked path needs contiguous y and Xy
+    Ytr_c = np.ascontiguousarray((Ytr - Ytr.mean(0)).T)
     Gs = Xs.T @ Xs
+    Xys = np.ascontiguousarray((Xs.T @ Ytr_c.T).T)
     mu_f, sd_f = X.mean(0), X.std(0)
     Xsf = (X - mu_f) / sd_f
     Gf = Xsf.T @ Xsf
+    Yf_c = np.ascontiguousarray((Y - Y.mean(0)).T)
+    Xyf = np.ascontiguousarray((Xsf.T @ Yf_c.T).T)
+    t_setup = time.perf_counter() - t0
+    print(f"(b) setup (standardise, Grams, Xy of every target): {t_setup:.1f}s", flush=True)
 
     def val_mse(coef_std, t):
         w = coef_std / sd[:, None]
         b = Ytr[:, t].mean() - mu @ w
         return ((Xv @ w + b - Y[:n_val, t, None]) ** 2).mean(0)
 
-    # (b) careful sklearn pipeline
     tsub = np.arange(min(sk_targets, T))
     sk_val = np.zeros((tsub.size, lambdas.shape[1]))
     t0 = time.perf_counter()
     for i, t in enumerate(tsub):
-        yc = Ytr[:, t] - Ytr[:, t].mean()
-        _, coefs, _ = lasso_path(Xs, yc, alphas=lambdas[t], precompute=Gs, Xy=Xs.T @ yc,
-                                 tol=1e-6, check_input=False)
+        _, coefs, _ = lasso_path(Xs, Ytr_c[t], alphas=lambdas[t], precompute=Gs,
+                                 Xy=Xys[t], tol=tol_sk, check_input=False)
         sk_val[i] = val_mse(coefs, t)
         best = select_lambda(sk_val[i:i + 1])[0]
-        Lasso(alpha=lambdas[t, best], precompute=Gf, tol=1e-6).fit(Xsf, Y[:, t])
-    t_sk = (time.perf_counter() - t0) * T / tsub.size
-    print(f"(b) sklearn lasso_path: {t_sk:.1f}s (scaled from {tsub.size} targets)", flush=True)
+        lasso_path(Xsf, Yf_c[t], alphas=lambdas[t, best:best + 1], precompute=Gf,
+                   Xy=Xyf[t], tol=tol_sk, check_input=False)
+    t_per = (time.perf_counter() - t0) / tsub.size
+    t_sk = t_setup + t_per * T
+    print(f"(b) sklearn lasso_path: {t_sk:.1f}s = setup {t_setup:.1f}s + {t_per:.3f}s per "
+          f"target x {T} (timed on {tsub.size} targets)", flush=True)
 
     # (c) naive loop
     tn = np.arange(min(naive_targets, T))
     t0 = time.perf_counter()
     for t in tn:
-        m = Lasso(precompute=Gs, warm_start=True, tol=1e-6)
+        m = Lasso(precompute=Gs, warm_start=True, tol=tol_sk)
         vals = []
         for lam in lambdas[t]:
             m.set_params(alpha=lam)
             m.fit(Xs, Ytr[:, t])
             vals.append(np.mean((m.predict((Xv - mu) / sd) - Y[:n_val, t]) ** 2))
         best = int(np.argmin(vals))
-        Lasso(alpha=lambdas[t, best], precompute=Gf, tol=1e-6).fit(Xsf, Y[:, t])
+        Lasso(alpha=lambdas[t, best], precompute=Gf, tol=tol_sk).fit(Xsf, Y[:, t])
     t_naive = (time.perf_counter() - t0) * T / tn.size
     print(f"(c) naive loop: {t_naive:.1f}s (scaled from {tn.size} targets)", flush=True)
+    t_naive += t_setup
     del Xs, Xsf, Gs, Gf
 
     # (e) streaming SAGA: a lower bound from k targets, capped
@@ -209,13 +232,14 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     rows.append({"contestant": "(a) dmdask fit_datamodels (Gram)", "seconds": t_dm,
                  "dmdask faster by": 1.0, "aim": "",
                  "val MSE / dmdask (same targets)": 1.0})
-    rows.append({"contestant": f"(b) sklearn lasso_path + Gram ({tsub.size} targets, scaled)",
-                 "seconds": t_sk, "dmdask faster by": t_sk / t_dm, "aim": ">= 10x",
+    rows.append({"contestant": f"(b) sklearn lasso_path + Gram, as a careful user runs it "
+                 f"(setup once + {tsub.size} targets timed, scaled)",
+                 "seconds": t_sk, "dmdask faster by": t_sk / t_dm, "aim": "",
                  "val MSE / dmdask (same targets)":
                      float(np.mean(sk_val.min(1)) / np.mean(dm_val[tsub]))})
     rows.append({"contestant": f"(c) Lasso(precompute, warm_start) loop ({tn.size} targets, "
                  "scaled)", "seconds": t_naive, "dmdask faster by": t_naive / t_dm,
-                 "aim": ">= 100x", "val MSE / dmdask (same targets)": ""})
+                 "aim": "", "val MSE / dmdask (same targets)": ""})
     if saga is not None:
         k = saga["targets"]
         how = (f"stopped at the {saga['cap']:.0f} s cap" if saga["capped"]
@@ -474,7 +498,7 @@ def main(argv=None):
     p.add_argument("--models", type=int, default=50_000)
     p.add_argument("--train", type=int, default=5_000)
     p.add_argument("--targets", type=int, default=500)
-    p.add_argument("--sk-targets", type=int, default=10)
+    p.add_argument("--sk-targets", type=int, default=50)
     p.add_argument("--naive-targets", type=int, default=2)
     p.add_argument("--saga-targets", type=int, default=1,
                    help="SAGA lower bound: time it on this many targets, unscaled (0 skips)")
