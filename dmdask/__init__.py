@@ -4,8 +4,6 @@ Training runs land in a Zarr run store (models × examples) read as xarray; Dask
 NumPy or CuPy chunks run the solver and the analyses out of core.
 """
 
-__version__ = "0.1.0"
-
 from . import config  # noqa: E402,F401  (registers the dmdask dask.config defaults)
 
 # Eager on purpose: importing the submodules ``dmdask.train``/``dmdask.evaluate`` would
@@ -23,6 +21,7 @@ from .store.runstore import (  # noqa: E402
     write_block,
 )
 from .train import TrainReport, train  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "KINDS",

@@ -48,7 +48,7 @@ def _versions() -> dict[str, str]:
     import scipy
     import zarr
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"dmdask": __version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
             "dask": dask.__version__, "xarray": xr.__version__, "zarr": zarr.__version__}

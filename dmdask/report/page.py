@@ -353,7 +353,7 @@ def _section(sec_id: str, title: str, body: str) -> str:
 
 # --------------------------------------------------------------------------- sections
 def _header(ds, path, dm, title: str) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     rows = [("store", _esc(path) if path else "— (no run store given)")]
     job = _job_of(ds)
@@ -777,7 +777,7 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
         except DmdaskError as e:  # a refused input spoils its section, not the page
             content = _missing(_esc(e))
         body.append(_section(sid, name, content))
-    from .. import __version__
+    from ..version import __version__
 
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"

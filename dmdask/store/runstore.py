@@ -193,7 +193,7 @@ def _init_store(
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return f"dmdask {__version__}"
 
