@@ -57,7 +57,7 @@ import math
 import numpy as np
 
 from . import _cifar_data as cdata
-from ._common import check_block, margins_from_logits, torch_threads
+from ._common import check_block, check_examples, margins_from_logits, torch_threads
 
 N_CLASSES = 10
 _DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -190,6 +190,13 @@ class CIFAR10ResNet9:
                 lb = np.concatenate([labels[s:e], np.zeros((pad, self.n_train), np.int64)])
                 out[s:e] = self._train_chunk(st, m, sd, lb)[: e - s]
         return out
+
+    def examples(self, which: str, index) -> np.ndarray:
+        """The images of training examples or targets at store positions ``index``: uint8
+        ``[n, 32, 32, 3]`` RGB, as stored (no augmentation, no normalisation)."""
+        idx = check_examples(which, index, self.n_train, self.n_target)
+        x = self.x_train if which == "train" else self.x_target
+        return np.ascontiguousarray(x[idx].transpose(0, 2, 3, 1))
 
     # -- checks -----------------------------------------------------------------------------
     def _check(self, masks, seeds, train_labels):

@@ -579,8 +579,18 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
             complexity=None, fast=False, progress=False, echo=click.echo):
     import xarray as xr
 
+    from ..analysis.evaluate import evaluation_runs
+    from ..errors import InputError
     from ..report.page import write_report
+    from ..store.runstore import open_store
 
+    try:  # cheap, and before any fit: what needs held-out models is skipped, not crashed into
+        evaluation_runs(open_store(store))
+        heldout = True
+    except InputError:
+        heldout = False
+        echo("          no completed held-out models: evaluation, comparison and sample "
+             "complexity are left out of the report")
     if datamodels is None:
         from ..fit.datamodels import fit_datamodels
 
@@ -589,19 +599,19 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
     else:
         dm = xr.open_zarr(datamodels, consolidated=False).load()
     ev = _load_result(evaluation)
-    if ev is None:
+    if ev is None and heldout:
         from ..analysis.evaluate import evaluate as run_eval
 
         ev = run_eval(store, dm)
     cmp = _load_result(comparison)
-    if cmp is None and not fast:
+    if cmp is None and heldout and not fast:
         from ..analysis.compare import compare as run_cmp
         from ..analysis.compare import default_rows
 
         echo("          comparing estimators")
         cmp = run_cmp(store, default_rows(store, include_model_based=False), datamodels=dm)
     sc = _load_result(complexity)
-    if sc is None and not fast:
+    if sc is None and heldout and not fast:
         from ..analysis.complexity import sample_complexity as run_sc
 
         echo("          sample-complexity curves")
