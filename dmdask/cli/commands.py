@@ -246,7 +246,7 @@ def _fit_summary(dm) -> list[str]:
     return [
         f"targets   {w.shape[0]} datamodels over {w.shape[1]} training examples, "
         f"{dm.attrs['n_models']} models (alpha {dm.attrs['alpha']:g}), selection "
-        f"{dm.attrs['selection']}, solver {'+'.join(dm.attrs['solvers_used'])}, "
+        f"{dm.attrs['selection']}, solver {'+'.join(str(dm.attrs['solvers_used']).split())}, "
         f"{dm.attrs['seconds']:.1f} s",
         f"val MSE   mean {np.nanmean(vm):.4g}, median {np.nanmedian(vm):.4g}",
         f"sparsity  {np.median(nnz):.0f} nonzero weights per target (median; "
@@ -337,7 +337,9 @@ def _save_result(ds, out: str | None, overwrite: bool = True) -> None:
     if out.endswith(".nc"):
         ds.to_netcdf(out)
     else:
-        ds.to_zarr(out, mode="w" if overwrite else "w-", consolidated=False)
+        from ..outputs import write_zarr
+
+        write_zarr(ds, out, overwrite=overwrite)
     click.echo(f"saved     {out}")
 
 
@@ -713,7 +715,9 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
 
 
 def _save_quiet(ds, out):
-    ds.to_zarr(out, mode="w", consolidated=False)
+    from ..outputs import write_zarr
+
+    write_zarr(ds, out)
 
 
 def _quickstart_fit(store: str, out: str, progress: bool):
