@@ -128,7 +128,7 @@ def main(argv=None):
             "generate (s)": gen_sec, "fit (s)": fit_sec,
             "RSS before fit (GB)": rss.start_rss / GB,
             "peak RSS, sampled (GB)": rss.peak / GB, "peak RSS, getrusage (GB)": ru_peak / GB,
-            "solver": ",".join(dm.attrs.get("solvers_used", [])),
+            "solver": ",".join(str(dm.attrs.get("solvers_used", "")).split()),
             "rel. pred. error": ev["mean_rel_err"], "support F1": ev["mean_f1"],
         }]
         cols = list(rows[0])

@@ -6,6 +6,18 @@ axis) of every parameter, so one forward/backward pass trains ``M`` independent 
 channels ``3m..3m+2``), convolutions are grouped, BatchNorm statistics are per channel (hence
 per model), and the head is a batched matrix product. ``M = 1`` is a plain dense ResNet-9.
 
+Two ways to run the pack, the same parameters and the same function:
+
+``separate=False`` (grouped)
+    One grouped convolution per layer for all ``M`` models: the fast way on a GPU. The kernel
+    a library picks for a grouped convolution depends on ``M``, so a model's round-off, and
+    after training's amplification its margins, depend on how many models share its pack.
+``separate=True``
+    Every model runs its own dense convolutions, BatchNorms and head on its own contiguous
+    slice, with the shapes it would have alone, so model ``m`` of a pack of ``M`` computes
+    exactly what it computes in a pack of one: margins bit for bit independent of ``M``,
+    of the pack-mates and of the position (on one machine, at one thread count).
+
 The architecture is the Myrtle / DAWNBench ResNet-9 the datamodels paper used (Kakao Brain's
 variant of Page's network), channels scaled by ``width``::
 
@@ -54,11 +66,28 @@ class PackedConvBN(nn.Module):
             x = F.max_pool2d(x, 2)
         return F.relu(self.bn(x))
 
+    def forward_each(self, xs: list) -> list:
+        """The layer on each model's own input ``xs[m] [N, cin, H, W]``, with its own slices of
+        the packed weight and BatchNorm (running statistics updated in place, per slice)."""
+        bn, C = self.bn, self.cout
+        out = []
+        for m, (x, w) in enumerate(zip(xs, self.conv.weight.split(C), strict=True)):
+            y = F.conv2d(x, w, padding=1)
+            if self.pool:
+                y = F.max_pool2d(y, 2)
+            c = slice(m * C, (m + 1) * C)
+            y = F.batch_norm(y, bn.running_mean[c], bn.running_var[c], bn.weight[c],
+                             bn.bias[c], bn.training, bn.momentum, bn.eps)
+            out.append(F.relu(y))
+        return out
+
 
 class PackedResNet9(nn.Module):
-    def __init__(self, M: int, width: float = 1.0, n_classes: int = 10):
+    def __init__(self, M: int, width: float = 1.0, n_classes: int = 10,
+                 separate: bool = False, channels_last: bool = False):
         super().__init__()
         self.M, self.n_classes = M, n_classes
+        self.separate, self.channels_last = bool(separate), bool(channels_last)
         c0, layers = channels(width)
         self.prep = PackedConvBN(M, 3, c0)
         blocks = []
@@ -75,11 +104,31 @@ class PackedResNet9(nn.Module):
 
     def forward(self, x):
         """``x [N, M*3, 32, 32]`` -> logits ``[N, M, n_classes]``."""
+        if self.separate:
+            return self._forward_each(x)
         x = self.prep(x)
         for blk in self.blocks:
             x = x + blk(x) if isinstance(blk, nn.Sequential) else blk(x)
         f = torch.amax(x, dim=(2, 3)).view(x.shape[0], self.M, self.feat)
         return torch.einsum("nmc,mck->nmk", f, self.head.to(f.dtype)) * self.scale
+
+    def _forward_each(self, x):
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        # each model's own contiguous input, laid out as if it were alone
+        xs = [v.contiguous(memory_format=fmt) for v in x.split(3, dim=1)]
+        xs = self.prep.forward_each(xs)
+        for blk in self.blocks:
+            if isinstance(blk, nn.Sequential):
+                ys = xs
+                for cb in blk:
+                    ys = cb.forward_each(ys)
+                xs = [a + b for a, b in zip(xs, ys, strict=True)]
+            else:
+                xs = blk.forward_each(xs)
+        heads = self.head.unbind(0)
+        z = [torch.amax(v, dim=(2, 3)) @ h.to(v.dtype) * self.scale
+             for v, h in zip(xs, heads, strict=True)]
+        return torch.stack(z, dim=1)
 
     # -- per-model parameters -----------------------------------------------------------------
     def convbns(self) -> list[PackedConvBN]:
@@ -133,9 +182,12 @@ class PackedSGD:
             g = p.grad
             if grad_scale != 1.0:
                 g = g * grad_scale
-            g = g.add(p, alpha=self.wd) if self.wd else g
+            # a * b and + as two ops, never add(alpha=): its vectorised body fuses them into an
+            # FMA and its scalar tail does not, so an element's rounding would depend on where
+            # the tensor's length (which grows with M) puts the tail
+            g = g + p * self.wd if self.wd else g
             buf.mul_(self.momentum).add_(g)
-            upd = g.add(buf, alpha=self.momentum) if self.nesterov else buf
+            upd = g + buf * self.momentum if self.nesterov else buf
             # unflatten, not view: a channels_last weight is not contiguous
             lr_p = lr.view((self.M,) + (1,) * p.dim())
             p.unflatten(0, (self.M, -1)).sub_(lr_p * upd.unflatten(0, (self.M, -1)))

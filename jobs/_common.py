@@ -63,3 +63,19 @@ def check_block(masks, seeds, train_labels, y_train: np.ndarray, n_classes: int)
             raise ValueError(f"train_labels must lie in [0, {n_classes})")
         labels = labels.astype(np.int64, copy=False)
     return masks, seeds.astype(np.uint64), labels
+
+
+def check_examples(which: str, index, n_train: int, n_target: int) -> np.ndarray:
+    """Validate an ``examples(which, index)`` call (the report's image hook): ``which`` is
+    ``"train"`` or ``"target"``, ``index`` integer positions in that axis of the store.
+    Returns the positions as int64; raises ValueError."""
+    n = {"train": n_train, "target": n_target}.get(which)
+    if n is None:
+        raise ValueError(f"which must be 'train' or 'target', got {which!r}")
+    idx = np.asarray(index)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"index must be a 1-d integer array, got {idx.dtype} {idx.shape}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"{which} positions must lie in [0, {n})")
+    return idx

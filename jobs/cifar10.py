@@ -17,11 +17,14 @@ Data
     minibatch is gathered, cropped, flipped, Cut out and normalised there in one batched pass.
 
 Models at once
-    ``models_at_once = M`` models are packed into one network of ``M`` times the channels with
-    grouped convolutions (``groups = M``), each model on its own minibatches. ``M = 1`` is a
-    plain dense network; which ``M`` is fastest depends on the GPU (the benchmark
-    ``benchmarks/bench_cifar10_gpu.py`` measures it). A block of ``B`` models runs in chunks
-    of ``M``, the last chunk padded with idle models.
+    ``models_at_once = M`` models are trained together, each on its own minibatches, in one
+    network of ``M`` times the channels. ``packing`` says how the pack runs: ``"grouped"``, one
+    grouped convolution per layer (``groups = M``) for all models, the fast way on a GPU
+    (which ``M`` is fastest depends on the GPU; ``benchmarks/bench_cifar10_gpu.py`` measures
+    it); ``"separate"``, each model its own dense convolutions on its own slice, so it
+    computes exactly what it would alone; ``"auto"`` (default): grouped on CUDA, separate on
+    the CPU. A block of ``B`` models runs in chunks of ``M``, the last chunk padded with idle
+    models.
 
 Per-model schedule
     Model ``b`` sees its own subset of ``n_b`` examples as a stream of fresh permutations (one
@@ -37,9 +40,12 @@ Determinism
     Initial weights, data order and augmentation parameters are drawn with NumPy from the
     model's seed, so they are identical on every device and in every chunk. On the CPU the
     same (mask, seed, labels, chunk composition, thread count) gives bit-identical margins
-    (tested). Across different chunk-mates or positions they agree to float round-off only
-    (grouped convolutions may pick different kernels for different ``M``), and round-off is
-    amplified by training, so do not compare margins across ``M`` bit for bit. On a GPU,
+    (tested), and with ``packing="separate"`` (the CPU default) a model's margins do not
+    depend on ``M``, its pack-mates or its position either, bit for bit (tested): each model
+    runs the very kernels it would run alone. Grouped packing gives no such promise: the
+    kernel a grouped convolution gets depends on ``M`` and the CPU, and training amplifies
+    that round-off into margins that differ by tens of percent between packings on some
+    CPUs, so compare grouped margins across ``M`` only statistically. On a GPU,
     ``deterministic=True`` asks cuDNN for deterministic kernels; bf16 results are reproducible
     only to the tolerance the GPU test states.
 """
@@ -51,10 +57,11 @@ import math
 import numpy as np
 
 from . import _cifar_data as cdata
-from ._common import check_block, margins_from_logits, torch_threads
+from ._common import check_block, check_examples, margins_from_logits, torch_threads
 
 N_CLASSES = 10
 _DTYPES = ("auto", "fp32", "bf16", "fp16")
+_PACKINGS = ("auto", "grouped", "separate")
 FP16_LOSS_SCALE = 1024.0
 
 
@@ -81,6 +88,7 @@ class CIFAR10ResNet9:
     ``crop``, ``flip``, ``cutout`` (square side, 0 = off), ``tta`` (flip averaging);
     ``width``               channel multiplier (1.0 = 64/128/256/512);
     ``models_at_once``      models packed into one network;
+    ``packing``             "auto" (grouped on cuda, separate on cpu), "grouped", "separate";
     ``device``              "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...;
     ``dtype``               "auto" (bf16 autocast on cuda, fp32 on cpu), "fp32", "bf16", "fp16"
                             (fp16 with a static loss scale of 1024);
@@ -97,7 +105,7 @@ class CIFAR10ResNet9:
                  lr_peak_epoch: float = 5.0, momentum: float = 0.9, nesterov: bool = False,
                  weight_decay: float = 5e-4, label_smoothing: float = 0.1, crop: bool = True,
                  flip: bool = True, cutout: int = 8, tta: bool = True, width: float = 1.0,
-                 models_at_once: int = 1, device: str = "auto", dtype: str = "auto",
+                 models_at_once: int = 1, packing: str = "auto", device: str = "auto", dtype: str = "auto",
                  channels_last: bool | None = None, compile: bool = False,
                  deterministic: bool = False, train_targets: int = 0,
                  eval_batch_size: int = 1000, threads: int | None = None):
@@ -117,6 +125,8 @@ class CIFAR10ResNet9:
                         ("models_at_once", models_at_once), ("eval_batch_size", eval_batch_size)):
             if int(v) < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        if packing not in _PACKINGS:
+            raise ValueError(f"packing must be one of {_PACKINGS}, got {packing!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         if not 0 <= int(train_targets) <= len(y_tr):
@@ -131,6 +141,7 @@ class CIFAR10ResNet9:
         self.weight_decay, self.label_smoothing = float(weight_decay), float(label_smoothing)
         self.crop, self.flip, self.cutout, self.tta = bool(crop), bool(flip), int(cutout), bool(tta)
         self.width, self.M = float(width), int(models_at_once)
+        self.packing = packing
         self.device_name, self.dtype_name = str(device), dtype
         self.channels_last, self.compile = channels_last, bool(compile)
         self.deterministic, self.eval_batch_size = bool(deterministic), int(eval_batch_size)
@@ -180,6 +191,13 @@ class CIFAR10ResNet9:
                 out[s:e] = self._train_chunk(st, m, sd, lb)[: e - s]
         return out
 
+    def examples(self, which: str, index) -> np.ndarray:
+        """The images of training examples or targets at store positions ``index``: uint8
+        ``[n, 32, 32, 3]`` RGB, as stored (no augmentation, no normalisation)."""
+        idx = check_examples(which, index, self.n_train, self.n_target)
+        x = self.x_train if which == "train" else self.x_target
+        return np.ascontiguousarray(x[idx].transpose(0, 2, 3, 1))
+
     # -- checks -----------------------------------------------------------------------------
     def _check(self, masks, seeds, train_labels):
         return check_block(masks, seeds, train_labels, self.y_train, N_CLASSES)
@@ -205,12 +223,15 @@ class CIFAR10ResNet9:
             torch.backends.cudnn.deterministic = self.deterministic
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        net = PackedResNet9(self.M, self.width, N_CLASSES).to(dev)
+        packing = self.packing if self.packing != "auto" else ("grouped" if cuda else "separate")
+        net = PackedResNet9(self.M, self.width, N_CLASSES, separate=packing == "separate",
+                            channels_last=cl).to(dev)
         if cl:
             net = net.to(memory_format=torch.channels_last)
         fwd = torch.compile(net) if self.compile else net
         st = {
             "torch": torch, "dev": dev, "cuda": cuda, "amp": amp, "dtype": dt, "cl": cl,
+            "packing": packing,
             "net": net, "fwd": fwd,
             "opt": PackedSGD(net.parameters(), self.M, self.momentum, self.weight_decay,
                              self.nesterov),

@@ -24,7 +24,8 @@ against the targets' true labels (also when ``train_labels`` flips what the mode
 ``train_targets=k`` appends the first ``k`` training examples to the targets (after the 500
 test targets) with their ``target_train_index`` set.
 
-Both implement the optional **model hooks** of :mod:`dmdask.jobspec` (``model_inputs``,
+Both implement the optional ``examples(which, index)`` hook of :mod:`dmdask.store.jobspec`
+(the images the report draws) and the optional **model hooks** of :mod:`dmdask.jobspec` (``model_inputs``,
 ``train_params``, ``features``, ``head``, ``last_layer``, ``l2_penalty``; ``DigitsMLP`` also
 ``train_checkpoints``) used by the model-based estimators (:mod:`dmdask.analysis.estimators.model`).
 For ``DigitsLogistic`` the "penultimate features" are the inputs themselves and the last
@@ -38,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._common import check_block, margins_from_logits, torch_threads
+from ._common import check_block, check_examples, margins_from_logits, torch_threads
 
 N_CLASSES = 10
 N_TEST = 500
@@ -148,6 +149,16 @@ class _DigitsJob:
 
     def _check(self, masks, seeds, train_labels):
         return check_block(masks, seeds, train_labels, self.split.y_train, N_CLASSES)
+
+    def examples(self, which: str, index) -> np.ndarray:
+        """The 8×8 images of training examples or targets at store positions ``index``:
+        uint8 ``[n, 8, 8]``, the digits' 0..16 intensities scaled to 0..255 (ink is high)."""
+        from sklearn.datasets import load_digits
+
+        idx = check_examples(which, index, self.n_train, self.n_target)
+        ids = (self.split.train_id if which == "train" else self._target_id)[idx]
+        raw = np.asarray(load_digits().images, np.float64)[ids]
+        return np.rint(raw * (255.0 / 16.0)).astype(np.uint8)
 
     # -- model hooks (dmdask.jobspec) -------------------------------------------------------
     _dtype = "float32"

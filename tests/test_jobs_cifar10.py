@@ -100,16 +100,81 @@ def test_deterministic_on_cpu_and_seed_matters(job2):
 
 
 def test_independent_of_chunk_mates_and_position(job2):
-    """Same M: a model's margins do not depend on the other model in its chunk, its subset
-    size (which leaves one model idle for the last steps) or its position."""
+    """The CPU default (separate packing): a model's margins do not depend on the other models
+    in its chunk, their subset sizes (which leave models idle for the last steps), its position
+    or the number of models packed with it, bit for bit: it runs the kernels it would run
+    alone, on any CPU."""
+    assert job2._setup()["packing"] == "separate"
     rng = np.random.default_rng(3)
     A, B, C = rng.random(N_TRAIN) < 0.5, rng.random(N_TRAIN) < 0.9, rng.random(N_TRAIN) < 0.1
     r1 = job2.train_block(np.stack([A, B]), np.array([5, 6]))
     r2 = job2.train_block(np.stack([C, A]), np.array([7, 5]))
     np.testing.assert_array_equal(r1[0], r2[1])
-    # across M (1 vs 2) only to round-off, amplified by training: loosely
-    r3 = _job(models_at_once=1).train_block(A[None], np.array([5]))
-    np.testing.assert_allclose(r3[0], r1[0], atol=0.05 * np.abs(r1).max())
+    alone = _job(models_at_once=1).train_block(A[None], np.array([5]))
+    np.testing.assert_array_equal(alone[0], r1[0])
+    three = _job(models_at_once=3).train_block(np.stack([C, B, A]), np.array([7, 6, 5]))
+    np.testing.assert_array_equal(three[2], r1[0])
+    np.testing.assert_array_equal(three[1], r1[1])
+
+
+def test_grouped_packing_is_deterministic_at_the_same_packing():
+    """Grouped packing promises only what its kernels guarantee: the same packing gives the
+    same margins, and a chunk-mate's data cannot reach a model."""
+    job = _job(models_at_once=2, packing="grouped")
+    assert job._setup()["packing"] == "grouped"
+    masks = _masks(2, fracs=(0.5, 0.6))
+    a = job.train_block(masks, np.array([1, 2]))
+    np.testing.assert_array_equal(a, job.train_block(masks, np.array([1, 2])))
+    other = masks.copy()
+    other[1] = ~other[1]
+    b = job.train_block(other, np.array([1, 3]))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_grouped_and_separate_packings_compute_the_same_network(channels_last):
+    """One forward and backward pass (no training to amplify round-off) of the same packed
+    weights: grouped and separate packings give the same logits, gradients and BatchNorm
+    running statistics to float32 round-off."""
+    import torch
+
+    from jobs._cifar_net import PackedResNet9
+
+    M = 3
+    nets = [PackedResNet9(M, 1 / 16, separate=sep, channels_last=channels_last)
+            for sep in (False, True)]
+    for net in nets:
+        net.reset(np.array([4, 5, 6]))
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3 * M, 32, 32),
+                                                                  dtype=np.float32))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    outs = []
+    for net in nets:
+        net.train()
+        z = net(x)
+        (z ** 2).sum().backward()
+        net.eval()
+        with torch.no_grad():
+            ze = net(x)
+        outs.append((z.detach(), ze, {k: p.grad for k, p in net.named_parameters()},
+                     {k: b for k, b in net.named_buffers() if "running" in k}))
+    (g_z, g_ze, g_grad, g_buf), (s_z, s_ze, s_grad, s_buf) = outs
+    assert g_z.shape == (8, M, 10)
+
+    def close(a, b):
+        a, b = a.double().numpy(), b.double().numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+    close(g_z, s_z)
+    close(g_ze, s_ze)
+    for k in g_grad:
+        close(g_grad[k], s_grad[k])
+    for k in g_buf:
+        close(g_buf[k], s_buf[k])
 
 
 def test_masks_select_exactly_the_examples_trained_on(job2):
@@ -157,6 +222,8 @@ def test_bad_arguments(job2):
                          train_labels=np.full((1, N_TRAIN), 10))
     with pytest.raises(ValueError, match="dtype"):
         _job(dtype="fp8")
+    with pytest.raises(ValueError, match="packing"):
+        _job(packing="stacked")
 
 
 def test_learns_the_synthetic_classes():

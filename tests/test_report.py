@@ -429,10 +429,10 @@ def test_digits_images_are_the_jobs_digits(digits):
 
     tr, tg, source = resolve_images(digits["path"])
     split = load_split()
-    imgs = load_digits().images
+    imgs = np.rint(load_digits().images * 255 / 16)  # the hook's uint8 scale of 0..16
     np.testing.assert_array_equal(tr, imgs[split.train_id])
     np.testing.assert_array_equal(tg, imgs[split.test_id])
-    assert "load_digits" in source
+    assert "jobs.digits:DigitsMLP" in source
     # the images' labels are the store's labels: the right digits were picked
     raw = load_digits().target
     np.testing.assert_array_equal(raw[split.train_id], digits["ds"].train_label.values)
@@ -529,3 +529,129 @@ def test_report_renders_in_headless_chromium(digits, tmp_path):
     assert png.shape[1] == 1280 and png.shape[0] == height
     assert png[..., :3].std() > 0.05  # not a blank page
     print(f"\nscreenshot: {shot}")
+
+
+# --------------------------------------------------------------------------- the report knows no job
+def _weights_dm(ds: xr.Dataset, seed: int = 0) -> xr.Dataset:
+    """Datamodels-shaped weights for every target of ``ds`` (sparse, both signs): the images
+    section draws from the weights only, so no fit is needed to test where images come from."""
+    rng = np.random.default_rng(seed)
+    T, N = ds.sizes["target"], ds.sizes["train"]
+    W = rng.standard_normal((T, N)) * (rng.random((T, N)) < 0.3)
+    return xr.Dataset({"weight": (("target", "train"), W), "bias": ("target", np.zeros(T))},
+                      coords={"target": np.arange(T)})
+
+
+def test_no_dmdask_module_imports_jobs():
+    """dmdask knows no job: jobs are reached only by the import path a store names."""
+    import ast
+
+    root = Path(dmdask.__file__).parent
+    bad = []
+    for f in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            bad += [f"{f.relative_to(root)}:{node.lineno} imports {n}" for n in names
+                    if n == "jobs" or n.startswith("jobs.")]
+    assert not bad, bad
+
+
+def test_digits_images_come_from_the_jobs_examples_hook(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from dmdask.report.images import image_source
+
+    p = dmdask.create_store(tmp_path / "d.zarr", "jobs.digits:DigitsMLP", n_models=4,
+                            alpha=0.5, params={"train_targets": 3})
+    ds = dmdask.open_store(p)
+    src, note = image_source(p)
+    assert src is not None, note
+    raw = load_digits().images  # 0..16, indexed by the ids the store recorded
+    idx = np.array([0, 5, ds.sizes["train"] - 1])
+    np.testing.assert_array_equal(src.get("train", idx),
+                                  np.rint(raw[ds.train_id.values[idx]] * 255 / 16))
+    tidx = np.array([0, 499, 500, 502])  # test digits, then training examples as targets
+    got = src.get("target", tidx)
+    assert got.dtype == np.uint8 and got.shape == (4, 8, 8)
+    np.testing.assert_array_equal(got, np.rint(raw[ds.target_id.values[tidx]] * 255 / 16))
+    page = _parse(write_report(tmp_path / "r.html", store=p, datamodels=_weights_dm(ds)))
+    assert "fig-images" in page.figures
+    assert "examples()" in page.figures["fig-images"]["caption"]
+
+
+def _tiny_cifar_params(**kw):
+    return {"width": 1 / 16, "epochs": 1, "batch_size": 8, "threads": 1, "device": "cpu", **kw}
+
+
+def test_cifar10_images_come_from_the_jobs_examples_hook(tmp_path):
+    from dmdask.report.images import image_source
+    from jobs._cifar_data import synthetic_cifar
+
+    syn = {"n_train": 40, "n_test": 12, "seed": 0}
+    p = dmdask.create_store(tmp_path / "c.zarr", "jobs.cifar10:CIFAR10ResNet9", n_models=4,
+                            alpha=0.5, params=_tiny_cifar_params(synthetic=syn))
+    xtr, _, xte, _ = synthetic_cifar(**syn)  # [n, 3, 32, 32]: channels first
+    src, note = image_source(p)
+    assert src is not None, note
+    np.testing.assert_array_equal(src.get("train", np.array([3, 7])),
+                                  xtr[[3, 7]].transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(src.get("target", np.array([0, 11])),
+                                  xte[[0, 11]].transpose(0, 2, 3, 1))
+    ds = dmdask.open_store(p)
+    page = _parse(write_report(tmp_path / "r.html", store=p, datamodels=_weights_dm(ds)))
+    assert "fig-images" in page.figures
+
+
+def test_images_note_when_the_job_cannot_show_them(tmp_path):
+    """A job without the hook, and a job whose data is gone from this machine: the images
+    section says why, the rest of the page is drawn."""
+    from jobs._cifar_data import synthetic_cifar, write_cifar10_batches
+
+    p = dmdask.create_store(tmp_path / "r.zarr", "testjobs:RidgeDigits", n_models=4, alpha=0.5,
+                            params={"n_train": 30, "n_target": 5})
+    page = _parse(write_report(tmp_path / "r.html", store=p,
+                               datamodels=_weights_dm(dmdask.open_store(p))))
+    assert "no examples(which, index) method" in page.missing["sec-images"]
+    data = tmp_path / "cifar"
+    write_cifar10_batches(str(data), *synthetic_cifar(n_train=20, n_test=5))
+    p = dmdask.create_store(tmp_path / "c.zarr", "jobs.cifar10:CIFAR10ResNet9", n_models=4,
+                            alpha=0.5, params=_tiny_cifar_params(data_dir=str(data)))
+    shutil.rmtree(data)
+    page = _parse(write_report(tmp_path / "c.html", store=p,
+                               datamodels=_weights_dm(dmdask.open_store(p))))
+    assert "cannot be constructed here (FileNotFoundError" in page.missing["sec-images"]
+    assert "fig-images" not in page.figures
+
+
+def test_cli_report_on_a_madrylab_store_without_heldout_models(tmp_path):
+    """`dmdask report` on an imported store (no job, no held-out models): the datamodels are
+    fitted and drawn, every section that needs held-out models or images says why not."""
+    from click.testing import CliRunner
+
+    from dmdask.cli import main
+
+    rng = np.random.default_rng(0)
+    n, N = 160, 12
+    masks = rng.random((n, N)) < 0.5
+    margins = (masks[:, :3].astype(np.float32) - masks[:, 3:6]
+               + 0.1 * rng.standard_normal((n, 3)).astype(np.float32))
+    src = tmp_path / "madry"
+    src.mkdir()
+    np.save(src / "masks.npy", masks)
+    np.save(src / "margins.npy", margins)
+    np.save(src / "_completed.npy", np.ones(n, bool))
+    store = dmdask.import_madrylab(src, tmp_path / "s.zarr", alpha=0.5, progress=False)
+    out = tmp_path / "report.html"
+    r = CliRunner().invoke(main, ["report", str(store), "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    page = _parse(out)
+    assert set(page.figures) == {"fig-lambda-path"}
+    for sec in ("sec-pred-actual", "sec-evaluation", "sec-comparison",
+                "sec-sample-complexity"):
+        assert "held-out models" in page.missing[sec], sec
+    assert "has no job" in page.missing["sec-images"]

@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
+from ..outputs import portable_attrs
 
 __all__ = ["compare", "default_rows", "format_table", "parse_rows"]
 
@@ -249,7 +250,7 @@ def _assemble(ds, rows, results, *, ci, level) -> xr.Dataset:
                        "are rank metrics and never calibrated",
         "lds_definition": str(ev0.attrs["lds_definition"]),
     }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    return xr.Dataset(data, coords=coords, attrs=portable_attrs(attrs))
 
 
 def format_table(cmp: xr.Dataset, *, markdown: bool = True) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
+from ..outputs import portable_attrs
 
 __all__ = ["default_sizes", "sample_complexity"]
 
@@ -178,4 +179,4 @@ def sample_complexity(ds, sizes=None, *, estimators=("lasso", "dom_margin"),
     }
     return xr.Dataset(data, coords={"estimator": np.array(estimators, dtype=object),
                                        "n_models": sizes},
-                      attrs=attrs)
+                      attrs=portable_attrs(attrs))

@@ -50,6 +50,7 @@ import xarray as xr
 
 from ..backend import dask_to_backend, get_namespace, namespace, to_numpy
 from ..errors import InputError
+from ..outputs import portable_attrs
 from . import metrics as M
 from .scores import load_scores
 
@@ -279,7 +280,7 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
         s = M.summarize(per[k], ci=ci, level=level)
         for f in ("mean", "ci_low", "ci_high", "n_used", "n_skipped"):
             attrs[f"{k}_{f}"] = s[f]
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    return xr.Dataset(data, coords=coords, attrs=portable_attrs(attrs))
 
 
 def _is_schema(obj) -> bool:

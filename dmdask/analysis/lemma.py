@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import InputError
+from ..outputs import portable_attrs
 
 __all__ = ["lemma_check"]
 
@@ -127,4 +128,4 @@ def lemma_check(ds, sizes=None, *, output: str = "margin", groups: int = 10,
              "output": output, "alpha": alpha, "n_train": N,
              "identity": "min-norm OLS with intercept = ((N-1)/N) * difference of means "
                          "(fixed-size subsets; 1 for Bernoulli)"}
-    return xr.Dataset(data, coords={"n_models": sizes}, attrs=attrs)
+    return xr.Dataset(data, coords={"n_models": sizes}, attrs=portable_attrs(attrs))

@@ -246,7 +246,7 @@ def _fit_summary(dm) -> list[str]:
     return [
         f"targets   {w.shape[0]} datamodels over {w.shape[1]} training examples, "
         f"{dm.attrs['n_models']} models (alpha {dm.attrs['alpha']:g}), selection "
-        f"{dm.attrs['selection']}, solver {'+'.join(dm.attrs['solvers_used'])}, "
+        f"{dm.attrs['selection']}, solver {'+'.join(str(dm.attrs['solvers_used']).split())}, "
         f"{dm.attrs['seconds']:.1f} s",
         f"val MSE   mean {np.nanmean(vm):.4g}, median {np.nanmedian(vm):.4g}",
         f"sparsity  {np.median(nnz):.0f} nonzero weights per target (median; "
@@ -337,7 +337,9 @@ def _save_result(ds, out: str | None, overwrite: bool = True) -> None:
     if out.endswith(".nc"):
         ds.to_netcdf(out)
     else:
-        ds.to_zarr(out, mode="w" if overwrite else "w-", consolidated=False)
+        from ..outputs import write_zarr
+
+        write_zarr(ds, out, overwrite=overwrite)
     click.echo(f"saved     {out}")
 
 
@@ -579,8 +581,18 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
             complexity=None, fast=False, progress=False, echo=click.echo):
     import xarray as xr
 
+    from ..analysis.evaluate import evaluation_runs
+    from ..errors import InputError
     from ..report.page import write_report
+    from ..store.runstore import open_store
 
+    try:  # cheap, and before any fit: what needs held-out models is skipped, not crashed into
+        evaluation_runs(open_store(store))
+        heldout = True
+    except InputError:
+        heldout = False
+        echo("          no completed held-out models: evaluation, comparison and sample "
+             "complexity are left out of the report")
     if datamodels is None:
         from ..fit.datamodels import fit_datamodels
 
@@ -589,19 +601,19 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
     else:
         dm = xr.open_zarr(datamodels, consolidated=False).load()
     ev = _load_result(evaluation)
-    if ev is None:
+    if ev is None and heldout:
         from ..analysis.evaluate import evaluate as run_eval
 
         ev = run_eval(store, dm)
     cmp = _load_result(comparison)
-    if cmp is None and not fast:
+    if cmp is None and heldout and not fast:
         from ..analysis.compare import compare as run_cmp
         from ..analysis.compare import default_rows
 
         echo("          comparing estimators")
         cmp = run_cmp(store, default_rows(store, include_model_based=False), datamodels=dm)
     sc = _load_result(complexity)
-    if sc is None and not fast:
+    if sc is None and heldout and not fast:
         from ..analysis.complexity import sample_complexity as run_sc
 
         echo("          sample-complexity curves")
@@ -703,7 +715,9 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
 
 
 def _save_quiet(ds, out):
-    ds.to_zarr(out, mode="w", consolidated=False)
+    from ..outputs import write_zarr
+
+    write_zarr(ds, out)
 
 
 def _quickstart_fit(store: str, out: str, progress: bool):

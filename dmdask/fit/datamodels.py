@@ -34,6 +34,7 @@ import xarray as xr
 from .. import config
 from ..errors import DmdaskError, InputError
 from ..memory import fit_memory
+from ..outputs import portable_attrs, write_zarr
 from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
 from .solve.grid import holdout_size
 
@@ -256,6 +257,7 @@ def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds)
         "versions": _versions(),
         **{f"opt_{k}": v for k, v in options.items()},
     }
+    attrs = portable_attrs(attrs)  # to_netcdf refuses a dict (versions), netCDF-3 a str list
     data = {
         "weight": (("target", "train"), weight,
                    {"description": "raw-mask space: prediction = mask @ weight + bias"}),
@@ -278,5 +280,4 @@ def save_datamodels(dm: xr.Dataset, path, *, overwrite: bool = False) -> str:
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path}: already exists (overwrite=True replaces it)")
-    dm.to_zarr(path, mode="w", consolidated=False)
-    return path
+    return write_zarr(dm, path)

@@ -17,10 +17,13 @@ how to produce it, so a page made from a bare store is still a valid page:
   the number of models with the OPT noise floor, LDS and Spearman against it;
 * **λ path** (``datamodels``): validation MSE along each example target's λ path, normalised by
   its minimum, with the chosen λ marked;
-* **training images** (image jobs): for ``n_examples`` targets the target image and the
-  training images with the largest positive and negative weights, their weights and labels.
-  The digits jobs (``jobs.digits:…``) are recognised from the store's job; other jobs pass
-  ``images=``.
+* **training images**: for ``n_examples`` targets the target image and the training images
+  with the largest positive and negative weights, their weights and labels. The images come
+  from ``images=`` or from the store's job, through its optional ``examples(which, index)``
+  hook (:mod:`dmdask.report.images`); dmdask itself knows no job.
+
+A store without held-out models, or imported without a job (the MadryLab layout), gets a page
+all the same: the sections it cannot draw say why and how to get them.
 
 Self-contained: figures are inline base64 PNGs, CSS is inline, there are no scripts and no
 external requests, so the file can be mailed, archived or opened offline.
@@ -37,7 +40,6 @@ import datetime as _dt
 import html
 import io
 import os
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DmdaskError, InputError
+from .images import ImagesArg, image_source, resolve_images
 
 __all__ = [
     "FIGURE_IDS",
@@ -204,74 +207,6 @@ def predicted_vs_actual(store, datamodels, *, max_points: int = 5000,
         pearson=_pooled_pearson(p_all, a_all),
         mse=float(np.mean((p_all - a_all) ** 2)) if p_all.size else float("nan"),
         pearson_mean=_pooled_pearson(pm_all, am_all))
-
-
-ImagesArg = (tuple | list | Mapping | Callable[[xr.Dataset], Any] | bool | None)
-
-
-def _digits_images(ds: xr.Dataset, job: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The 8×8 digits of a ``jobs.digits`` store: ``train_id``/``target_id`` index
-    ``sklearn.datasets.load_digits()`` (the job's :func:`jobs.digits.load_split`)."""
-    from sklearn.datasets import load_digits
-
-    imgs = np.asarray(load_digits().images)
-    if "train_id" in ds.coords and "target_id" in ds.coords:
-        tr = np.asarray(ds["train_id"].values, np.int64)
-        tg = np.asarray(ds["target_id"].values, np.int64)
-    else:  # stores written before the ids were recorded: rebuild them from the fixed split
-        from jobs.digits import load_split
-
-        split = load_split()
-        k = int((job.get("params") or {}).get("train_targets", 0))
-        tr = np.asarray(split.train_id)
-        tg = np.concatenate([split.test_id, split.train_id[:k]])
-    return imgs[tr], imgs[tg]
-
-
-def resolve_images(store, images: ImagesArg = None
-                   ) -> tuple[np.ndarray, np.ndarray | None, str] | None:
-    """``(train_images, target_images, source)`` for the images section, or None.
-
-    ``images``: ``(train, target)`` arrays (``target`` may be None), a mapping with keys
-    ``train``/``target``, or a callable ``f(store_dataset)`` returning either; images are
-    ``(n, H, W)`` grey or ``(n, H, W, 3|4)`` colour. None: recognise the digits jobs
-    (``jobs.digits:…``) from the store's job and load their 8×8 images; False: no images.
-    """
-    ds, _ = _open_store(store)
-    source = "given"
-    if images is False:
-        return None
-    if images is None:
-        job = _job_of(ds)
-        if job is None or not str(job.get("path", "")).startswith("jobs.digits:"):
-            return None
-        tr, tg = _digits_images(ds, job)
-        source = "sklearn.datasets.load_digits() via the store's train_id/target_id"
-    else:
-        if callable(images):
-            images = images(ds)
-            source = "images callable"
-        if isinstance(images, Mapping):
-            tr, tg = images.get("train"), images.get("target")
-        elif isinstance(images, (tuple, list)) and len(images) == 2:
-            tr, tg = images
-        else:
-            raise InputError("images must be (train_images, target_images), a mapping with "
-                             "keys 'train'/'target', a callable returning one, None or False")
-    tr = np.asarray(tr)
-    tg = None if tg is None else np.asarray(tg)
-    for name, a in (("train", tr), ("target", tg)):
-        if a is not None and not (a.ndim == 3 or (a.ndim == 4 and a.shape[-1] in (3, 4))):
-            raise InputError(f"{name} images must be (n, H, W) or (n, H, W, 3|4), got shape "
-                             f"{a.shape}")
-    if ds is not None:
-        if tr.shape[0] != ds.sizes["train"]:
-            raise InputError(f"{tr.shape[0]} training images for a store of "
-                             f"{ds.sizes['train']} training examples")
-        if tg is not None and tg.shape[0] != ds.sizes["target"]:
-            raise InputError(f"{tg.shape[0]} target images for a store of "
-                             f"{ds.sizes['target']} targets")
-    return tr, tg, source
 
 
 # --------------------------------------------------------------------------- figures
@@ -659,8 +594,11 @@ def _sec_lambda_path(dm, n_examples: int) -> str:
 
 
 def _show_image(ax, img: np.ndarray) -> None:
+    # uint8 (the job hook's type) on its full 0..255 scale, so images are comparable;
+    # anything else autoscaled per image
+    scale = {"vmin": 0, "vmax": 255} if img.dtype == np.uint8 else {}
     if img.ndim == 2:
-        ax.imshow(img, cmap="gray_r", interpolation="nearest")
+        ax.imshow(img, cmap="gray_r", interpolation="nearest", **scale)
     else:
         ax.imshow(img, interpolation="nearest")
     ax.set_xticks([])
@@ -674,35 +612,44 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
         return _missing("No datamodels given: the images shown are those with the largest "
                         "datamodel weights.")
     try:
-        res = resolve_images(ds, images)
+        src, note = image_source(ds, images)
     except InputError as e:
         return _missing(_esc(e))
-    if res is None:
-        return _missing("No images for this job. The digits jobs (<code>jobs.digits:…</code>) "
-                        "are recognised from the store; for other image jobs pass "
-                        "<code>images=(train_images, target_images)</code> or a callable "
-                        "<code>f(store) → (train_images, target_images)</code>.")
-    tr_img, tg_img, source = res
-    if tr_img.shape[0] != dm.sizes["train"]:
-        return _missing(f"{tr_img.shape[0]} training images for datamodels of "
+    if src is None:
+        return _missing(note)
+    if src.n_train != dm.sizes["train"]:
+        return _missing(f"{src.n_train} training images for datamodels of "
                         f"{dm.sizes['train']} training examples.")
     W = np.asarray(dm["weight"].transpose("target", "train").values, np.float64)
     tnames = np.asarray(dm["target"].values, np.int64)
     picks = _example_targets(W.shape[0], n_examples)
     tlab = np.asarray(dm["target_label"].values) if "target_label" in dm.coords else None
     trlab = np.asarray(dm["train_label"].values) if "train_label" in dm.coords else None
+    tops = []
+    for t in picks:
+        order = np.argsort(-W[t], kind="stable")
+        tops.append(([j for j in order[:top_k] if W[t, j] > 0],
+                     [j for j in order[::-1][:top_k] if W[t, j] < 0]))
+    # only the images drawn are asked for: a job may hold tens of thousands
+    need = np.unique(np.array([j for p, n in tops for j in p + n], np.int64))
+    try:
+        got = src.get("train", need) if need.size else None
+        tr_img = {int(j): got[i] for i, j in enumerate(need)}
+        tg_img = (None if src.n_target is None
+                  else dict(zip(tnames[picks].tolist(), src.get("target", tnames[picks]),
+                                strict=True)))
+    except Exception as e:  # noqa: BLE001 - the job's own code: its failure is a note
+        return _missing(f"The images could not be read from {_esc(src.source)} "
+                        f"({_esc(type(e).__name__)}: {_esc(e)}).")
     ncol = 1 + 2 * top_k
     fig = _new_fig(1.05 * ncol + 0.4, 1.45 * picks.size)
     axes = np.atleast_2d(fig.subplots(picks.size, ncol))
     rows = []
-    for r, t in enumerate(picks):
+    for r, (t, (pos, neg)) in enumerate(zip(picks, tops, strict=True)):
         w = W[t]
-        order = np.argsort(-w, kind="stable")
-        pos = [j for j in order[:top_k] if w[j] > 0]
-        neg = [j for j in order[::-1][:top_k] if w[j] < 0]
         ax = axes[r, 0]
         if tg_img is not None:
-            _show_image(ax, tg_img[tnames[t]])
+            _show_image(ax, tg_img[int(tnames[t])])
         else:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -716,7 +663,7 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
                     ax.axis("off")
                     continue
                 j = js[i]
-                _show_image(ax, tr_img[j])
+                _show_image(ax, tr_img[int(j)])
                 lab = f"\nlabel {trlab[j]}" if trlab is not None else ""
                 ax.set_title(f"{w[j]:+.3f}{lab}", fontsize=8,
                              color="#1a7f37" if w[j] > 0 else "#d1242f")
@@ -734,7 +681,7 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
            f"{top_k} training images with the largest positive weights (green: their presence "
            f"raises the target's margin) and the {top_k} with the largest negative weights "
            "(red), titled by weight and label. Fewer are shown where the LASSO kept fewer "
-           f"non-zero weights. Images: {_esc(source)}.")
+           f"non-zero weights. Images: {_esc(src.source)}.")
     return _figure("fig-images", fig, cap, "training images with the largest weights") + table
 
 
@@ -746,6 +693,22 @@ def _as_dataset(obj, what: str) -> xr.Dataset | None:
         return xr.open_zarr(os.fspath(obj), consolidated=False)
     raise InputError(f"{what} must be an xarray Dataset or a Zarr path, not "
                      f"{type(obj).__name__}")
+
+
+def _no_heldout(ds) -> str | None:
+    """Why the store cannot be evaluated (HTML), or None: evaluation, comparison and sample
+    complexity are all measured on completed held-out models."""
+    if ds is None:
+        return None
+    from ..analysis.evaluate import evaluation_runs
+
+    try:
+        evaluation_runs(ds)
+    except InputError:
+        return ("The store has no completed held-out models, which this is measured on: add "
+                "them with <code>dmdask add STORE --kind heldout -n 500</code> (and "
+                "replicates with <code>--kind replicate --of heldout</code>) and train them.")
+    return None
 
 
 def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
@@ -770,8 +733,14 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
         ("sec-images", "Training images with the largest weights",
          lambda: _sec_images(ds, dm, images, n_examples, top_k)),
     ]
+    no_heldout = _no_heldout(ds)
+    given = {"sec-evaluation": ev, "sec-comparison": cmp, "sec-sample-complexity": sc}
     body = []
     for sid, name, make in sections:
+        if no_heldout and sid in given and given[sid] is None:
+            # say what the store lacks rather than how to compute what cannot be computed
+            body.append(_section(sid, name, _missing(no_heldout)))
+            continue
         try:
             content = make()
         except DmdaskError as e:  # a refused input spoils its section, not the page

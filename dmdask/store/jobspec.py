@@ -12,6 +12,14 @@ parameters. It must define two methods on the class itself:
     by the bool row ``masks[b]`` with seed ``seeds[b]``; ``train_labels`` ([B, n_train] int,
     or None) replaces the labels the models train on (label-flip experiments).
 
+**Optional report hook** (used by :mod:`dmdask.report` to draw training images and targets;
+a job without it gets a report whose images section says so):
+
+``examples(which, index) -> uint8 [n, H, W] or [n, H, W, C]``
+    The inputs of the training examples (``which="train"``) or targets (``"target"``) at
+    positions ``index`` (int [n]) of the store's ``train``/``target`` axis: grey images
+    ``[n, H, W]`` or colour ``[n, H, W, 3|4]``, 0..255.
+
 **Optional model hooks** (used only by the model-based estimators of
 :mod:`dmdask.analysis.estimators.model`; a job without them trains stores as before, and those
 estimators refuse it with a :class:`JobError` naming the missing hook). For torch jobs;
