@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,13 +37,15 @@ _JOBS: dict[str, Any] = {}
 _JOBS_LOCK = threading.Lock()
 
 
-def _job_for(spec: dict[str, Any], fingerprint: str, store: str):
-    """The job of ``spec``, constructed once per process and checked against the store."""
+def _job_for(spec: dict[str, Any], fingerprint: str, store: str, trusted: tuple[str, ...] = ()):
+    """The job of ``spec``, constructed once per process and checked against the store;
+    ``trusted``: the job modules the coordinator found trusted (a worker's own config may not
+    list them)."""
     key = json.dumps(spec, sort_keys=True)
     with _JOBS_LOCK:
         job = _JOBS.get(key)
         if job is None:
-            job = jobspec.construct_job(spec["path"], spec.get("params") or {})
+            job = jobspec.construct_job(spec["path"], spec.get("params") or {}, trusted)
             desc = jobspec.validate_description(job.describe(), spec["path"])
             if jobspec.fingerprint(desc) != fingerprint:
                 raise JobError(
@@ -55,10 +57,11 @@ def _job_for(spec: dict[str, Any], fingerprint: str, store: str):
     return job
 
 
-def prepare_worker(path: str, spec: dict[str, Any], fingerprint: str) -> int:
+def prepare_worker(path: str, spec: dict[str, Any], fingerprint: str,
+                   trusted: tuple[str, ...] = ()) -> int:
     """Construct (and check) the job on a worker before any block is sent to it, and train
     one model on an empty mask so what the job imports lazily (torch …) is loaded too."""
-    job = _job_for(spec, fingerprint, path)
+    job = _job_for(spec, fingerprint, path, trusted)
     group = _open_group(path, "r")
     n_train = group["mask"].shape[1]
     try:
@@ -68,14 +71,15 @@ def prepare_worker(path: str, spec: dict[str, Any], fingerprint: str) -> int:
     return os.getpid()
 
 
-def train_block_task(path: str, block: int, spec: dict[str, Any]) -> dict[str, Any]:
+def train_block_task(path: str, block: int, spec: dict[str, Any],
+                     trusted: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train and write one block (runs on a worker). Returns timing for the coordinator."""
     group = _open_group(path, "r+")
     meta = _meta_of(group, path)
     if meta["job"] != spec:
         raise JobError(f"{path}: store job is {meta['job']}, this task was sent {spec}")
     start, stop = block_range(meta, block)
-    job = _job_for(spec, meta["fingerprint"], path)
+    job = _job_for(spec, meta["fingerprint"], path, trusted)
     masks = group["mask"][start:stop]
     seeds = group["seed"][start:stop]
     labels = None
@@ -165,6 +169,7 @@ def train(
     retries: int | None = None,
     progress: bool = True,
     on_start: Callable[[str | None, int], None] | None = None,
+    trust_job: Iterable[str] = (),
 ) -> TrainReport:
     """Train every incomplete block of the store at ``path``; return a :class:`TrainReport`.
 
@@ -174,6 +179,10 @@ def train(
     ``dask_cuda.LocalCUDACluster`` with one worker per GPU instead (0: every GPU). Failed tasks are retried
     ``retries`` times; blocks that still fail are reported in one :class:`DmdaskError` after
     every other block is written. Safe to interrupt and rerun at any moment.
+
+    The store's job module is imported only if trusted on this machine
+    (:mod:`dmdask.store.jobspec`); ``trust_job`` names modules to trust (recorded here, like
+    ``dmdask train --trust-job``). Workers are told what the coordinator found trusted.
     """
     path = os.path.abspath(os.fspath(path))
     meta = read_meta(path)
@@ -185,8 +194,11 @@ def train(
             raise StoreError(f"{path}: the store has no job (it was imported or made by hand), "
                              f"so its {n_pending} incomplete models cannot be trained")
         return TrainReport(store=path)
-    # Check the class before any worker constructs it: an edited store cannot run a non-job.
-    cls = jobspec.resolve_job_class(spec["path"])
+    # Check the trust, then the class, before any worker constructs it: an edited store can
+    # neither import an untrusted module nor run a non-job.
+    jobspec.record_trust(trust_job)
+    cls = jobspec.resolve_job_class(spec["path"], trust_job, store=path)
+    trusted = (jobspec.parse_job_path(spec["path"])[0],)
     jobspec.check_params(cls, spec.get("params") or {}, spec["path"])
     report = TrainReport(store=path)
     if not pending:
@@ -207,10 +219,10 @@ def train(
         # Build the job on every worker at once, before the clock for blocks starts (workers
         # that join later build it in their first task).
         t_setup = time.perf_counter()
-        client.run(prepare_worker, path, spec, meta["fingerprint"])
+        client.run(prepare_worker, path, spec, meta["fingerprint"], trusted)
         report.setup_seconds = time.perf_counter() - t_setup
         futures = [
-            client.submit(train_block_task, path, b, spec, retries=retries, pure=False,
+            client.submit(train_block_task, path, b, spec, trusted, retries=retries, pure=False,
                           key=f"dmdask-train-block-{b}-{os.urandom(4).hex()}")
             for b in pending
         ]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
+import tempfile
 
-import pytest
+# dmdask records the job modules of the stores it creates as trusted in dask's config directory
+# (dmdask.store.jobspec): give the session its own, so tests never write to ~/.config/dask and
+# child processes (workers, `dmdask` subprocesses) share the session's trust.
+_DASK_CONFIG = tempfile.mkdtemp(prefix="dmdask-tests-dask-config-")
+os.environ["DASK_CONFIG"] = _DASK_CONFIG
+atexit.register(shutil.rmtree, _DASK_CONFIG, True)
 
-from dmdask import optional
+import pytest  # noqa: E402
+
+from dmdask import optional  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # Job classes used by the tests live in tests/testjobs.py, outside the package: child

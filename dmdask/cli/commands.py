@@ -76,14 +76,22 @@ def main():
               show_default=True, help="fixed: exactly round(alpha*n) examples; bernoulli: each w.p. alpha.")
 @click.option("--block-size", type=int, default=None,
               help="Models per block (chunk, unit of training). Default: the job's preference or dmdask.store.block-size.")
+@click.option("--trust-job", "trust_job", multiple=True, metavar="MODULE",
+              help="Trust job module MODULE (and its submodules) on this machine: import it "
+                   "although no store was created here with it. Recorded in the trust file "
+                   "(dmdask.jobs.trust-file); repeatable.")
 @_refusals
-def init(store, job, params, n_models, alpha, seed, sampling, block_size):
+def init(store, job, params, n_models, alpha, seed, sampling, block_size, trust_job):
     """Create a run store STORE for a job, with its random-subset masks drawn.
 
     Nothing is trained yet: run `dmdask train STORE`. Rerunning with the same arguments
-    leaves an existing store alone; a store of a different job is refused.
+    leaves an existing store alone; a store of a different job is refused. The job's module is
+    trusted on this machine from now on (a store made elsewhere cannot choose what runs here).
     """
+    from ..store import jobspec
     from ..store.runstore import create_store, store_info
+
+    jobspec.record_trust(trust_job)
 
     path = create_store(store, job, n_models, alpha, params=_parse_params(params), seed=seed,
                         sampling=sampling, block_size=block_size)
@@ -140,12 +148,17 @@ def add(store, kind, n_models, alpha, replicate_of, times):
                    "on N GPUs (0: all). To join `dask cuda worker`s elsewhere, use --scheduler.")
 @click.option("--retries", type=int, default=None, help="Retries per failed block (default 3).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--trust-job", "trust_job", multiple=True, metavar="MODULE",
+              help="Trust job module MODULE (and its submodules) on this machine: import it "
+                   "although no store was created here with it. Recorded in the trust file "
+                   "(dmdask.jobs.trust-file); repeatable.")
 @_refusals
-def train(store, scheduler, workers, threads_per_worker, gpus, retries, progress):
+def train(store, scheduler, workers, threads_per_worker, gpus, retries, progress, trust_job):
     """Train every incomplete block of STORE on a dask.distributed cluster.
 
     Resumable: interrupt it, or lose a worker, at any moment and rerun it; only blocks whose
     `completed` mark is missing are trained again, and every block lands whole or not at all.
+    The store's job module is imported only if trusted on this machine (see --trust-job).
     """
     from ..train import train as run
 
@@ -153,7 +166,8 @@ def train(store, scheduler, workers, threads_per_worker, gpus, retries, progress
         click.echo(f"training {total} models; dashboard: {dashboard}", err=True)
 
     rep = run(store, scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-              gpus=gpus, retries=retries, progress=progress, on_start=started)
+              gpus=gpus, retries=retries, progress=progress, on_start=started,
+              trust_job=trust_job)
     if rep.models:
         click.echo(f"{store}: trained {rep.models} models in {rep.blocks} blocks, "
                    f"{rep.wall_seconds:.1f} s ({rep.models_per_second:.1f} models/s)")

@@ -49,24 +49,47 @@ training hook and one model's slice (``{k: v[b]}``) where passed to ``features``
     Optional: per-entry c of the training objective's (c/2)·θ² (weight decay), added to the
     last-layer Hessian of the influence function.
 
-A store is data, not code: the class a store names is checked for this interface *before*
-it is constructed (:func:`resolve_job_class`), so neither a caller nor an edited store can
-make dmdask construct or run a class that is not a job.
+**Trust.** A store is data, not code. Importing a module runs its top-level code, so a job
+module is imported only if it is trusted on this machine (:func:`trusted_modules`): the
+bundled ``jobs`` package, the modules of the setting ``dmdask.jobs.trusted``, and the modules
+recorded in this machine's trust file (:func:`trust_file`) — the module of every store created
+here (:func:`resolve_named_job`) and every module given to ``dmdask train/init --trust-job`` or
+``dmdask.train(..., trust_job=...)``. Trusting a module trusts its submodules (``jobs`` covers
+``jobs.digits``); ``pkg.sub`` does not cover ``pkg`` or ``pkg.other``. A store naming any other
+module is refused before the import, in one line saying how to trust it. The trust is never
+read from a store. Once imported, the class is checked for the job interface *before* it is
+constructed (:func:`resolve_job_class`), so neither a caller nor an edited store can make
+dmdask construct or run a class that is not a job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import inspect
 import json
+import os
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
+import dask.config
 import numpy as np
+import yaml
 
+from .. import config
 from ..errors import JobError
 
 REQUIRED_METHODS = ("describe", "train_block")
+
+#: the job package shipped with dmdask, trusted everywhere
+BUNDLED = ("jobs",)
+TRUST_FILE_NAME = "dmdask-trusted-jobs.yaml"
+
+
+class UntrustedJobError(JobError):
+    """A store names a job module that is not trusted on this machine (nothing was imported)."""
 
 
 class Job:
@@ -90,13 +113,167 @@ def parse_job_path(path: str) -> tuple[str, str]:
     return module, name
 
 
-def resolve_job_class(path: str) -> type:
+# --------------------------------------------------------------------------- trust
+
+
+def trust_file() -> str:
+    """The YAML file where this machine's recorded job trust lives.
+
+    The setting ``dmdask.jobs.trust-file``, or ``dmdask-trusted-jobs.yaml`` in dask's config
+    directory (``$DASK_CONFIG``, else ``~/.config/dask``), so dask also loads it as config.
+    """
+    path = config.get("jobs.trust-file")
+    if path:
+        return os.path.abspath(os.path.expanduser(os.fspath(path)))
+    # read $DASK_CONFIG now, not at import: dask.config.PATH froze it when dask was imported
+    return os.path.join(os.environ.get("DASK_CONFIG") or dask.config.PATH, TRUST_FILE_NAME)
+
+
+def _module_list(value: Any, where: str) -> list[str]:
+    """Module names from a setting: a list, or one comma-separated string (an env variable)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise JobError(f"{where} must be a list of module names, got {value!r}")
+    out = []
+    for m in value:
+        if not (isinstance(m, str) and m and all(p.isidentifier() for p in m.split("."))):
+            raise JobError(f"{where}: {m!r} is not a module name like 'pkg' or 'pkg.module'")
+        out.append(m)
+    return out
+
+
+def _names(modules: str | Iterable[str]) -> str | list[str]:
+    return modules if isinstance(modules, str) else list(modules)
+
+
+def _read_recorded(path: str) -> list[str]:
+    """The modules recorded in the trust file ``path`` ([] if it does not exist)."""
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except (OSError, yaml.YAMLError) as e:
+        raise JobError(f"trust file {path} cannot be read ({e}); fix or delete it") from e
+    value = doc
+    for key in ("dmdask", "jobs", "recorded"):
+        value = value.get(key) if isinstance(value, dict) else None
+    return _module_list(value, f"trust file {path}: dmdask.jobs.recorded")
+
+
+def trusted_modules(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The job modules trusted on this machine now, plus ``extra`` (trusted for one call).
+
+    The bundled ``jobs``, the setting ``dmdask.jobs.trusted``, and the recorded modules: the
+    setting ``dmdask.jobs.recorded`` and the trust file (read afresh, so trust recorded by
+    another process counts). Never anything a store says.
+    """
+    out = set(BUNDLED)
+    out.update(_module_list(config.get("jobs.trusted"), "setting dmdask.jobs.trusted"))
+    out.update(_module_list(config.get("jobs.recorded"), "setting dmdask.jobs.recorded"))
+    out.update(_read_recorded(trust_file()))
+    out.update(_module_list(_names(extra), "trusted job modules"))
+    return frozenset(out)
+
+
+def is_trusted(module: str, trusted: Iterable[str]) -> bool:
+    """Whether ``module`` is one of ``trusted`` or a submodule of one (``jobs`` covers
+    ``jobs.digits``, not ``jobsx``)."""
+    return any(module == t or module.startswith(t + ".") for t in trusted)
+
+
+def check_trusted(path: str, trust: Iterable[str] = (), store: str | None = None) -> str:
+    """Refuse the job ``path`` unless its module is trusted (:func:`trusted_modules` plus
+    ``trust``); nothing is imported. Returns the module name."""
+    module, _ = parse_job_path(path)
+    if not is_trusted(module, trusted_modules(trust)):
+        named = f"store {store} names job {path!r}" if store else f"job {path!r}"
+        raise UntrustedJobError(
+            f"{named}, but its module {module!r} is not trusted on this machine and importing it "
+            f"would run its code; if you trust it, run `dmdask train --trust-job {module} ...` "
+            f"(or dmdask.train(..., trust_job=[{module!r}])) once, or add it to the setting "
+            f"dmdask.jobs.trusted"
+        )
+    return module
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive lock beside ``path`` (POSIX; elsewhere no lock: a lost update only costs a
+    later refusal that says how to trust)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def record_trust(modules: Iterable[str]) -> str | None:
+    """Record ``modules`` as trusted on this machine, in :func:`trust_file`; return its path.
+
+    Never written to a store. If the file cannot be written, warn and return None: the
+    modules are then trusted for this call only, and a later refusal says how to trust them.
+    """
+    modules = _module_list(_names(modules), "trusted job modules")
+    path = trust_file()
+    new = [m for m in modules if not is_trusted(m, BUNDLED)]
+    if not new:
+        return path
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with _locked(path):
+            recorded = _read_recorded(path)
+            add = [m for m in dict.fromkeys(new) if m not in recorded]
+            if not add:
+                return path
+            doc = {"dmdask": {"jobs": {"recorded": recorded + add}}}
+            # not *.yaml while partial: dask reads every YAML file of its config directory
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write("# Job modules trusted on this machine: recorded by dmdask for the stores "
+                        "created here and\n# for --trust-job. Importing a module runs its code; "
+                        "delete an entry to revoke it.\n")
+                yaml.safe_dump(doc, f, default_flow_style=False)
+            os.replace(tmp, path)
+    except (OSError, JobError) as e:
+        warnings.warn(f"could not record trust in job module(s) {', '.join(new)} in {path} ({e}); "
+                      f"they are trusted for this call only", stacklevel=2)
+        return None
+    return path
+
+
+def resolve_named_job(path: str) -> type:
+    """Resolve a job the user named (``create_store``): its module is trusted because the user
+    chose it, and once the class passes the interface check that trust is recorded on this
+    machine (:func:`record_trust`)."""
+    module, _ = parse_job_path(path)
+    cls = resolve_job_class(path, trust=(module,))
+    record_trust([module])
+    return cls
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_job_class(path: str, trust: Iterable[str] = (), store: str | None = None) -> type:
     """Import the class named by ``path`` and check it has the job interface.
 
-    Nothing is constructed. Raises :class:`JobError` if the module does not import, the name
-    is not a class, or the class lacks ``describe``/``train_block`` with the right signatures.
+    The module is imported only if trusted (:func:`check_trusted`; ``trust``: modules trusted
+    for this call), and nothing is constructed. Raises :class:`UntrustedJobError` before any
+    import, else :class:`JobError` if the module does not import, the name is not a class, or
+    the class lacks ``describe``/``train_block`` with the right signatures.
     """
     module_name, name = parse_job_path(path)
+    check_trusted(path, trust, store)
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
@@ -139,9 +316,9 @@ def check_params(cls: type, params: dict[str, Any], path: str) -> dict[str, Any]
     return params
 
 
-def construct_job(path: str, params: dict[str, Any] | None = None):
-    """Resolve, check and only then construct the job ``path(**params)``."""
-    cls = resolve_job_class(path)
+def construct_job(path: str, params: dict[str, Any] | None = None, trust: Iterable[str] = ()):
+    """Resolve (if trusted), check and only then construct the job ``path(**params)``."""
+    cls = resolve_job_class(path, trust)
     params = check_params(cls, params or {}, path)
     return cls(**params)
 

@@ -218,7 +218,7 @@ def create_store(
     it is returned unchanged; a store of another job is refused.
     """
     path = _path(path)
-    cls = jobspec.resolve_job_class(job)
+    cls = jobspec.resolve_named_job(job)  # the user chose it: trust it here from now on
     params = jobspec.check_params(cls, params or {}, job)
     spec = {"path": job, "params": params}
     check_alpha(alpha)
