@@ -23,11 +23,11 @@ import numpy as np
 
 from . import config
 from .errors import DmdaskError, JobError, StoreError
-from .store import jobspec
+from .store import jobspec, lease
 from .store.runstore import (
     _meta_of,
     _open_group,
-    _write_block_to,
+    _write_rows_to,
     block_range,
     incomplete_blocks,
     read_meta,
@@ -57,45 +57,71 @@ def _job_for(spec: dict[str, Any], fingerprint: str, store: str, trusted: tuple[
     return job
 
 
-def prepare_worker(path: str, spec: dict[str, Any], fingerprint: str,
+def prepare_worker(path: str, spec: dict[str, Any], fingerprint: str, block: int,
                    trusted: tuple[str, ...] = ()) -> int:
     """Construct (and check) the job on a worker before any block is sent to it, and train
-    one model on an empty mask so what the job imports lazily (torch …) is loaded too."""
+    the first pending model of ``block`` so what the job imports lazily (torch …) is
+    loaded too. A job that fails, or returns something other than float32 margins of the
+    right shape, raises :class:`JobError` here, before any block is sent."""
     job = _job_for(spec, fingerprint, path, trusted)
     group = _open_group(path, "r")
-    n_train = group["mask"].shape[1]
+    meta = _meta_of(group, path)
+    first, last = block_range(meta, block)
+    start = first + int(np.argmin(group["completed"][first:last]))  # a model the block will train
+    mask = group["mask"][start:start + 1]
+    seed = group["seed"][start:start + 1]
+    where = f"{path}: job {spec['path']} failed its warm-up training (model {start})"
     try:
-        job.train_block(np.zeros((1, n_train), bool), np.zeros(1, np.uint64))
-    except Exception:  # a job may refuse empty masks; the real blocks will say what is wrong
-        pass
+        out = job.train_block(mask, seed, train_labels=_labels(group, start, start + 1))
+    except Exception as e:
+        raise JobError(f"{where}: {type(e).__name__}: {e}") from e
+    expect = (1, meta["n_target"])
+    got = None
+    if not isinstance(out, np.ndarray):
+        got = type(out).__name__
+    elif out.shape != expect or out.dtype != np.float32:
+        got = f"{out.dtype} {out.shape}"
+    if got is not None:  # NaN margins are a model's failure, refused when its block is written
+        raise JobError(f"{where}: train_block returned {got}, expected float32 {expect}")
     return os.getpid()
+
+
+def _labels(group, start: int, stop: int) -> np.ndarray | None:
+    if "train_label_override" not in group:
+        return None
+    over = group["train_label_override"][start:stop].astype(np.int64)
+    if not (over >= 0).any():
+        return None
+    base = group["train_label"][:]
+    return np.where(over >= 0, over, base[None, :])
 
 
 def train_block_task(path: str, block: int, spec: dict[str, Any],
                      trusted: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train and write one block (runs on a worker). Returns timing for the coordinator."""
+    """Train the rows of one block that are not completed and write them (runs on a worker).
+    Returns timing for the coordinator."""
     group = _open_group(path, "r+")
     meta = _meta_of(group, path)
     if meta["job"] != spec:
         raise JobError(f"{path}: store job is {meta['job']}, this task was sent {spec}")
     start, stop = block_range(meta, block)
+    todo = np.nonzero(~group["completed"][start:stop])[0]
+    if todo.size == 0:
+        return {"block": block, "models": 0, "seconds": 0.0, "pid": os.getpid()}
     job = _job_for(spec, meta["fingerprint"], path, trusted)
-    masks = group["mask"][start:stop]
-    seeds = group["seed"][start:stop]
-    labels = None
-    if "train_label_override" in group:
-        over = group["train_label_override"][start:stop].astype(np.int64)
-        if (over >= 0).any():
-            base = group["train_label"][:]
-            labels = np.where(over >= 0, over, base[None, :])
+    masks = group["mask"][start:stop][todo]
+    seeds = group["seed"][start:stop][todo]
+    labels = _labels(group, start, stop)
+    if labels is not None:
+        labels = labels[todo]
     t0 = time.perf_counter()
     margins = job.train_block(masks, seeds, train_labels=labels)
     seconds = time.perf_counter() - t0
     if not isinstance(margins, np.ndarray):
         raise JobError(f"{path} block {block}: job {spec['path']}.train_block returned "
                        f"{type(margins).__name__}, not a numpy array")
-    _write_block_to(group, meta, path, block, margins, job=spec, start=start)
-    return {"block": block, "models": stop - start, "seconds": seconds, "pid": os.getpid()}
+    _write_rows_to(group, meta, path, block, start + todo, margins, job=spec)
+    return {"block": block, "models": int(todo.size), "seconds": seconds, "pid": os.getpid()}
 
 
 @dataclass
@@ -178,7 +204,10 @@ def train(
     ``threads_per_worker`` threads (settings ``dmdask.train.*``); ``gpus=N`` starts a
     ``dask_cuda.LocalCUDACluster`` with one worker per GPU instead (0: every GPU). Failed tasks are retried
     ``retries`` times; blocks that still fail are reported in one :class:`DmdaskError` after
-    every other block is written. Safe to interrupt and rerun at any moment.
+    every other block is written. Safe to interrupt and rerun at any moment, and to grow the
+    store with :func:`dmdask.add_models` meanwhile (the new models wait for the next run); a
+    second training of the same store is refused while this one runs (lease with heartbeat,
+    :mod:`dmdask.store.lease`).
 
     The store's job module is imported only if trusted on this machine
     (:mod:`dmdask.store.jobspec`); ``trust_job`` names modules to trust (recorded here, like
@@ -204,12 +233,26 @@ def train(
     if not pending:
         return report
     retries = int(config.get("train.retries", 3) if retries is None else retries)
+    with lease.hold(path, "train", "training", refuse="another training is running"):
+        return _train_pending(path, meta, spec, pending, report, client, scheduler, workers,
+                              threads_per_worker, gpus, retries, progress, on_start, trusted)
 
+
+def _train_pending(path, meta, spec, pending, report, client, scheduler, workers,
+                   threads_per_worker, gpus, retries, progress, on_start,
+                   trusted) -> TrainReport:
+    # blocks found pending before the lease was taken may have been finished meanwhile
+    pending = [b for b in incomplete_blocks(path) if b in set(pending)]
+    if not pending:
+        return report
+    meta = read_meta(path)
+    done = _open_group(path)["completed"][: meta["n_models"]]
+    total = int(sum((~done[slice(*block_range(meta, b))]).sum() for b in pending))
     cluster = None
-    if client is None:
+    own_client = client is None
+    if own_client:
         client, cluster = _client_for(scheduler, workers, threads_per_worker, gpus)
     report.dashboard = getattr(client, "dashboard_link", None)
-    total = sum(e - s for s, e in (block_range(meta, b) for b in pending))
     if on_start is not None:
         on_start(report.dashboard, total)
     try:
@@ -219,7 +262,7 @@ def train(
         # Build the job on every worker at once, before the clock for blocks starts (workers
         # that join later build it in their first task).
         t_setup = time.perf_counter()
-        client.run(prepare_worker, path, spec, meta["fingerprint"], trusted)
+        client.run(prepare_worker, path, spec, meta["fingerprint"], pending[0], trusted)
         report.setup_seconds = time.perf_counter() - t_setup
         futures = [
             client.submit(train_block_task, path, b, spec, trusted, retries=retries, pure=False,
@@ -243,9 +286,10 @@ def train(
                 bar.update(res["models"])
         report.wall_seconds = time.perf_counter() - t0
     finally:
-        if cluster is not None:
+        if own_client:  # a client joined to --scheduler is ours too: close it, not the cluster
             client.close()
-            cluster.close()
+            if cluster is not None:
+                cluster.close()
     if report.failed:
         first = min(report.failed)
         raise DmdaskError(

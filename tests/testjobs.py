@@ -2,7 +2,8 @@
 
 ``RidgeDigits`` is real training on real data: a one-vs-rest ridge classifier on
 scikit-learn's digits, solved in closed form, so it is deterministic given the mask and
-cheap. ``delay`` slows each block down so tests can kill workers mid-training.
+cheap. ``delay`` slows each block down so tests can kill workers mid-training; ``log`` names a
+file that gets one line per trained model (its seed), so tests can count trainings.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ class RidgeDigits:
     preferred_block_size = 16
 
     def __init__(self, n_train: int = 200, n_target: int = 40, l2: float = 1.0,
-                 delay: float = 0.0, nan_models: int = 0):
+                 delay: float = 0.0, nan_models: int = 0, log: str | None = None):
         xtr, ytr, xte, yte, tr, tgt = _digits(n_target)
         self.x, self.y = xtr[:n_train], ytr[:n_train]
         self.xt, self.yt = xte, yte
         self.ids = (tr[:n_train], tgt)
-        self.l2, self.delay, self.nan_models = l2, delay, nan_models
+        self.l2, self.delay, self.nan_models, self.log = l2, delay, nan_models, log
 
     def describe(self) -> dict:
         return {"train_label": self.y, "target_label": self.yt,
@@ -60,7 +61,17 @@ class RidgeDigits:
             out[b] = zc - z.max(axis=1)
         if self.nan_models:
             out[: self.nan_models, 0] = np.nan
+        if self.log:
+            with open(self.log, "a") as f:  # one write per block: lines of blocks never mix
+                f.write("".join(f"{int(s)}\n" for s in seeds))
         return out
+
+
+class BrokenRidge(RidgeDigits):
+    """Describes its data like RidgeDigits but cannot train (a bug in the learner)."""
+
+    def train_block(self, masks, seeds, train_labels=None):
+        raise RuntimeError("learner bug: matrices do not align")
 
 
 class Boom:

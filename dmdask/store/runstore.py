@@ -23,21 +23,33 @@ Every array along ``model`` is chunked by ``block_size`` models: a *block* is on
 unit of training and of writing.
 
 Write protocol. Only the coordinator (:func:`create_store`, :func:`add_models`,
-:func:`dmdask.madrylab.import_madrylab`) resizes arrays and writes masks; it commits growth by
-updating ``attrs["dmdask"]["n_models"]`` last, so a killed ``add_models`` leaves rows that
-nothing reads and the next call overwrites. Workers write whole blocks of ``margin`` and then
-``completed`` (:func:`write_block`); a rerun retrains exactly the blocks not completed. Local
-chunk writes are atomic (zarr writes a temporary file and renames it), so a killed writer
-never leaves a torn chunk. Margins that are NaN/inf, of the wrong shape or dtype, or a
-misaligned or partial block are refused before anything is written.
+:func:`dmdask.madrylab.import_madrylab`) resizes arrays and writes masks; growth holds the
+store's *grow* lease (:mod:`dmdask.store.lease`), so two growths never interleave. It commits
+growth by updating ``attrs["dmdask"]["n_models"]`` last, so a killed ``add_models`` leaves rows
+that nothing reads and the next call overwrites. Growth never writes ``margin`` or
+``completed``: rows past ``n_models`` keep their fill values (NaN, false) because nothing writes
+there, so growth is safe beside a running training. Training holds the *train* lease (one
+training of a store at a time); each task trains the rows of its block that are not completed,
+writes their margins and then their ``completed``: a committed row is never retrained, and its
+bytes are carried over unchanged when a grown block's chunk is rewritten. :func:`write_block`
+(imports, hand-made stores) writes a whole block, margins first, ``completed`` last. A rerun
+trains exactly the rows not completed. Local chunk writes are atomic from zarr 3.1.3 on (zarr
+writes a temporary file and renames it), so a killed writer never leaves a torn chunk; a
+killed creation leaves nothing at the store's path (the store is built beside it and renamed
+into place). Margins that are NaN/inf, of the wrong shape or dtype, or a misaligned or partial
+block are refused before anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import shutil
+import socket
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +59,7 @@ from zarr.codecs import BloscCodec
 
 from .. import config
 from ..errors import InputError, StoreError, WriteRefused
-from . import jobspec
+from . import jobspec, lease
 from .sampling import SAMPLING_SCHEMES, check_alpha, model_seeds, sample_masks
 
 SCHEMA_VERSION = 1
@@ -148,12 +160,39 @@ def _init_store(
     alpha: float | None,
     block_size: int | None,
     source: dict[str, Any] | None = None,
+    creation: dict[str, Any] | None = None,
 ) -> None:
+    """Build the empty store beside ``path`` and rename it into place, so a killed creation
+    never leaves a store without its attributes at ``path``."""
     if sampling not in SAMPLING_SCHEMES:
         raise InputError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
     block = int(block_size or config.get("store.block-size", 256))
     if block < 1:
         raise InputError(f"block_size must be positive, got {block}")
+    _remove_dead_drafts(path)
+    draft = f"{path}.creating-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(draft, ignore_errors=True)
+    try:
+        _build_store(draft, desc, job=job, seed=seed, sampling=sampling, alpha=alpha,
+                     block=block, source=source, creation=creation)
+        try:
+            os.rename(draft, path)
+        except OSError:
+            raise StoreError(f"{path}: already exists; refusing to overwrite it") from None
+    finally:
+        shutil.rmtree(draft, ignore_errors=True)
+
+
+def _remove_dead_drafts(path: str) -> None:
+    """Remove drafts of ``path`` left by killed creations on this host."""
+    host = socket.gethostname()
+    for d in glob.glob(glob.escape(path) + f".creating-{glob.escape(host)}-*"):
+        pid = d.rsplit("-", 1)[-1]
+        if pid.isdigit() and not lease._pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _build_store(path, desc, *, job, seed, sampling, alpha, block, source, creation) -> None:
     n_train, n_target = desc["train_label"].size, desc["target_label"].size
     group = zarr.open_group(path, mode="w-", zarr_format=3)
     _model_array(group, "mask", n_train, "bool", False, block, ("model", "train"),
@@ -186,6 +225,7 @@ def _init_store(
         "n_target": int(n_target),
         "additions": [],
         "source": source,
+        "creation": creation,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "created_by": _version(),
     }
@@ -214,33 +254,66 @@ def create_store(
     ``job`` is an import path ``"module:Class"`` and ``params`` its keyword arguments. The
     class is checked for the job interface before it is constructed (to read its dataset
     description). Masks and seeds are written now; margins come from :func:`dmdask.train`.
-    If ``path`` already holds a store made with the same job, parameters, seed and sampling,
-    it is returned unchanged; a store of another job is refused.
+    If ``path`` already holds a store made with the same arguments, it is returned (first
+    finishing a creation that was interrupted before its models were committed); a store made
+    with other arguments (job, params, n_models, alpha, seed, sampling, an explicit
+    ``block_size``) is refused, naming what differs.
     """
     path = _path(path)
     cls = jobspec.resolve_named_job(job)  # the user chose it: trust it here from now on
     params = jobspec.check_params(cls, params or {}, job)
     spec = {"path": job, "params": params}
     check_alpha(alpha)
-    if os.path.exists(path):
-        meta = read_meta(path)
-        same = (meta["job"] == spec and meta["seed"] == int(seed) and meta["sampling"] == sampling)
-        if not same:
-            raise StoreError(
-                f"{path}: a run store already exists here with job {meta['job']}, seed "
-                f"{meta['seed']}, sampling {meta['sampling']!r}; refusing to reuse it for job "
-                f"{spec}, seed {seed}, sampling {sampling!r}"
-            )
-        return path
-    job_obj = cls(**params)
-    if block_size is None:
-        block_size = getattr(job_obj, "preferred_block_size", None)
-    desc = jobspec.validate_description(job_obj.describe(), job)
-    _init_store(path, desc, job=spec, seed=seed, sampling=sampling, alpha=alpha,
-                block_size=block_size)
-    if n_models:
-        add_models(path, "random", n=n_models, alpha=alpha)
+    if int(n_models) < 0:
+        raise InputError(f"n_models must be >= 0, got {n_models}")
+    if block_size is not None and int(block_size) < 1:
+        raise InputError(f"block_size must be positive, got {block_size}")
+    request = {"job": spec, "n_models": int(n_models), "alpha": float(alpha), "seed": int(seed),
+               "sampling": sampling}
+    if not os.path.exists(path):
+        job_obj = cls(**params)
+        if block_size is None:
+            block_size = getattr(job_obj, "preferred_block_size", None)
+        desc = jobspec.validate_description(job_obj.describe(), job)
+        with contextlib.suppress(StoreError):  # made meanwhile by another call: compared below
+            _init_store(path, desc, job=spec, seed=seed, sampling=sampling, alpha=alpha,
+                        block_size=block_size, creation=request)
+    _check_creation(path, read_meta(path), request, block_size)
+    with lease.hold(path, "grow", "creating the store", refuse="cannot finish creating it"):
+        group = _open_group(path, "r+")
+        meta = _meta_of(group, path)
+        if request["n_models"] and not meta.get("additions"):
+            _add_models(path, group, meta, "random", n=request["n_models"], alpha=alpha)
     return path
+
+
+def _check_creation(path: str, meta: dict[str, Any], request: dict[str, Any],
+                    block_size: int | None) -> None:
+    made = meta.get("creation")
+    if made is None:  # stores made before the request was recorded: what the store says
+        first = (meta.get("additions") or [None])[0]
+        n = first["stop"] if first and first["start"] == 0 and first["kind"] == "random" else None
+        made = {"job": meta["job"], "n_models": n, "alpha": meta.get("alpha"),
+                "seed": meta["seed"], "sampling": meta["sampling"]}
+    made = {**made, "block_size": meta["block_size"]}
+    request = {**request, "block_size": None if block_size is None else int(block_size)}
+    diffs = []
+    for k in ("job", "n_models", "alpha", "seed", "sampling", "block_size"):
+        have, want = made.get(k), request[k]
+        if k == "job":
+            if have is None:
+                diffs.append("no job (an imported or hand-made store)")
+            elif have["path"] != want["path"]:
+                diffs.append(f"job {have['path']} (not {want['path']})")
+            elif have.get("params") != want.get("params"):
+                diffs.append(f"params {have.get('params')} (not {want.get('params')})")
+            continue
+        if have is not None and want is not None and have != want:
+            diffs.append(f"{k} {have!r} (not {want!r})")
+    if diffs:
+        raise StoreError(f"{path}: a run store already exists here, made with "
+                         f"{', '.join(diffs)}; refusing to reuse it (rerun with its arguments, "
+                         f"or choose another path)")
 
 
 def create_jobless_store(
@@ -335,13 +408,30 @@ def add_models(
       their ``alpha`` is NaN).
 
     ``train_labels`` (int ``[m, n_train]`` or ``[n_train]``) replaces the labels these models
-    train on. Only the coordinator calls this; never while a training run is writing.
+    train on. Safe beside a running :func:`dmdask.train` (growth never writes margins); two
+    growths of one store do not run at once (the second is refused, naming the first).
     """
     path = _path(path)
     if kind not in KIND_CODE:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     group = _open_group(path, "r+")
-    meta = _meta_of(group, path)
+    _meta_of(group, path)
+    with lease.hold(path, "grow", f"adding {kind} models", refuse="cannot add models"):
+        return _add_models(path, group, _meta_of(group, path), kind, n=n, alpha=alpha,
+                           masks=masks, replicate_of=replicate_of, train_labels=train_labels)
+
+
+def _remove_torn_metadata(path: str) -> None:
+    """Drop temporary files that a killed metadata write left at the root (zarr would warn
+    about them); only the holder of the grow lease writes root metadata."""
+    for f in glob.glob(os.path.join(glob.escape(path), "zarr.*.partial")):
+        with contextlib.suppress(OSError):
+            os.remove(f)
+
+
+def _add_models(path, group, meta, kind, *, n=None, alpha=None, masks=None, replicate_of=None,
+                train_labels=None) -> np.ndarray:
+    _remove_torn_metadata(path)
     n_train, block = meta["n_train"], meta["block_size"]
     start = int(meta["n_models"])
     given = [x is not None for x in (masks, replicate_of)]
@@ -414,8 +504,6 @@ def add_models(
         group["seed"][s:e] = model_seeds(meta["seed"], idx)
         group["alpha"][s:e] = alphas[r]
         group["replicate_of"][s:e] = rep[r] if rep is not None else -1
-        group["margin"][s:e] = np.nan
-        group["completed"][s:e] = False
         if has_override:
             group["train_label_override"][s:e] = tl[r] if tl is not None else -1
         group["kind"][s:e] = code
@@ -497,6 +585,38 @@ def _write_block_to(group, meta, path, block, margins, *, job=None, start=None,
     group["completed"][s:e] = True
 
 
+def _write_rows_to(group, meta, path, block, rows, margins, *, job) -> None:
+    """Write the margins of ``rows`` (model indices inside ``block``), then their commit mark.
+
+    Training writes only the rows it trained: the other rows of the chunk are carried over
+    as they are, so a grown block never rewrites what was committed before it grew.
+    """
+    where = f"{path} block {block}"
+    s, e = block_range(meta, int(block))
+    rows = np.asarray(rows, np.int64)
+    if rows.size == 0 or rows.min() < s or rows.max() >= e or (np.diff(rows) <= 0).any():
+        raise WriteRefused(f"{where}: rows {_fmt_rows(rows)} are not increasing rows of the "
+                           f"block ({s}..{e - 1})")
+    if job != meta["job"]:
+        raise WriteRefused(f"{where}: written by job {job}, but the store belongs to {meta['job']}")
+    margins = np.asarray(margins)
+    expect = (rows.size, meta["n_target"])
+    if margins.shape != expect or margins.dtype != np.float32:
+        raise WriteRefused(f"{where}: margins of {margins.dtype} {margins.shape}; expected "
+                           f"float32 {expect} for models {_fmt_rows(rows)}")
+    bad = ~np.isfinite(margins)
+    if bad.any():
+        raise WriteRefused(f"{where}: {int(bad.sum())} margins are NaN or inf (models "
+                           f"{_fmt_rows(rows[np.unique(np.nonzero(bad)[0])])}); nothing written")
+    if rows.size == rows[-1] - rows[0] + 1:
+        sel: Any = slice(int(rows[0]), int(rows[-1]) + 1)
+        group["margin"][sel] = margins
+        group["completed"][sel] = True
+    else:
+        group["margin"].set_orthogonal_selection((rows, slice(None)), margins)
+        group["completed"].set_orthogonal_selection((rows,), True)
+
+
 def _fmt_rows(rows: np.ndarray, k: int = 6) -> str:
     rows = list(map(int, rows))
     return ", ".join(map(str, rows[:k])) + (f", … ({len(rows)} in all)" if len(rows) > k else "")
@@ -534,8 +654,11 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
     """
     path = _path(path)
     meta = read_meta(path)
-    ds = xr.open_zarr(path, consolidated=False, chunks={}, mask_and_scale=False,
-                      zarr_format=3)
+    with warnings.catch_warnings():
+        # the temporary file of a metadata write killed midway (removed by the next growth)
+        warnings.filterwarnings("ignore", message=r"Object at zarr\.\w+\.partial is not recog")
+        ds = xr.open_zarr(path, consolidated=False, chunks={}, mask_and_scale=False,
+                          zarr_format=3)
     n = int(meta["n_models"])
     ds = ds.isel(model=slice(0, n))
     ds = ds.set_coords([c for c in COORDS if c in ds.variables])
@@ -597,13 +720,3 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         "bytes_total": _du(path),
         "mask_bits_per_entry": (8 * mask_chunks / entries) if entries else float("nan"),
     }
-
-
-def store_path_of(obj: Any) -> str:
-    """The path of a store given a path or an opened run-store Dataset."""
-    if isinstance(obj, xr.Dataset):
-        try:
-            return obj.attrs["dmdask"]["path"]
-        except KeyError:
-            raise StoreError("this Dataset was not opened with dmdask.open_store") from None
-    return str(Path(obj))

@@ -1,0 +1,346 @@
+"""Nothing committed is ever lost: growth beside and after training, leases, interrupted
+creation, SIGKILLed writers, and a job that cannot train failing at its warm-up."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+import dmdask
+from dmdask.errors import JobError, StoreError
+from dmdask.store import lease
+from dmdask.store.lease import StoreBusy
+from dmdask.store.runstore import read_meta
+from dmdask.store.sampling import model_seeds, sample_masks
+
+RIDGE = "testjobs:RidgeDigits"
+SMALL = {"n_train": 40, "n_target": 12}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    # in-process workers: a real scheduler and real tasks, without paying for processes
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=":0", silence_logs=40) as c, Client(c) as cl:
+        yield cl
+
+
+def _recompute(path):
+    """Margins of every model, trained afresh one at a time from the store's masks."""
+    from testjobs import RidgeDigits
+
+    ds = dmdask.open_store(path)
+    params = {k: v for k, v in (read_meta(path)["job"]["params"] or {}).items()
+              if k in ("n_train", "n_target", "l2")}
+    job = RidgeDigits(**params)
+    return np.concatenate([job.train_block(ds.mask.values[i:i + 1], ds.seed.values[i:i + 1])
+                           for i in range(ds.sizes["model"])])
+
+
+def _trained_seeds(log) -> collections.Counter:
+    with open(log) as f:
+        return collections.Counter(int(x) for x in f.read().split())
+
+
+def _python(code: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+# --------------------------------------------------------------------------- item 1: growth
+
+
+def test_growth_after_training_never_retrains_committed_rows(tmp_path, client):
+    log = str(tmp_path / "trained")
+    p = dmdask.create_store(tmp_path / "s", RIDGE, 10, 0.5, params={**SMALL, "log": log},
+                            block_size=4)  # blocks 0..3, 4..7, 8..9 (partial)
+    dmdask.train(p, client=client, progress=False)
+    before = dmdask.open_store(p).margin.values.copy()
+    new = dmdask.add_models(p, "heldout", n=3)  # rows 10, 11 join block 2; 12 opens block 3
+    np.testing.assert_array_equal(new, [10, 11, 12])
+    ds = dmdask.open_store(p)
+    np.testing.assert_array_equal(ds.completed.values, [True] * 10 + [False] * 3)
+    assert np.isnan(ds.margin.values[10:]).all()
+    rep = dmdask.train(p, client=client, progress=False)
+    assert rep.models == 3
+    ds = dmdask.open_store(p)
+    assert ds.completed.values.all()
+    np.testing.assert_array_equal(ds.margin.values[:10], before)  # bit for bit
+    np.testing.assert_array_equal(ds.margin.values, _recompute(p))
+    seeds = _trained_seeds(log)
+    # the warm-up trains one model per worker; apart from it, every model exactly once
+    warm = {int(s) for s in ds.seed.values[[0, 10]]}
+    counts = {s: c - (s in warm) for s, c in seeds.items()}
+    assert counts == {int(s): 1 for s in ds.seed.values}
+
+
+_TRAINER = """
+import sys
+from distributed import Client, LocalCluster
+import dmdask
+with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+                  silence_logs=40) as c, Client(c) as client:
+    print("ready", flush=True)
+    r = dmdask.train(sys.argv[1], client=client, progress=False)
+    print("trained", r.models, flush=True)
+"""
+
+
+def test_growth_beside_a_running_training(tmp_path, client):
+    log = str(tmp_path / "trained")
+    p = dmdask.create_store(tmp_path / "s", RIDGE, 22, 0.5,
+                            params={**SMALL, "log": log, "delay": 0.3}, block_size=4)
+    proc = subprocess.Popen([sys.executable, "-c", _TRAINER, p], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        sizes = [1, 2, 3, 1, 3, 2, 1, 1, 2, 3] * 3  # rarely a multiple of the block
+        for i, n in enumerate(sizes):
+            kind = "heldout" if i % 2 else "random"
+            dmdask.add_models(p, kind, n=n)
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    n = 22 + sum(sizes)
+    ds = dmdask.open_store(p)
+    assert ds.sizes["model"] == n
+    done = ds.completed.values
+    assert done[:22].all()  # what was there when the training started
+    margins = ds.margin.values
+    assert np.isfinite(margins[done]).all() and np.isnan(margins[~done]).all()
+    expect = _recompute(p)
+    np.testing.assert_array_equal(margins[done], expect[done])
+    # the masks are the store's own sampling, untouched by the interleaving
+    np.testing.assert_array_equal(ds.seed.values, model_seeds(0, np.arange(n)))
+    dmdask.train(p, client=client, progress=False)  # the rest, then nothing is trained twice
+    ds = dmdask.open_store(p)
+    assert ds.completed.values.all()
+    np.testing.assert_array_equal(ds.margin.values, expect)
+    seeds = _trained_seeds(log)
+    assert set(seeds) == {int(s) for s in ds.seed.values}
+    # one warm-up model per training (one worker each), and every model exactly once
+    assert sum(seeds.values()) - n == 2, seeds
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def test_a_second_training_is_refused_until_the_first_dies(tmp_path, client):
+    p = dmdask.create_store(tmp_path / "s", RIDGE, 8, 0.5, params={**SMALL, "delay": 30.0},
+                            block_size=4)
+    proc = subprocess.Popen([sys.executable, "-c", _TRAINER, p], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        deadline = time.time() + 60
+        while lease.read_lease(p, "train") is None and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(StoreBusy, match=rf"another training is running: training \(pid "
+                                            rf"{proc.pid} on {socket.gethostname()}"):
+            dmdask.train(p, client=client, progress=False)
+        dmdask.add_models(p, "heldout", n=1)  # growth is not refused
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    # a holder killed on this host frees the store at once: no waiting for the timeout
+    with dask_config({"dmdask.store.lease-timeout": "1h"}):
+        meta = read_meta(p)
+        g = zarr.open_group(p, mode="r+")
+        g.attrs["dmdask"] = {**meta, "job": {**meta["job"],
+                                             "params": {**meta["job"]["params"], "delay": 0.0}}}
+        assert dmdask.train(p, client=client, progress=False).models == 9
+
+
+def dask_config(d):
+    import dask
+
+    return dask.config.set(d)
+
+
+def test_leases_of_other_hosts_expire_with_their_heartbeat(tmp_path):
+    p = dmdask.create_jobless_store(tmp_path / "s", 5, 2, alpha=0.5)
+    with lease.hold(p, "grow", "probe", refuse="x"):
+        pass
+    path = os.path.join(p, lease.LEASE_DIR, "grow.lease.json")
+    other = {"pid": 1, "host": "elsewhere.invalid", "what": "adding models", "token": "t",
+             "started_at": "then"}
+    with open(path, "w") as f:
+        json.dump({**other, "heartbeat": time.time()}, f)
+    with pytest.raises(StoreBusy, match="cannot add models: adding models .*elsewhere.invalid"):
+        dmdask.add_models(p, "random", n=2)
+    assert read_meta(p)["n_models"] == 0
+    with open(path, "w") as f:
+        json.dump({**other, "heartbeat": time.time() - 61}, f)  # older than lease-timeout
+    dmdask.add_models(p, "random", n=2)
+    assert read_meta(p)["n_models"] == 2
+    assert not os.path.exists(path)  # released
+    # the lease lives in a Zarr group of its own: the store still opens without a warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        import xarray as xr
+
+        xr.open_zarr(p, consolidated=False).close()
+        dmdask.open_store(p)
+
+
+# --------------------------------------------------------------------------- item 2: creation
+
+_CREATE_KILLED = """
+import os, signal, sys
+import zarr.storage
+import dmdask
+kill_at = int(sys.argv[2])
+calls = [0]
+orig = zarr.storage.LocalStore.set
+async def counting_set(self, key, value):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await orig(self, key, value)
+zarr.storage.LocalStore.set = counting_set
+dmdask.create_store(sys.argv[1], "testjobs:RidgeDigits", 10, 0.3, seed=5, block_size=4,
+                    params={"n_train": 40, "n_target": 12})
+print(calls[0])
+"""
+
+
+def _create(path, kill_at):
+    return subprocess.run([sys.executable, "-c", _CREATE_KILLED, str(path), str(kill_at)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_interrupted_create_store_is_finished_by_a_rerun(tmp_path):
+    full = _create(tmp_path / "ref", 0)
+    assert full.returncode == 0, full.stderr
+    writes = int(full.stdout)
+    ref = dmdask.open_store(tmp_path / "ref")
+    args = dict(params={"n_train": 40, "n_target": 12}, seed=5, block_size=4)
+    # kill points: while the arrays are made, right after the store appears at its path,
+    # amid the masks, and at the commit of the models (the last write)
+    points = sorted({1, writes // 3, writes // 2, writes - 8, writes - 1, writes})
+    for k in points:
+        p = tmp_path / f"k{k}"
+        r = _create(p, k)
+        assert r.returncode == -signal.SIGKILL, (k, r.stderr)
+        if p.exists():
+            assert read_meta(p)["n_models"] in (0, 10)  # nothing half committed
+            for other, what in [(dict(n_models=12), "n_models 10 (not 12)"),
+                                (dict(alpha=0.5), "alpha 0.3 (not 0.5)"),
+                                (dict(seed=6), "seed 5 (not 6)"),
+                                (dict(sampling="bernoulli"), "sampling 'fixed'"),
+                                (dict(block_size=8), "block_size 4 (not 8)"),
+                                (dict(params={"n_train": 41, "n_target": 12}), "params")]:
+                kw = {"n_models": 10, "alpha": 0.3, **args, **other}
+                with pytest.raises(StoreError, match=re.escape(what)):
+                    dmdask.create_store(p, RIDGE, **kw)
+        assert dmdask.create_store(p, RIDGE, 10, 0.3, **args) == str(p)
+        ds = dmdask.open_store(p)
+        assert ds.sizes["model"] == 10, k
+        for v in ("mask", "seed", "kind", "alpha", "completed"):
+            np.testing.assert_array_equal(ds[v].values, ref[v].values, err_msg=f"{v} at {k}")
+        assert not list(tmp_path.glob(f"k{k}.creating-*")), k  # the draft is gone
+    np.testing.assert_array_equal(ref.mask.values, sample_masks(5, np.arange(10), 40, 0.3))
+
+
+def test_create_store_rerun_with_other_arguments_is_refused(tmp_path):
+    args = dict(params={"n_train": 40, "n_target": 12}, seed=5, block_size=4)
+    p = dmdask.create_store(tmp_path / "s", RIDGE, 10, 0.3, **args)
+    dmdask.add_models(p, "heldout", n=3)  # grown since: a rerun neither refuses nor adds
+    assert dmdask.create_store(p, RIDGE, 10, 0.3, **args) == p
+    assert read_meta(p)["n_models"] == 13
+    with pytest.raises(StoreError, match=r"n_models 10 \(not 11\), alpha 0.3 \(not 0.5\)"):
+        dmdask.create_store(p, RIDGE, 11, 0.5, **args)
+    with pytest.raises(StoreError, match="no job"):
+        dmdask.create_store(dmdask.create_jobless_store(tmp_path / "j", 40, 12), RIDGE, 10,
+                            0.3, **args)
+
+
+# --------------------------------------------------------------------------- item 3: torn chunks
+
+_WRITER = """
+import sys
+import numpy as np
+import dmdask
+p, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+print("ready", flush=True)
+for g in range(first, last + 1):
+    for b in range(4):
+        x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
+        x[:, 0] = g
+        dmdask.write_block(p, b, x)
+"""
+
+
+def _block(g, b):
+    x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
+    x[:, 0] = g
+    return x
+
+
+@pytest.mark.slow
+def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
+    p = dmdask.create_jobless_store(tmp_path / "s", 8, 4096, block_size=64, alpha=0.5)
+    dmdask.add_models(p, "random", n=256)  # four blocks of 1 MiB incompressible chunks
+    rng = np.random.default_rng(0)
+    g = 1
+    for _ in range(12):
+        w = subprocess.Popen([sys.executable, "-c", _WRITER, p, str(g), str(g + 1000)],
+                             stdout=subprocess.PIPE, text=True)
+        assert w.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 1.0))
+        w.send_signal(signal.SIGKILL)
+        w.wait(30)
+        ds = dmdask.open_store(p)  # opens
+        m, done = ds.margin.values, ds.completed.values
+        for b in range(4):
+            chunk = m[64 * b:64 * (b + 1)]
+            if np.isnan(chunk).all():
+                assert not done[64 * b:64 * (b + 1)].any()
+                continue
+            gen = int(chunk[0, 0])  # the chunk is wholly one generation's block
+            np.testing.assert_array_equal(chunk, _block(gen, b), err_msg=f"block {b}")
+            assert 1 <= gen < g + 1001
+        seen = [int(m[64 * b, 0]) for b in range(4) if not np.isnan(m[64 * b, 0])]
+        g = max(seen + [g]) + 1
+    w = subprocess.run([sys.executable, "-c", _WRITER, p, str(g), str(g)], timeout=120,
+                       capture_output=True, text=True)
+    assert w.returncode == 0, w.stderr
+    ds = dmdask.open_store(p)
+    assert ds.completed.values.all()
+    np.testing.assert_array_equal(ds.margin.values,
+                                  np.concatenate([_block(g, b) for b in range(4)]))
+
+
+# --------------------------------------------------------------------------- item 5: warm-up
+
+
+def test_a_job_that_cannot_train_fails_at_its_warm_up(tmp_path, client):
+    p = dmdask.create_store(tmp_path / "s", "testjobs:BrokenRidge", 8, 0.5, params=SMALL,
+                            block_size=4)
+    with pytest.raises(JobError) as e:
+        dmdask.train(p, client=client, progress=False, retries=0)
+    msg = str(e.value)
+    assert "testjobs:BrokenRidge failed its warm-up training" in msg
+    assert "RuntimeError: learner bug: matrices do not align" in msg
+    assert "\n" not in msg and p in msg
+    assert lease.read_lease(p, "train") is None  # released on the way out
