@@ -198,14 +198,33 @@ class _Data:
 
     def __init__(self, X, Y, tti, client, xp):
         self.X, self.Y, self.tti, self.client, self.xp = X, Y, tti, client, xp
+        # in-memory rows on the local scheduler: the chain runs in this thread (a thread pool
+        # would add only overhead to a sequential chain whose BLAS uses every core)
+        self.sync = client is None and not isinstance(X, da.Array)
         self.n, self.d = (int(v) for v in X.shape)
         self.bytes_read = 0
 
     def blocks(self, a, b):
         return _Block(self.X, a, b), _Block(self.Y, a, b)
 
-    def compute(self, objs):
-        return compute(objs, client=self.client)
+    def chain(self, fn, state, links: list[tuple]):
+        """``state = fn(state, *link)`` for each link in order: one task per link (on the
+        client's workers if any), the state travelling from task to task."""
+        if self.sync:
+            for link in links:
+                state = fn(state, *link)
+            return state
+        task = dask.delayed(fn, pure=False)
+        for link in links:
+            state = task(state, *link)
+        return compute([state], client=self.client)[0]
+
+    def map(self, fn, items: list[tuple]) -> list:
+        """``[fn(*item) for item in items]``, one task per item."""
+        if self.sync:
+            return [fn(*item) for item in items]
+        task = dask.delayed(fn, pure=False)
+        return list(compute([task(*item) for item in items], client=self.client))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -358,9 +377,9 @@ def _lipschitz_task(xb: _Block, mu, sig, batch_size: int, seed: int) -> float:
 def _lipschitz(data: _Data, lo, hi, mu, sig, conf: _Conf, rng):
     span = _split_ranges(lo, hi, conf.row_block)
     a, b = span[int(rng.integers(len(span)))]
-    task = dask.delayed(_lipschitz_task, pure=True)(
-        data.blocks(a, b)[0], mu, sig, conf.batch_size, int(rng.integers(2**63)))
-    return float(data.compute([task])[0])
+    (L,) = data.map(_lipschitz_task, [(data.blocks(a, b)[0], mu, sig, conf.batch_size,
+                                       int(rng.integers(2**63)))])
+    return float(L)
 
 
 @dataclass
@@ -581,11 +600,10 @@ class _Engine:
         blocks = _split_ranges(self.lo, self.hi, conf.row_block)
         order = self.rng.permutation(len(blocks))
         seeds = self.rng.integers(2**63, size=len(blocks))
-        task = dask.delayed(_pass_task, pure=False)
-        kd = dask.delayed(k, traverse=False)
-        for j, s in zip(order, seeds, strict=True):
-            state = task(state, *self.data.blocks(*blocks[j]), kd, int(s))
-        state = self.data.compute([state])[0]
+        kd = k if self.data.sync else dask.delayed(k, traverse=False)  # shipped once
+        state = self.data.chain(_pass_task, state, [
+            (*self.data.blocks(*blocks[j]), kd, int(s)) for j, s in zip(order, seeds,
+                                                                         strict=True)])
         self.data.bytes_read += state["bytes"]
         self.W, self.b = state["W"], state["b"]
         self.total_passes += 1
@@ -883,9 +901,8 @@ def _path(data, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info, gau
         Wr, br = eng.raw_cols(which)
         Wr, br = Wr.astype(conf.dtype), br.astype(conf.dtype)
         oc = eng.cols[which]
-        task = dask.delayed(_val_task, pure=False)
-        parts = data.compute([task(*data.blocks(a, b), oc, data.tti[oc], Wr, br, conf.dtype)
-                              for a, b in val_ranges])
+        parts = data.map(_val_task, [(*data.blocks(a, b), oc, data.tti[oc], Wr, br, conf.dtype)
+                                     for a, b in val_ranges])
         sse = np.zeros(len(which))
         for part, nbytes in parts:  # in row order: the sum does not depend on the workers
             sse += part
