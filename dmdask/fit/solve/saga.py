@@ -1,4 +1,5 @@
-"""Streaming minibatch SAGA: the LASSO path for many targets over row blocks of the masks.
+"""Streaming variance-reduced minibatch steps (SAGA's SVRG form): the LASSO path for many
+targets over row blocks of the masks, out of core and on the cluster.
 
 This is the solver for targets whose rows differ (REFERENCE.md §1.1 eq. 9 and NaN margins) and
 the faithful fast_l1-style baseline (REFERENCE.md §1.6) the Gram solver is measured against.
@@ -13,63 +14,71 @@ with the row weight m_it ∈ {0, 1}: 0 where ``Y[i, t]`` is NaN, and, for a targ
 training example j (``target_train_index[t] = j ≥ 0``), 0 where ``X[i, j] = 1`` (paper eq. 9;
 column j is then constant on the target's rows, σ_jt = 0, and ``w_j = 0``). ``n_t = Σ_i m_it``.
 
-How (one *pass* = one sweep over the row blocks; masks are never whole in memory):
+How (one *pass* = one sweep over the row blocks; neither masks nor margins are ever whole in
+memory, and nothing held grows with models × targets):
 
-* **Statistics pass.** Column sums per split, and per target n_t, Σmy, Σmy², Xᵀm, Xᵀ(m∘y) and
-  the row weights m (n × T bool) — one GEMM pair per block. Margins (n × T) are held in
-  memory, as is the SAGA table, which is the same size.
-* **SAGA epochs** (§1.6, per step for all active targets at once)::
+* **Statistics pass.** The shared pass (:func:`dmdask.fit.stats.compute_stats`) on the outputs
+  [m | m∘y] (2T columns built per row block): its column sums, XᵀY and Σy, Σy² are per target
+  n_t, Σmy, Σmy², Xᵀm and Xᵀ(m∘y); its exact XᵀX tells fixed-size sampling apart.
+* **Epochs** (§1.6 with SAGA's table replaced by a snapshot, as SVRG does, so the state is
+  O(d × targets) instead of a models × targets table), per step for all active targets::
 
-      r = X̃_B w̃ + b̃ − y_B,  δ = m_B∘(r − A[B]),  g = c_t X̃_Bᵀδ + ḡ,  A[B] = r,
-      ḡ += X̃_Bᵀδ / n_t,  w̃ = soft(w̃ − lr_t g, lr_t λ_t)
+      δ = m_B∘(X̃_B(w̃ − w̃_s) + b̃ − b̃_s),  g = c_t X̃_Bᵀδ + ḡ_s,  w̃ = soft(w̃ − lr_t g, lr_t λ_t)
 
-  with c_t = n/(|B| n_t) (each row's loss is scaled by n/n_t so that the mean over all n rows is
-  the target's objective). X̃ is never formed: X̃v = X(v/σ) − μᵀ(v/σ) and
-  X̃ᵀz = (Xᵀz − μ Σz)/σ, so the GEMMs run on the 0/1 block cast to float. Row blocks are
+  where (w̃_s, b̃_s) is the last snapshot and ḡ_s the exact gradient of the smooth part there,
+  and c_t = n/(|B| n_t) (each row's loss is scaled by n/n_t so that the mean over all n rows
+  is the target's objective). X̃ is never formed: X̃v = X(v/σ) − μᵀ(v/σ) and
+  X̃ᵀz = (Xᵀz − μ Σz)/σ, so the GEMMs run on the 0/1 block cast to float. A pass is a chain
+  of tasks, one per row block, that carries the state from block to block; each task reads
+  its block (masks, margins) where it runs — on the workers of a ``distributed`` client when
+  one is given — so the coordinator holds only the state, and a task one row block
+  (setting ``dmdask.solve.row-block-size``) of masks and margins of one target block
+  (``dmdask.solve.target-block-size``). Target blocks are independent: on a cluster their
+  chains run side by side. Row blocks are
   visited in a random order each epoch and rows are shuffled within a block (block-level
   shuffling, as out-of-core loaders do); the order depends on the seed and the row-block
   size, never on the storage chunking or the workers. Default batch size
   B = max(16, min(d, 2048, n/32)): B ≈ d balances L_B against steps per epoch, and at least
-  ~32 batches per epoch matter because SAGA's per-epoch rate is capped by the number of
-  batches (measured: 7 batches/epoch needed ~3× the passes of 30).
+  ~32 batches per epoch.
 * **Step size.** ``lr_t = 1/(3 L_B · n/n_t)`` where L_B is the largest eigenvalue of
   ``[X̃_B 1]ᵀ[X̃_B 1]/|B|`` measured by power iteration on a few minibatches (×1.1 safety;
   ≈ (1 + sqrt(d/B))², §1.6). Dividing by n/n_t is the safe bound for a per-target weighted
   batch (X̃_Bᵀ diag(m) X̃_B ≼ X̃_BᵀX̃_B). Minibatches have between B and 2B rows (the
   remainder is merged, never a tiny unstable batch).
 * **Stopping (not fast_l1's).** A target in the "step" phase is periodically frozen for one
-  "refresh" pass: the pass recomputes its exact residuals (refreshing the SAGA table and the
-  gradient average — an SVRG-style snapshot, so the pass is not wasted) and gives the exact
-  duality gap of §1.5. The λ is done when gap ≤ tol·‖y_c‖²/(2 n_t), the contract's relative
+  "refresh" pass: the pass computes its exact residuals, hence the exact gradient at the
+  current point (the new snapshot, so the pass is not wasted) and the exact duality gap of
+  §1.5. The λ is done when gap ≤ tol·‖y_c‖²/(2 n_t), the contract's relative
   tolerance (``PathOptions.tol``); the intercept is then set to its exact optimum for w̃.
   When to refresh: the first solve uses a relative trigger, ‖Δw̃‖² + Δb̃² over an epoch
   ≤ tol·Var_t(y) (fast_l1 uses an absolute eps on σ²-scaled standardised weights); later
   refreshes are planned from the observed per-epoch contraction of the gap (and a new λ
   starts with as many step epochs as the previous one needed), at most ``refresh_every``
-  (10) epochs apart. A solve ends uncertified (``converged = False``) at ``max_epochs``
+  epochs apart (default 1: a snapshot every other pass, SVRG's usual loop, took fewer passes
+  in all than longer loops and than the former SAGA table on the problems tried). A solve
+  ends uncertified (``converged = False``) at ``max_epochs``
   (default 200, and at most ``options.max_iter``) or when three refreshes in a row shrank the
   gap by < 5 % (the arithmetic's floor, e.g. float32 with a tiny tol).
 * **Fixed-size masks** (every row has the same number of ones, detected in the statistics
   pass): X̃σ = 0, so w̃ + τσ changes only the L1 term; at each refresh w̃ jumps to the
   L1-minimal point of that line (a weighted median, as the Gram solver does). Known limit:
   at small λ with dense solutions, the problem restricted to the active manifold is
-  ill-conditioned along the near-gauge direction (curvature ~1/d), and SAGA's gap shrinks
-  slowly there (e.g. n = 450, d = 200: capped at 200 epochs per λ with gap ≈ 1e-6 relative
-  instead of the requested tol; the weights agree with the Gram solver's to the 4th digit).
+  ill-conditioned along the near-gauge direction (curvature ~1/d), and the gap shrinks
+  slowly there (a tight tol can reach ``max_epochs`` per λ: reported as not converged).
 * **Path.** Per target, the shared grid (``grid.lambda_grid``) from λ_max in the standardised
   space of the training split with the target's own rows; w = 0 is exact at λ_max (certified
-  from the statistics, no epoch). Warm starts along the path, the SAGA table persists between
-  λ values. Each certified solve gets its validation MSE (raw-space model on the first
+  from the statistics, no epoch; the first snapshot is there too). Warm starts along the
+  path; the snapshot and its gradient persist between λ values. Each certified solve gets its validation MSE (raw-space model on the first
   ``holdout_size`` rows, training μ/σ) in a pass over the validation rows; optional fast_l1
   early stop (``grid.should_stop``); best λ by ``grid.select_lambda`` (ties → smaller λ).
   Targets that finished their path drop out of the GEMMs (columns compacted).
 * **Refit** on all fitting rows at the chosen λ, standardised with their μ, σ, warm-started
-  from the best path solution (converted to the new standardisation), with a fresh table
-  (its first pass is a refresh pass).
+  from the best path solution (converted to the new standardisation); its first pass is a
+  refresh pass (the snapshot of the new rows).
 
-Array module: the same code runs with NumPy or CuPy arrays; the module comes from the setting
-``dmdask.array.backend`` (``cupy`` moves each block to the device; CuPy missing is an error,
-never a silent NumPy fallback) or from the type of the chunks.
+Array module: the same code runs with NumPy or CuPy arrays (:mod:`dmdask.backend`); the
+setting ``dmdask.array.backend`` chooses (``cupy`` moves each block to the device; CuPy
+missing is an error, never a silent NumPy fallback), CuPy chunks force CuPy.
 
 :func:`saga_reference` is a small literal NumPy transcription of §1.6 (one λ, in memory),
 kept as a test oracle.
@@ -451,7 +460,7 @@ def _val_task(xb: _Block, yb: _Block, cols, tti, Wr, br, dtype):
     Xb, Mb, Yb, xp, nbytes = _load_rows(xb, yb, cols, tti, dtype)
     R = Xb.astype(dtype) @ Wr + br - Yb
     R *= Mb
-    return to_numpy((R.astype(xp.float64) ** 2).sum(axis=0)), nbytes
+    return (R.astype(xp.float64) ** 2).sum(axis=0), nbytes  # device: moved here by the caller
 
 
 def _soft(W, tau, xp):
@@ -649,7 +658,8 @@ class _Engine:
                 self.harvest(done)
 
     def _certify(self, refr, accG, S1, S2, Sy):
-        """After a refresh pass: exact table average and the duality gap (REFERENCE §1.5)."""
+        """After a refresh pass: the exact gradient (the new snapshot's) and the duality gap
+        (REFERENCE §1.5)."""
         xp, conf, dt = self.xp, self.conf, self.conf.dtype
         rj = np.nonzero(refr)[0]
         rd = xp.asarray(rj)
@@ -674,7 +684,7 @@ class _Engine:
         grel = (P - D) / scale
         cert = refr & (grel <= conf.tol)
         self.gap_last[self.cols[rj]] = grel[rj]
-        # the intercept goes to its exact optimum for w̃; table and averages move with it
+        # the intercept goes to its exact optimum for w̃ (the gradient in b is then 0)
         jc = np.nonzero(cert)[0]
         if jc.size:
             cd = xp.asarray(jc)
@@ -701,9 +711,9 @@ class _Engine:
 
     def _gauge_shift(self, which):
         """Fixed-size masks: X̃σ = 0 on every target's rows, so w̃ → w̃ + τσ changes only the
-        L1 term. SAGA crawls along that flat direction (by λ·lr per step); jump to the
+        L1 term. The steps crawl along that flat direction (by λ·lr per step); jump to the
         L1-minimal point instead: τ = −(weighted median of w̃_j/σ_j, weights σ_j). The
-        residuals, the table and the averages are unchanged."""
+        residuals and the snapshot's gradient are unchanged."""
         xp = self.xp
         wd = xp.asarray(which)
         W = to_numpy(self.W[:, wd].astype(xp.float64))
@@ -905,7 +915,7 @@ def _path(data, st_tr, st_val, n_val, lambdas, xp, conf, options, rng, info, gau
                                      for a, b in val_ranges])
         sse = np.zeros(len(which))
         for part, nbytes in parts:  # in row order: the sum does not depend on the workers
-            sse += part
+            sse += to_numpy(part)
             data.bytes_read += nbytes
         nv = nv_t[oc]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -997,7 +1007,7 @@ def saga_path(X, Y, *, split: Split | None = None, options: PathOptions | None =
 
     ``X`` (n, d) 0/1 and ``Y`` (n, T) with NaN = missing: NumPy, CuPy, dask or xarray.
     ``options.extra`` takes the SAGA knobs ``batch_size``, ``max_epochs`` (per λ, default
-    200), ``refresh_every`` (10), ``lr`` (fixed step instead of 1/(3 L_B)), ``lr_scale``,
+    200), ``refresh_every`` (1), ``lr`` (fixed step instead of 1/(3 L_B)), ``lr_scale``,
     ``seed``, ``dtype`` (``float64``; ``float32`` is faster but cannot certify tol below
     ~1e-6) and ``keep_path`` (raw path weights in ``info["path_weight"]`` [T, L, d]).
     With a ``distributed`` ``client`` every row-block task runs on its workers.
@@ -1021,7 +1031,8 @@ def saga_fit_lambda(X, Y, lam, *, options: PathOptions | None = None,
 
 
 class SagaSolver:
-    """Registered as ``"saga"``: streaming minibatch SAGA with per-target rows."""
+    """Registered as ``"saga"``: the streaming solver with per-target rows (row blocks on
+    ``client``'s workers when one is given)."""
 
     name: ClassVar[str] = "saga"
     per_target_rows: ClassVar[bool] = True
