@@ -339,6 +339,36 @@ def test_independent_of_number_of_workers():
         np.testing.assert_array_equal(res.bias, ref.bias)
 
 
+@pytest.mark.cluster
+def test_row_blocks_run_on_the_cluster():
+    """With a client, the row-block tasks of every pass run on its workers (two target blocks
+    side by side), and the result is the local run's, bit for bit (one statistics lane, so
+    the statistics are summed in the same order)."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    X, Y = problem(seed=20, n=800, d=20, T=4)
+    rng = np.random.default_rng(2)
+    Y[rng.random(Y.shape) < 0.05] = np.nan
+    tti = np.array([-1, 3, -1, 7])
+    Xd, Yd = da.from_array(X, chunks=(200, 20)), da.from_array(Y, chunks=(200, 4))
+    opts = PathOptions(n_lambdas=3, lambda_ratio=0.1, tol=1e-4, row_block_size=300,
+                       target_block_size=2)
+    split = Split(val_fraction=0.2)
+    with dask.config.set({"dmdask.solve.stats-lanes": 1}):
+        ref = SagaSolver().fit(Xd, Yd, split=split, options=opts, target_train_index=tti)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cl, Client(cl) as client, \
+                get_task_stream(client) as ts:
+            res = SagaSolver().fit(Xd, Yd, split=split, options=opts, target_train_index=tti,
+                                   client=client)
+            workers = set(client.scheduler_info()["workers"])
+    ran = [t["worker"] for t in ts.data if str(t["key"]).startswith("('_pass_task")
+           or "_pass_task" in str(t["key"])]
+    assert len(ran) > 10 and set(ran) <= workers
+    for name in ("weight", "bias", "lam", "val_mse_path", "n_rows"):
+        np.testing.assert_array_equal(getattr(res, name), getattr(ref, name), err_msg=name)
+
+
 def test_target_blocks_do_not_change_results():
     X, Y = problem(seed=15, n=1000, d=20, T=5)
     opts = dict(n_lambdas=4, lambda_ratio=1e-2, tol=1e-10)
