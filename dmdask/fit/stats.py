@@ -141,37 +141,6 @@ class SufficientStats:
         var = xp.diagonal(self.G) / self.n - self.mu**2
         return xp.sqrt(xp.maximum(var, 0.0))
 
-    def centred(self):
-        """(G_c, C_c, yss_c): XᵀX, XᵀY and ‖y‖² of the column-centred problem (float64)."""
-        xp = self.xp
-        Gc = self.G - xp.outer(self.s, self.s) / self.n
-        Cc = self.C - xp.outer(self.s, self.sy) / self.n
-        yss = self.syy - self.sy**2 / self.n
-        return Gc, Cc, xp.maximum(yss, 0.0)
-
-    def standardised(self):
-        """The standardised, centred problem scaled by 1/n: ``(Q, q, yv, mu, sigma, ybar)`` with
-        Q = X̃_cᵀX̃_c/n [d, d], q = X̃_cᵀy_c/n [d, T], yv = ‖y_c‖²/n [T]; σ_j = 0 columns are zero
-        rows/columns of Q and q (X̃ = (X − μ)/σ, REFERENCE §1.2)."""
-        xp = self.xp
-        Gc, Cc, yss = self.centred()
-        sigma = self.sigma
-        inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
-        Q = (Gc * inv[:, None]) * (inv[None, :] / self.n)
-        q = Cc * (inv[:, None] / self.n)
-        return Q, q, yss / self.n, self.mu, sigma, self.ybar
-
-    def sse(self, W, b):
-        """Sum of squared errors of raw-space models ``W`` [T, d], ``b`` [T] (REFERENCE §1.4):
-        Σy² − 2wᵀc − 2bΣy + wᵀGw + 2b·sᵀw + n·b²."""
-        xp = self.xp
-        W = xp.asarray(W, dtype=xp.float64)
-        b = xp.asarray(b, dtype=xp.float64)
-        wc = xp.sum(W.T * self.C, axis=0)
-        wGw = xp.sum((self.G @ W.T) * W.T, axis=0)
-        sw = W @ self.s
-        return self.syy - 2 * wc - 2 * b * self.sy + wGw + 2 * b * sw + self.n * b**2
-
     def add_(self, other: SufficientStats) -> SufficientStats:
         """Add ``other``'s statistics to these in place (statistics are additive over rows)."""
         self.n += other.n
@@ -186,10 +155,6 @@ class SufficientStats:
         self.syy += other.syy
         self.nonfinite = _either(self.nonfinite, other.nonfinite)
         return self
-
-    def mse(self, W, b):
-        """Mean squared error of raw-space models on these rows."""
-        return self.sse(W, b) / self.n
 
 
 def _either(a, b):
@@ -601,12 +566,6 @@ def _finish_lanes(*lanes: _LaneAcc) -> SufficientStats:
     for other in lanes[1:]:
         acc = acc.merge(other)
     return acc.finish()
-
-
-def _row_chunks(n: int, row_block: int, bounds) -> tuple[int, ...]:
-    cuts = set(range(0, n, row_block)) | {int(b) for b in bounds} | {n}
-    cuts = sorted(c for c in cuts if 0 <= c <= n)
-    return tuple(int(b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
 
 
 def group_bounds_for(n: int, split) -> np.ndarray:
