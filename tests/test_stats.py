@@ -193,6 +193,26 @@ def test_independent_of_workers(client):
         np.testing.assert_allclose(a.C, b.C, rtol=1e-13)
 
 
+@pytest.mark.cluster
+@pytest.mark.torch
+def test_auto_route_is_decided_by_the_workers(client):
+    # on a cluster the pass runs on the workers: `auto` asks each of them (their own cached
+    # measurement) and takes int8 only where every one measured it faster
+    import dask
+
+    from dmdask.fit.stats import _gram_kind, gram_route_probe
+
+    Xd = da.from_array(np.zeros((64, 8), np.uint8), chunks=(32, 8))
+    with dask.config.set({"dmdask.solve.stats-gram": "auto"}):
+        got = _gram_kind(Xd, 10**6, 10**4, client)
+    probes = client.run(gram_route_probe)
+    assert len(probes) == 2
+    for p in probes.values():
+        assert p["route"] in ("int8", "float32") and p["float32_s"] > 0
+    unanimous = all(p["route"] == "int8" for p in probes.values())
+    assert got == ("int8" if unanimous else "float32")
+
+
 def test_float32_c_is_centred_accurate():
     # outputs with a large offset: the float32 XᵀY works on block-mean-shifted y, so the
     # centred statistic C − s·Σy/n keeps float32 relative accuracy (no cancellation)
