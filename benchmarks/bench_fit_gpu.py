@@ -219,6 +219,13 @@ def mem_estimate_gb(n, d, T):
     return (7 * dd + 6 * dT) / 2**30
 
 
+def _row_chunks(n: int, row_block: int, bounds) -> tuple[int, ...]:
+    """Row chunks of at most ``row_block`` rows that also cut at the group ``bounds``."""
+    cuts = set(range(0, n, row_block)) | {int(b) for b in bounds} | {n}
+    cuts = sorted(c for c in cuts if 0 <= c <= n)
+    return tuple(int(b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
+
+
 # ------------------------------------------------------------------------------ pipeline
 def run_pipeline(xp, n, d, T, *, row_block, saga_targets, saga_epochs, n_lambdas, threads,
                  guard, log):
@@ -230,7 +237,7 @@ def run_pipeline(xp, n, d, T, *, row_block, saga_targets, saga_epochs, n_lambdas
     from dmdask.fit.solve.base import PathOptions, Split
     from dmdask.fit.solve.gram import solve_from_stats
     from dmdask.fit.solve.saga import saga_path
-    from dmdask.fit.stats import _row_chunks, compute_stats, group_bounds_for
+    from dmdask.fit.stats import compute_stats, group_bounds_for
 
     backend = "numpy" if xp is np else "cupy"
     res = {"backend": backend, "n": n, "d": d, "T": T, "row_block": row_block}

@@ -1,6 +1,8 @@
 """The one contract suite every registered LASSO-path solver passes (dmdask.fit.solve.base).
 
-A solver joins by registering in ``dmdask/fit/solve/__init__.py``; every test here is run for it.
+A solver joins by registering in ``dmdask/fit/solve/__init__.py``; every test here is run for it
+(parametrized over the registry itself: a registered solver that fails to import errors here,
+it does not drop out).
 """
 
 import dask.array as da
@@ -8,10 +10,19 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Lasso
 
-from dmdask.fit.solve import PathOptions, Split, UnsupportedTargets, available_solvers, get_solver
+from dmdask.errors import DmdaskError
+from dmdask.fit.solve import (
+    PathOptions,
+    Split,
+    UnsupportedTargets,
+    available_solvers,
+    get_solver,
+    register_solver,
+    registered_solvers,
+)
 from dmdask.fit.solve.grid import holdout_size
 
-SOLVERS = available_solvers()
+SOLVERS = registered_solvers()
 OPTS = PathOptions(n_lambdas=8, lambda_ratio=1e-2, tol=1e-10, max_iter=100000)
 
 
@@ -39,7 +50,31 @@ def solved(request):
 
 
 def test_registry_has_gram():
-    assert "gram" in SOLVERS
+    assert {"gram", "saga"} <= set(SOLVERS)
+    assert available_solvers() == SOLVERS  # every registered solver imports
+
+
+@pytest.mark.parametrize("source,why", [
+    (None, "ModuleNotFoundError"),  # the registered module is not there (renamed, deleted)
+    ("raise ImportError('needs libfoo')", "needs libfoo"),
+    ("import dmdask_no_such_dependency_xyz", "dmdask_no_such_dependency_xyz"),
+])
+def test_a_registered_solver_that_fails_to_import_fails_loudly(tmp_path, monkeypatch, source,
+                                                               why):
+    from dmdask.fit.solve import _REGISTRY
+
+    mod = f"dmdask_broken_solver_{abs(hash(why))}"
+    if source is not None:
+        (tmp_path / f"{mod}.py").write_text(source + "\nclass Broken:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(_REGISTRY, "broken", f"{mod}:Broken")
+    assert "broken" in registered_solvers()  # the contract suite would run it
+    for call in (lambda: get_solver("broken"), available_solvers):
+        with pytest.raises(DmdaskError, match=f"'broken'.*{why}"):
+            call()
+    register_solver("broken", "dmdask.fit.solve.gram:NoSuchSolver")
+    with pytest.raises(DmdaskError, match="'broken'.*NoSuchSolver"):
+        available_solvers()
 
 
 def test_result_shapes_and_path_structure(solved):

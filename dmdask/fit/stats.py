@@ -7,18 +7,24 @@ contiguous group of rows (a holdout split or the K folds of cross-validation):
 
 Statistics are additive (``a + b``, ``total - fold``), so any union of groups costs nothing
 more and the masks are read exactly once. Exactness: 0/1 masks make every entry of ``XᵀX`` an
-integer ≤ rows. On NumPy chunks of 0/1 uint8/bool masks with torch installed it is formed by
-int8 × int8 → int32 GEMMs (``torch._int_mm``, exact below 2^31 rows, and kept as int32
-counts; ~3× faster than float32
-``ssyrk`` on AVX-512 VNNI, setting ``dmdask.solve.stats-gram``); otherwise float32 rank-k
-updates are exact while an accumulator holds ≤ 2^24 rows (products are 0/1, every partial
-sum an integer < 2^24): each accumulation chain adds its blocks into one float32
-accumulator (BLAS ``ssyrk`` with β = 1 on NumPy), moving to float64 (exact to 2^53) only
-beyond 2^24 rows and at the end. ``C``, ``Σy``,
-``Σy²`` are accumulated in float64 (setting ``dmdask.solve.stats-c-dtype``: ``float32`` makes
-the ``XᵀY`` GEMM ~4× faster — y is shifted by its block mean before the float32 GEMM and
-the shift added back in float64, so the centred statistics keep ~1e-7 relative accuracy;
-the Gram solver uses it when its tolerance is ≥ 1e-7). Centring ``G − s sᵀ/n`` happens in float64.
+integer ≤ rows. Two routes form it, both exact (setting ``dmdask.solve.stats-gram``):
+
+* ``int8``: on NumPy chunks of 0/1 uint8/bool masks, int8 × int8 → int32 GEMMs
+  (``torch._int_mm``, exact below 2^31 rows, kept as int32 counts). Fast only where the CPU
+  has VNNI instructions (AVX-512 VNNI, AVX-VNNI); elsewhere many times *slower* than float32.
+  ``auto`` therefore takes it only where a one-time measurement in the process that runs
+  the pass (:func:`gram_route_probe`: one small tile each way, one thread, cached) found it
+  clearly faster — never because torch happens to be installed.
+* ``float32``: rank-k updates, exact while an accumulator holds ≤ 2^24 rows (products are
+  0/1, every partial sum an integer < 2^24): each accumulation chain adds its blocks into one
+  float32 accumulator (BLAS ``ssyrk`` with β = 1 on NumPy), moving to float64 (exact to 2^53)
+  only beyond 2^24 rows and at the end.
+
+``C``, ``Σy``, ``Σy²`` are accumulated in float64 (setting ``dmdask.solve.stats-c-dtype``:
+``float32`` makes the ``XᵀY`` GEMM several times faster — y is shifted by its block mean before
+the float32 GEMM and the shift added back in float64, so each column of the centred ``XᵀY``
+keeps float32 relative accuracy at its own scale; the Gram solver uses it when its tolerance
+is ≥ 1e-7). Centring ``G − s sᵀ/n`` happens in float64.
 
 The pass runs on dask, group after group, each group's blocks accumulated in place along
 ``lanes`` chains: one per worker thread of a ``distributed.Client``; one on the local
@@ -28,6 +34,8 @@ overrides). NumPy or CuPy chunks.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 import dask
@@ -133,37 +141,6 @@ class SufficientStats:
         var = xp.diagonal(self.G) / self.n - self.mu**2
         return xp.sqrt(xp.maximum(var, 0.0))
 
-    def centred(self):
-        """(G_c, C_c, yss_c): XᵀX, XᵀY and ‖y‖² of the column-centred problem (float64)."""
-        xp = self.xp
-        Gc = self.G - xp.outer(self.s, self.s) / self.n
-        Cc = self.C - xp.outer(self.s, self.sy) / self.n
-        yss = self.syy - self.sy**2 / self.n
-        return Gc, Cc, xp.maximum(yss, 0.0)
-
-    def standardised(self):
-        """The standardised, centred problem scaled by 1/n: ``(Q, q, yv, mu, sigma, ybar)`` with
-        Q = X̃_cᵀX̃_c/n [d, d], q = X̃_cᵀy_c/n [d, T], yv = ‖y_c‖²/n [T]; σ_j = 0 columns are zero
-        rows/columns of Q and q (X̃ = (X − μ)/σ, REFERENCE §1.2)."""
-        xp = self.xp
-        Gc, Cc, yss = self.centred()
-        sigma = self.sigma
-        inv = xp.where(sigma > 0, 1.0 / xp.where(sigma > 0, sigma, 1.0), 0.0)
-        Q = (Gc * inv[:, None]) * (inv[None, :] / self.n)
-        q = Cc * (inv[:, None] / self.n)
-        return Q, q, yss / self.n, self.mu, sigma, self.ybar
-
-    def sse(self, W, b):
-        """Sum of squared errors of raw-space models ``W`` [T, d], ``b`` [T] (REFERENCE §1.4):
-        Σy² − 2wᵀc − 2bΣy + wᵀGw + 2b·sᵀw + n·b²."""
-        xp = self.xp
-        W = xp.asarray(W, dtype=xp.float64)
-        b = xp.asarray(b, dtype=xp.float64)
-        wc = xp.sum(W.T * self.C, axis=0)
-        wGw = xp.sum((self.G @ W.T) * W.T, axis=0)
-        sw = W @ self.s
-        return self.syy - 2 * wc - 2 * b * self.sy + wGw + 2 * b * sw + self.n * b**2
-
     def add_(self, other: SufficientStats) -> SufficientStats:
         """Add ``other``'s statistics to these in place (statistics are additive over rows)."""
         self.n += other.n
@@ -178,10 +155,6 @@ class SufficientStats:
         self.syy += other.syy
         self.nonfinite = _either(self.nonfinite, other.nonfinite)
         return self
-
-    def mse(self, W, b):
-        """Mean squared error of raw-space models on these rows."""
-        return self.sse(W, b) / self.n
 
 
 def _either(a, b):
@@ -418,12 +391,9 @@ class _Int8Gram:
     """XᵀX of 0/1 blocks by int8 × int8 → int32 GEMMs (``torch._int_mm``: VNNI on x86).
 
     Exact: every product is 0/1 and int32 holds any count below 2^31 rows (handed to the
-    lane's accumulator before that, which widens to int64 where a sum could overflow). On a
-    2-core AVX-512 machine a block of 8,192 × 5,000 took 0.30 s against 1.0 s for float32
-    ``ssyrk``, and the whole statistics pass at 50,000 × 5,000 × 500 4.3 s against 9.3 s
-    (benchmarks/RESULTS.md, *Gram solver vs peers*). Only the upper triangle is computed,
-    as ``p(p+1)/2`` tile GEMMs over ``p`` column parts (a full GEMM does twice the syrk's work;
-    4 parts measured fastest)."""
+    lane's accumulator before that, which widens to int64 where a sum could overflow). Only
+    the upper triangle is computed, as ``p(p+1)/2`` tile GEMMs over ``p`` column parts (a full
+    GEMM does twice the syrk's work; 4 parts measured fastest, benchmarks/RESULTS.md)."""
 
     _PARTS = 4
     _MAX_ROWS = 2**31 - 1
@@ -466,11 +436,13 @@ class _Int8Gram:
         return G
 
 
-def _gram_kind(X, n: int, d: int) -> str:
-    """How the statistics pass forms XᵀX: ``int8`` (exact int8 GEMMs through torch, where
-    the blocks are 0/1 NumPy uint8/bool and the work amortises torch's import, ~1 s) or
+def _gram_kind(X, n: int, d: int, client=None) -> str:
+    """How the statistics pass forms XᵀX: ``int8`` (exact int8 GEMMs through torch) or
     ``float32`` (BLAS ssyrk; CuPy's GEMM on a GPU). Setting ``dmdask.solve.stats-gram``:
-    auto | int8 | float32."""
+    auto | int8 | float32. ``auto`` takes int8 only for 0/1 NumPy uint8/bool/int8 blocks, where
+    the work amortises torch's import (~1 s) and where int8 GEMMs *measured* faster on the
+    machines that run the pass (:func:`gram_route_probe`; ``client``'s workers where given):
+    they are fast with VNNI instructions and many times slower than float32 without them."""
     import sys
 
     kind = config.get("solve.stats-gram", "auto")
@@ -481,18 +453,103 @@ def _gram_kind(X, n: int, d: int) -> str:
     int_mask = X.dtype == bool or X.dtype in (np.uint8, np.int8)
     if kind == "float32" or not (numpy_chunks and int_mask):
         return "float32"
-    if kind == "auto" and "torch" not in sys.modules and n * d * d < 2e11:
-        return "float32"  # ≲ 1 s of ssyrk: not worth importing torch
-    from .. import optional
-
     if kind == "int8":
+        from .. import optional
+
         optional.torch()  # a clear error naming the extra
         return "int8"
-    return "int8" if optional.has("torch") and _int_mm_works() else "float32"
+    if "torch" not in sys.modules and n * d * d < 2e11:
+        return "float32"  # ≲ 1 s of ssyrk: not worth importing torch and measuring
+    if client is None:
+        return gram_route_probe()["route"]
+    try:
+        votes = client.run(_probe_route)
+    except Exception:  # a worker that cannot answer: the route that is never a cliff
+        return "float32"
+    return "int8" if votes and all(v == "int8" for v in votes.values()) else "float32"
+
+
+# int8 must measure at least this much faster than float32 to be chosen: where the two are
+# close, float32 (no torch, no private API) is the safer route
+_INT8_MARGIN = 1.5
+# the probe tile: large enough for BLAS-level kernels on both routes (two column parts on
+# the int8 route, as in production), small enough to cost little where int8 is slow
+_PROBE_SHAPE = (1024, 512)
+_probe_lock = threading.Lock()
+_probe_result: dict | None = None
+
+
+def choose_gram_route(t_int8: float | None, t_float32: float,
+                      margin: float = _INT8_MARGIN) -> str:
+    """``"int8"`` where one tile's XᵀX by int8 GEMMs took at most ``1/margin`` of its float32
+    time, else ``"float32"`` (also where int8 could not run: ``t_int8`` None)."""
+    if t_int8 is None or not np.isfinite(t_int8) or not np.isfinite(t_float32):
+        return "float32"
+    return "int8" if t_int8 * margin <= t_float32 else "float32"
+
+
+def time_gram_routes(shape: tuple[int, int] = _PROBE_SHAPE, repeats: int = 5
+                     ) -> tuple[float | None, float]:
+    """Best-of-``repeats`` seconds of one 0/1 tile's XᵀX by each route of the pass, int8
+    (None where torch or ``torch._int_mm`` is unusable) and float32: the production kernels
+    (:class:`_Int8Gram`, :meth:`_LaneAcc._syrk32`) on one thread each, so that the comparison
+    is of the core's instructions, not of how busy the other cores are."""
+    x = (np.random.default_rng(0).random(shape) < 0.5).astype(np.uint8)
+
+    def f32():
+        acc = _LaneAcc("float32")
+        t0 = time.perf_counter()
+        acc._syrk32(acc._cast(x, np, np.float32), np)
+        return time.perf_counter() - t0
+
+    def i8(tile):
+        gi = _Int8Gram(tile.shape[1])
+        t0 = time.perf_counter()
+        gi.add(_as_int8_01(tile))
+        return time.perf_counter() - t0
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        f32()  # first touches, BLAS start-up
+        tf = min(f32() for _ in range(2))
+        if not _int_mm_works():
+            return None, tf
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            i8(x[:64, :64])  # kernel start-up, at no cost where int8 is slow
+            t8 = float("inf")
+            for i in range(repeats):
+                t8 = min(t8, i8(x))
+                tf = min(tf, f32())
+                if i and t8 > 2 * tf:  # slower twice over: no more runs of a slow route
+                    break
+        finally:
+            torch.set_num_threads(threads)
+    return t8, tf
+
+
+def gram_route_probe() -> dict:
+    """The route ``stats-gram: auto`` takes in this process, from a one-time measurement
+    (cached): ``{"route", "int8_s", "float32_s"}`` (seconds per probe tile)."""
+    global _probe_result
+    with _probe_lock:
+        if _probe_result is None:
+            t8, tf = time_gram_routes()
+            _probe_result = {"route": choose_gram_route(t8, tf), "int8_s": t8, "float32_s": tf}
+        return dict(_probe_result)
+
+
+def _probe_route() -> str:
+    """:func:`gram_route_probe`'s route (run on a dask worker by ``client.run``)."""
+    return gram_route_probe()["route"]
 
 
 def _int_mm_works() -> bool:
-    """``torch._int_mm`` (a private API) exists and is exact on a small 0/1 product."""
+    """torch imports and ``torch._int_mm`` (a private API) is exact on a small 0/1 product."""
     try:
         import torch
 
@@ -509,12 +566,6 @@ def _finish_lanes(*lanes: _LaneAcc) -> SufficientStats:
     for other in lanes[1:]:
         acc = acc.merge(other)
     return acc.finish()
-
-
-def _row_chunks(n: int, row_block: int, bounds) -> tuple[int, ...]:
-    cuts = set(range(0, n, row_block)) | {int(b) for b in bounds} | {n}
-    cuts = sorted(c for c in cuts if 0 <= c <= n)
-    return tuple(int(b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a)
 
 
 def group_bounds_for(n: int, split) -> np.ndarray:
@@ -574,7 +625,7 @@ def compute_stats(
     # cut into a multiple of `lanes` blocks of equal size, so all lanes work on every group
     # (a 10% holdout group is as parallel as the training group).
     lanes = n_lanes(client)
-    gram = _gram_kind(X, n, X.shape[1])
+    gram = _gram_kind(X, n, X.shape[1], client)
     align = int(X.chunks[0][0]) if X.numblocks[0] > 1 else 1
     out = []
     ngroups = len(bounds) - 1

@@ -2,7 +2,8 @@
 
 Every solver implements :class:`dmdask.fit.solve.base.Solver` and registers here by name; the
 contract suite ``tests/test_solver_contract.py`` runs every registered solver. Modules are
-imported lazily so a solver's optional pieces cost nothing until used.
+imported lazily so a solver's optional pieces cost nothing until used; a registered solver
+whose module fails to import is an error that names it, never a solver silently missing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "available_solvers",
     "get_solver",
     "register_solver",
+    "registered_solvers",
     "to_raw",
 ]
 
@@ -36,6 +38,11 @@ def register_solver(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
+def registered_solvers() -> list[str]:
+    """Names of every registered solver, importable or not (the contract suite runs each)."""
+    return list(_REGISTRY)
+
+
 def _load(name: str):
     try:
         target = _REGISTRY[name]
@@ -44,25 +51,25 @@ def _load(name: str):
     mod, _, attr = target.partition(":")
     try:
         module = importlib.import_module(mod)
-    except ModuleNotFoundError as e:
-        if e.name == mod:
-            raise DmdaskError(f"solver {name!r} is registered but {mod} does not exist") from e
-        raise
-    return getattr(module, attr)
+    except ImportError as e:  # the module itself or something it imports
+        raise DmdaskError(f"solver {name!r} ({target}) failed to import: "
+                          f"{type(e).__name__}: {e}") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise DmdaskError(f"solver {name!r} ({target}): {mod} has no {attr!r}") from None
 
 
 def get_solver(name: str, **kwargs) -> Solver:
-    """An instance of the registered solver ``name``."""
+    """An instance of the registered solver ``name`` (a :class:`~dmdask.errors.DmdaskError`
+    naming it and the cause where it is unknown or fails to import)."""
     return _load(name)(**kwargs)
 
 
 def available_solvers() -> list[str]:
-    """Names of registered solvers whose module imports."""
-    out = []
+    """Names of the registered solvers, each imported first: one that fails to import raises
+    a :class:`~dmdask.errors.DmdaskError` naming it and its ImportError (a registered solver
+    never silently drops out)."""
     for name in _REGISTRY:
-        try:
-            _load(name)
-        except DmdaskError:
-            continue
-        out.append(name)
-    return out
+        _load(name)
+    return list(_REGISTRY)
