@@ -109,7 +109,7 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     X = ds["mask"].values
     Y = ds["margin"].values.astype(np.float64)
     # the statistics pass alone, as the fit runs it (float32 XᵀY at the default tolerance),
-    # with each route for XᵀX: exact int8 GEMMs (the default where torch is installed) and
+    # with each route for XᵀX: exact int8 GEMMs (what `auto` takes where its probe finds them faster) and
     # float32 ssyrk
     import dask
 
