@@ -195,6 +195,7 @@ def compare(ds, rows: Sequence[tuple[str, int, str]] | None = None, *, datamodel
     target set, the OPT floor and the held-out counts.
     """
     from . import estimators as E
+    from .estimators.store import ridge_folds
     from .evaluate import evaluate
 
     ds = _open(ds)
@@ -234,8 +235,12 @@ def compare(ds, rows: Sequence[tuple[str, int, str]] | None = None, *, datamodel
         else:
             key = (int(n), out)
             if key not in stats_cache:
-                stats_cache[key] = E.store_statistics(ds, output=out, n_models=n,
-                                                      own_gram=True, client=client)
+                # ridge's CV needs per-fold statistics: the same pass keeps them
+                cv = any(r[0] == "ridge" and (int(r[1]), r[2]) == key for r in rows) \
+                    and "lam" not in opts.get("ridge", {})
+                stats_cache[key] = E.store_statistics(
+                    ds, output=out, n_models=n, own_gram=True, client=client,
+                    folds=ridge_folds(int(n)) if cv else None)
             scores = E.compute(ds, name, stats=stats_cache[key], **opts.get(name, {}))
         # calibrated (if at all) on as many fitting models as the row itself uses
         n_cal = min(max(int(n), 2), n_fit)
