@@ -400,11 +400,17 @@ def trak(ds, *, n_models: int = 10, seed: int = 0, models: str = "subsets",
         if int(proj_dim) > N and not lambda_reg > 0:
             raise InputError(f"proj_dim={proj_dim} > n_train={N} makes ΦᵀΦ singular; lower it "
                              "or set lambda_reg > 0")
+    if int(n_models) < 1:
+        raise InputError(f"n_models must be >= 1, got {n_models}")
     n_sel = int(select_models or max(int(n_models), 3))
     if auto:
         from ...fit.datamodels import select_models as fitting_models
 
-        n_fit = fitting_models(ds, alpha)[0].size
+        try:
+            n_fit = fitting_models(ds, alpha)[0].size
+        except InputError as e:
+            raise InputError(f"proj_dim='auto' chooses on the store's fitting models: {e}; "
+                             "train them or pass proj_dim=") from None
         if n_fit < 3:
             raise InputError(f"proj_dim='auto' chooses on the store's fitting models, and it "
                              f"has {n_fit} (need 3); train more or pass proj_dim=")
