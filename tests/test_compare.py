@@ -50,6 +50,10 @@ def test_rows_equal_direct_evaluation(store, tmp_path):
     # the correctness row is scored against correctness
     assert cmp.calibrated.values.tolist() == [False, False, False]
     assert evs[0].attrs["scored_against"] == "correctness" == str(cmp.output.values[0])
+    # the table's OPT floor is the margin's; the correctness rows' own is kept apart
+    assert cmp.attrs["opt_mean"] == pytest.approx(evs[1].attrs["opt_mean"], rel=1e-12)
+    assert cmp.attrs["opt_mean_correctness"] == pytest.approx(evs[0].attrs["opt_mean"],
+                                                              rel=1e-12)
     assert cmp.attrs["n_heldout_subsets"] == 40 and cmp.attrs["n_replicate_runs"] == 40
 
 

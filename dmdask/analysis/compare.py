@@ -285,15 +285,25 @@ def _assemble(ds, rows, results, *, targets, ci, level) -> xr.Dataset:
               "output": ("row", np.array([r[2] for r in rows], dtype=object)),
               "metric": np.array(SUMMARY, dtype=object),
               "target": ev0["target"].values}
-    opt = ev0["opt"].values
+    # the noise floor and output variance of each output scored (margin rows give the
+    # table's OPT; correctness rows have their own, in other units)
+    floor = {}
+    for (ev, _), r in zip(results, rows, strict=True):
+        if r[2] not in floor:
+            o, v = ev["opt"].values, ev["var_actual"].values
+            floor[r[2]] = (float(np.nanmean(o)) if np.isfinite(o).any() else float("nan"),
+                           float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"))
+    nan2 = (float("nan"), float("nan"))
     src = ds.attrs.get("dmdask", {})
     attrs = {
         "store": str(src.get("path", "")) if isinstance(src, dict) else "",
         "n_heldout_subsets": int(ev0.attrs["n_heldout_subsets"]),
         "n_heldout_runs": int(ev0.attrs["n_heldout_runs"]),
         "n_replicate_runs": int(ev0.attrs["n_replicate_runs"]),
-        "opt_mean": float(np.nanmean(opt)) if np.isfinite(opt).any() else float("nan"),
-        "var_actual_mean": float(np.nanmean(ev0["var_actual"].values)),
+        "opt_mean": floor.get("margin", nan2)[0],
+        "var_actual_mean": floor.get("margin", nan2)[1],
+        "opt_mean_correctness": floor.get("correctness", nan2)[0],
+        "var_actual_mean_correctness": floor.get("correctness", nan2)[1],
         "ci_method": str(ev0.attrs["ci_method"]),
         "ci_level": float(level),
         "target_set": str(targets),
