@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, RegressorMixin
 from test_evaluate import make_store, set_margins_nan
 
 import dmdask
+from dmdask import config
 from dmdask.analysis import estimators
 from dmdask.analysis.metrics import correctness
 from dmdask.errors import InputError, JobError
@@ -25,8 +27,56 @@ MODEL_NAMES = sorted(estimators.MODEL_BASED)
 MODEL_OPTS = {"trak": {"n_models": 2, "proj_dim": 64}}
 
 
-def reference(name, X, y):
-    """Independent NumPy estimate for one target from rows X [n, d] (0/1), y [n]."""
+class ScaledRidge(RegressorMixin, BaseEstimator):
+    """scikit-learn ridge in dmdask's parametrisation: (X_cᵀX_c + nλI)w = X_cᵀy_c, i.e.
+    ``Ridge(alpha=n·λ)`` on the n rows it is fitted on (fold-dependent alpha)."""
+
+    def __init__(self, lam=1.0):
+        self.lam = lam
+
+    def fit(self, X, y):
+        from sklearn.linear_model import Ridge
+
+        self.r_ = Ridge(alpha=self.lam * len(X)).fit(X, y)
+        return self
+
+    def predict(self, X):
+        return self.r_.predict(X)
+
+
+def kfold_ids(n):
+    """Fold of each of n fitting rows: scikit-learn's KFold (contiguous, no shuffle) with
+    ridge's number of folds."""
+    from sklearn.model_selection import KFold
+
+    K = min(int(config.get("estimators.ridge-folds")), n)
+    fold = np.empty(n, np.int64)
+    for k, (_, te) in enumerate(KFold(K).split(np.zeros(n))):
+        fold[te] = k
+    return fold
+
+
+def sk_ridge_cv(X, y, fold):
+    """scikit-learn GridSearchCV of ridge over dmdask's documented grid (``ridge-lambdas``
+    values log-spaced over ``ridge-lambda-range`` × the mean column variance of X) on the
+    given folds, then the refit on all rows: (w, b, chosen λ, CV MSE path)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+    lo, hi = config.get("estimators.ridge-lambda-range")
+    grid = X.var(0).mean() * np.logspace(np.log10(hi), np.log10(lo),
+                                         int(config.get("estimators.ridge-lambdas")))
+    gs = GridSearchCV(ScaledRidge(), {"lam": list(grid)}, cv=PredefinedSplit(fold),
+                      scoring="neg_mean_squared_error", refit=False).fit(X, y)
+    path = -gs.cv_results_["mean_test_score"]
+    lam = grid[int(np.argmin(path))]
+    r = Ridge(alpha=lam * len(X)).fit(X, y)
+    return r.coef_, r.intercept_, lam, path
+
+
+def reference(name, X, y, fold=None):
+    """Independent NumPy/scikit-learn estimate for one target from rows X [n, d] (0/1), y [n];
+    ``fold``: the CV fold of each row (ridge; default KFold over these rows)."""
     X = X.astype(np.float64)
     est = estimators.ESTIMATORS[name]
     if est.output == "correctness":
@@ -41,7 +91,7 @@ def reference(name, X, y):
     if name == "ols":
         w = np.linalg.lstsq(Xc, yc, rcond=1e-10)[0]  # min-norm
     elif name == "ridge":
-        w = np.linalg.solve(Xc.T @ Xc + X.shape[0] * 1e-2 * np.eye(X.shape[1]), Xc.T @ yc)
+        return sk_ridge_cv(X, y, kfold_ids(len(y)) if fold is None else fold)[:2]
     else:
         raise AssertionError(f"no reference for {name}")
     return w, y.mean() - X.mean(0) @ w
@@ -123,7 +173,8 @@ def test_nan_margins(name, tmp_path):
     X, Y = ds["mask"].values[rows], ds["margin"].values[rows].astype(np.float64)
     keep = ~np.isnan(Y[:, 1])
     assert keep.sum() == rows.size - drop.size
-    w, b = reference(name, X[keep], Y[keep, 1])
+    # rows drop out of the folds they are in: the folds stay those of all fitting rows
+    w, b = reference(name, X[keep], Y[keep, 1], fold=kfold_ids(rows.size)[keep])
     if name == "ols":
         w = w - w.mean()
     np.testing.assert_allclose(sc.values[1], w, rtol=1e-7, atol=1e-9)
@@ -148,7 +199,7 @@ def test_eq9_training_targets(name, tmp_path):
     X, Y = ds["mask"].values[rows], ds["margin"].values[rows].astype(np.float64)
     for t, j in enumerate(tti):
         use = np.ones(rows.size, bool) if j < 0 else ~X[:, j]
-        w, b = reference(name, X[use], Y[use, t])
+        w, b = reference(name, X[use], Y[use, t], fold=kfold_ids(rows.size)[use])
         np.testing.assert_allclose(sc.values[t], w, rtol=1e-7, atol=1e-9, equal_nan=True)
         if j >= 0:
             own = sc.values[t, j]
@@ -168,11 +219,46 @@ def test_registry_errors(planted):
         estimators.compute(paths[16], "ridge", lam=0.0)
 
 
+def test_ridge_cv_matches_sklearn_grid_search(planted, tmp_path):
+    """Ridge's λ is chosen by CV as LASSO's is: its CV MSE path and chosen λ equal
+    scikit-learn's GridSearchCV on the same contiguous folds (KFold), and ``lam=`` still fixes
+    it. A store where the signal is weak against the noise needs a larger λ than one where
+    it is strong (the choice follows the data)."""
+    from dmdask.analysis.estimators.store import (
+        ridge_cv_from_folds,
+        ridge_lambda_grid,
+        store_statistics,
+    )
+
+    paths, W = planted
+    ds = dmdask.open_store(paths[16])
+    rows = np.flatnonzero(ds["kind"].values == "random")
+    X, Y = ds["mask"].values[rows].astype(np.float64), ds["margin"].values[rows]
+    st = store_statistics(ds, own_gram=True, folds=5)
+    parts = [(f.n, f.G, f.s, f.C, f.sy, f.syy) for f in st.shared_folds]
+    grid = ridge_lambda_grid(st.shared.n, st.shared.G, st.shared.s)
+    path = ridge_cv_from_folds(parts, grid)
+    sc = estimators.compute(ds, "ridge")
+    for t in range(W.shape[0]):
+        _, _, lam, sk_path = sk_ridge_cv(X, Y[:, t].astype(np.float64), kfold_ids(rows.size))
+        np.testing.assert_allclose(path[t], sk_path, rtol=1e-9)
+        assert sc["ridge_lambda"].values[t] == pytest.approx(lam, rel=1e-12)
+    fixed = estimators.compute(ds, "ridge", lam=0.01)
+    np.testing.assert_array_equal(fixed["ridge_lambda"].values, 0.01)
+    lams = {}
+    for noise in (0.1, 3.0):
+        p = tmp_path / f"n{noise}.zarr"
+        make_store(p, N=12, T=3, n_fit=300, n_held=5, R=1, W=0.3 * W[:3], b=np.zeros(3),
+                   noise=noise)
+        lams[noise] = estimators.compute(p, "ridge")["ridge_lambda"].values
+    assert (lams[3.0] > lams[0.1]).all()
+
+
 def test_shared_statistics_reused(planted):
     """One statistics pass serves several estimators of the same output."""
     paths, _ = planted
     ds = dmdask.open_store(paths[16])
-    st = estimators.store_statistics(ds, output="margin", own_gram=True)
+    st = estimators.store_statistics(ds, output="margin", own_gram=True, folds=5)
     for name in ("dom_margin", "ols", "ridge"):
         a = estimators.compute(ds, name, stats=st)
         b = estimators.compute(ds, name)

@@ -292,3 +292,71 @@ def test_shape_errors_and_square_ambiguity(tmp_path):
         load_scores(tmp_path / "missing.npy", ds=ds)
     ev = evaluate(ds, W, layout="target_train")
     assert np.isnan(ev["opt"]).all() and ev.attrs["opt_n_skipped"] == 6  # no replicates
+
+
+# ------------------------------------------------------------------ sign and output (issue 15)
+def test_negated_estimator_scores_negative(store):
+    """Calibration never flips a sign: a negated estimator (no bias, so calibrated) scores
+    negative on every correlation and below ½ AUC, exactly as scipy/sklearn on the raw
+    predictions, and its calibration slope is clamped at 0."""
+    path, W, b = store
+    ds = dmdask.open_store(path)
+    ev = evaluate(ds, -W)
+    assert ev.attrs["calibrated"] == 1
+    np.testing.assert_array_equal(ev["calib_slope"].values, 0.0)
+    X, Y, group = _held(ds)
+    z = (X @ -W.T)[group]
+    for t in range(W.shape[0]):
+        assert ev["spearman"][t] == pytest.approx(stats.spearmanr(z[:, t], Y[:, t])[0], abs=1e-9)
+        assert ev["pearson"][t] == pytest.approx(stats.pearsonr(z[:, t], Y[:, t])[0], abs=1e-9)
+        lab = Y[:, t] > 0
+        if lab.any() and not lab.all():
+            assert ev["auc"][t] == pytest.approx(roc_auc_score(lab, z[:, t]), abs=1e-12)
+    for m in ("spearman", "pearson", "lds"):
+        assert ev.attrs[f"{m}_mean"] < 0, m
+    assert ev.attrs["auc_mean"] < 0.5
+    # the right sign scores the opposite, and a slope 0 predictor explains nothing
+    ev_pos = evaluate(ds, W)
+    np.testing.assert_allclose(ev["spearman"], -ev_pos["spearman"], atol=1e-12)
+    assert ev.attrs["r2_mean"] <= 0.0 < ev_pos.attrs["r2_mean"]
+
+
+def test_correctness_scores_against_correctness(store):
+    """``output="correctness"`` scores against 1[margin > 0] of every run; a correctness
+    estimator with a bias is scored so by default, without calibration."""
+    path, W, b = store
+    ds = dmdask.open_store(path)
+    sc = estimators.compute(ds, "dom_correctness")
+    ev = evaluate(ds, sc)
+    assert ev.attrs["scored_against"] == "correctness" and ev.attrs["calibrated"] == 0
+    X, Y, group = _held(ds)
+    C = (Y > 0).astype(np.float64)
+    z = X @ sc.values.T
+    g = (z + sc["bias"].values)[group]
+    for t in range(W.shape[0]):
+        assert ev["mse"][t] == pytest.approx(np.mean((g[:, t] - C[:, t]) ** 2), rel=1e-9)
+        fbar = np.array([C[group == k, t].mean() for k in range(X.shape[0])])
+        if np.ptp(fbar) > 0 and np.ptp(z[:, t]) > 0:
+            assert ev["lds"][t] == pytest.approx(stats.spearmanr(z[:, t], fbar)[0], abs=1e-9)
+        else:
+            assert np.isnan(ev["lds"][t])
+    ev_m = evaluate(ds, sc, output="margin")
+    assert ev_m.attrs["scored_against"] == "margin" and ev_m.attrs["calibrated"] == 1
+    with pytest.raises(InputError, match="output"):
+        evaluate(ds, sc, output="loss")
+
+
+def test_calibration_on_the_first_models(store):
+    """``calibration_models=n`` fits the affine map on the first n fitting models only."""
+    path, W, b = store
+    ds = dmdask.open_store(path)
+    raw = 3.0 * W
+    ev = evaluate(ds, raw, calibration_models=50)
+    rows = np.flatnonzero(ds["kind"].values == "random")[:50]
+    zr = ds["mask"].values[rows].astype(np.float64) @ raw.T
+    Yr = ds["margin"].values[rows].astype(np.float64)
+    np.testing.assert_array_equal(ev["calib_n_models"].values, 50)
+    for t in range(W.shape[0]):
+        slope, icpt = np.polyfit(zr[:, t], Yr[:, t], 1)
+        assert ev["calib_slope"][t] == pytest.approx(slope, rel=1e-8)
+        assert ev["calib_intercept"][t] == pytest.approx(icpt, rel=1e-8, abs=1e-8)

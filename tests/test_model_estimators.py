@@ -385,3 +385,63 @@ def test_errors(mlp_store, logistic_store, tmp_path):
     dmdask.store.create_jobless_store(q, 10, 3)
     with pytest.raises(DmdaskError, match="no job"):
         estimators.compute(q, "trak")
+
+
+# ------------------------------------------------------------------ TRAK's projection dimension
+@pytest.fixture(scope="module")
+def mlp_heldout_store(tmp_path_factory):
+    """A DigitsMLP store (small net) with 24 trained random and 6 trained held-out models."""
+    from jobs.digits import DigitsMLP
+
+    p = str(tmp_path_factory.mktemp("mh") / "mlp.zarr")
+    dmdask.create_store(p, "jobs.digits:DigitsMLP", 24, 0.5, params=MLP, block_size=30)
+    dmdask.add_models(p, "heldout", n=6)
+    ds = dmdask.open_store(p)
+    margins = DigitsMLP(**MLP).train_block(ds["mask"].values, ds["seed"].values)
+    dmdask.store.write_block(p, 0, margins)
+    return p
+
+
+def test_trak_proj_dim_chosen_on_fitting_models_only(mlp_heldout_store):
+    """``proj_dim="auto"`` (the default) picks, among the documented candidates, the one
+    whose scores have the highest LDS on the store's fitting models — computed here
+    independently with scipy from each candidate's own scores — and no change to the
+    held-out models' margins changes the choice or the scores."""
+    pytest.importorskip("trak")
+    import dask
+    from scipy import stats
+
+    # the default candidates: powers of two to 2048, those above n_train/2 dropped
+    assert M.trak_proj_dims(1297) == [32, 64, 128, 256, 512]
+    assert M.trak_proj_dims(1297, lambda_reg=0.1)[-1] == 2048
+    ds = dmdask.open_store(mlp_heldout_store)
+    kw = {"n_models": 2, "seed": 3, "targets": TG, "select_models": 24}
+    with dask.config.set({"dmdask.estimators.trak-proj-dims": [16, 64]}):  # cheap
+        sc = estimators.compute(ds, "trak", **kw)
+        cands = M.trak_proj_dims(ds.sizes["train"])
+    assert cands == [16, 64]
+    assert sc.attrs["proj_dim_candidates"] == "16,64"
+    rows = np.flatnonzero(ds["kind"].values == "random")
+    X = ds["mask"].values[rows].astype(np.float64)
+    Y = ds["margin"].values[rows][:, TG].astype(np.float64)
+    crit, each = [], {}
+    for k in cands:
+        each[k] = estimators.compute(ds, "trak", proj_dim=k, **kw)
+        z = X @ each[k].values.T
+        crit.append(np.nanmean([stats.spearmanr(z[:, t], Y[:, t])[0] for t in range(TG.size)]))
+    want = cands[int(np.argmax(crit))]
+    assert sc.attrs["proj_dim"] == want and "auto" in sc.attrs["proj_dim_rule"]
+    np.testing.assert_allclose([float(c) for c in sc.attrs["proj_dim_fitting_lds"].split(",")],
+                               crit, atol=1e-6)
+    np.testing.assert_array_equal(sc.values, each[want].values)
+    # held-out margins replaced by their negation plus noise: nothing changes
+    held = (ds["kind"] == "heldout").values
+    noise = np.random.default_rng(0).normal(size=ds["margin"].shape).astype(np.float32)
+    ds2 = ds.copy()
+    ds2["margin"] = ds["margin"].copy(data=np.where(held[:, None], -ds["margin"].values + noise,
+                                                    ds["margin"].values))
+    with dask.config.set({"dmdask.estimators.trak-proj-dims": [16, 64]}):
+        sc2 = estimators.compute(ds2, "trak", **kw)
+    assert sc2.attrs["proj_dim"] == want
+    assert sc2.attrs["proj_dim_fitting_lds"] == sc.attrs["proj_dim_fitting_lds"]
+    np.testing.assert_array_equal(sc2.values, sc.values)

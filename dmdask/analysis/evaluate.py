@@ -4,28 +4,40 @@ REFERENCE.md §2.1, §2.6).
 **Which models.** Evaluation *subsets* are the completed ``kind == "heldout"`` models; their
 *runs* are the held-out model itself plus every completed model whose ``replicate_of`` chain
 leads to it (same mask, new seed). Fitting models (``kind == "random"``) are used only for
-the calibration below; nothing else is read.
+the calibration below (the first ``calibration_models`` of them, default all); nothing else
+is read.
+
+**What is scored against.** ``output`` (default: the output the scores model, their
+``output`` attr): ``"margin"`` — every run's margin — or ``"correctness"`` — 1[margin > 0],
+NaN where the margin is missing. A correctness estimator is scored against correctness, the
+output it models; the attrs say which (``scored_against``).
 
 **Predictions.** z(S′) = Σ_{j∈S′} τ_j = ``mask @ scoreᵀ``, computed with dask over the store's
 model blocks. Then, per target:
 
-* scores with a bias that model the margin (datamodels, OLS, ridge, difference of means on
-  margins): g = z + b, unchanged (``calibrate="auto"``);
-* scores without a bias, or modelling correctness: the best affine map g = a·z + c fitted on
-  the fitting models by least squares (REFERENCE §2.6; a = Cov(z, f)/Var z, c = f̄ − a·z̄,
-  from the one-pass sums Σz, Σz², Σzy, Σy, n over the random models, NaN-aware). The output
-  records ``calibrated`` and the per-target ``calib_slope``/``calib_intercept``.
-  ``calibrate=True`` forces it, ``False`` forbids it (then a missing bias counts as 0).
+* scores with a bias that model the output scored against (datamodels, OLS, ridge,
+  difference of means): g = z + b, unchanged (``calibrate="auto"``);
+* scores without a bias, or that model another output: the best affine map g = a·z + c with
+  **a ≥ 0**, fitted on the fitting models by least squares (REFERENCE §2.6; a = max(0,
+  Cov(z, f)/Var z), c = f̄ − a·z̄, from the one-pass sums Σz, Σz², Σzy, Σy, n over the
+  random models, NaN-aware). A slope that would be negative is 0: calibration never flips
+  the sign of an estimator. The output records ``calibrated`` and the per-target
+  ``calib_slope``/``calib_intercept``/``calib_n_models``. ``calibrate=True`` forces it,
+  ``False`` forbids it (then a missing bias counts as 0).
 
 **Metrics per target** (all NaN-aware; undefined → NaN, counted in the attrs):
 
-* ``mse``, ``r2``, ``pearson``, ``spearman``: g against every held-out run's margin (the runs
-  of one subset are separate observations; with replicates, subsets with more runs weigh
-  more); ``auc``: g as a score for correctness 1[margin > 0] of every run (targets always
-  right or always wrong on the held-out runs are skipped); ``auc_pooled`` (attr) over all
-  (run, target) pairs;
+* ``mse``, ``r2``: g against every held-out run's output (the runs of one subset are
+  separate observations; with replicates, subsets with more runs weigh more);
+* ``pearson``, ``spearman``, ``auc``: the **raw** prediction z against the same runs (AUC:
+  z as a score for correctness 1[output > 0] of every run; targets always right or always
+  wrong on the held-out runs are skipped). They are invariant to a positive affine map, so
+  they equal the calibrated ones whenever the slope is positive, and a wrongly signed
+  estimator scores negative (below ½ for AUC) — never sign-corrected by the calibration;
+  ``auc_pooled`` (attr) pools all (run, target) pairs of the calibrated g (pooling needs
+  the per-target offsets);
 * ``lds``: TRAK's linear datamodeling score — Spearman over subsets between z (raw scores,
-  no calibration, no bias) and the margin averaged over the subset's runs
+  no calibration, no bias) and the output averaged over the subset's runs
   (:func:`dmdask.analysis.metrics.lds`);
 * ``opt``: the noise floor, unbiased replicate variance averaged over subsets with ≥ 2 runs
   (paper eq. 11); ``excess_mse`` = mse − opt (E(f − g)² = OPT + E(E[f|S′] − g)²);
@@ -97,15 +109,19 @@ def evaluation_runs(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return subsets, np.asarray(runs)[order], np.asarray(group)[order]
 
 
-def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None):
-    """Per target (a, c, n): least-squares affine map of z = mask @ τ to the margin over the
-    random (fitting) models; one pass, dask over model blocks."""
+def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None, *, output="margin",
+                 n_models=None):
+    """Per target (a, c, n): least-squares affine map of z = mask @ τ to the output over the
+    first ``n_models`` random (fitting) models, slope constrained to a ≥ 0; one pass, dask
+    over model blocks."""
     from ..fit.datamodels import select_models
     from ..scheduling import compute
 
-    rows, _ = select_models(ds, alpha)
+    rows, _ = select_models(ds, alpha, n_models)
     X = ds["mask"].data[rows]
     Y = ds["margin"].data[rows][:, tpos]
+    if output == "correctness":
+        Y = Y.map_blocks(M.correctness, dtype=np.float64)
     # the block products run on the chunks' backend (setting dmdask.array.backend)
     xp = namespace()
     tau_t = xp.asarray(np.ascontiguousarray(tau.T))
@@ -144,19 +160,25 @@ def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None):
         var = szz / n - zbar**2
         cov = szy / n - zbar * ybar
         a = np.where(var > 1e-12 * np.maximum(szz / n, 1e-300), cov / var, 0.0)
+        # a negative slope would turn a wrongly signed estimator into a right one
+        a = np.maximum(a, 0.0)
         c = ybar - a * zbar
     return a, c, n
 
 
-def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
-             level: float = 0.95, layout: str = "auto", alpha: float | None = None,
+def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bool = True,
+             ci: str = "t", level: float = 0.95, layout: str = "auto",
+             alpha: float | None = None, calibration_models: int | None = None,
              client=None) -> xr.Dataset:
     """Evaluate an attribution matrix on the store's held-out models (see the module
-    docstring). ``scores``: anything :func:`dmdask.analysis.scores.load_scores` reads. Returns a
-    Dataset with per-target variables ``mse, r2, r2_noise_adjusted, pearson, spearman, lds,
-    auc, opt, excess_mse, var_actual, n_runs, n_subsets, n_opt_subsets, calib_slope,
-    calib_intercept`` and summary attributes. ``alpha``: which random models calibrate
-    when the store holds several α (as :func:`dmdask.fit.select_models`)."""
+    docstring). ``scores``: anything :func:`dmdask.analysis.scores.load_scores` reads.
+    ``output``: what to score against, ``"margin"`` or ``"correctness"`` (default: the
+    output the scores model). Returns a Dataset with per-target variables ``mse, r2,
+    r2_noise_adjusted, pearson, spearman, lds, auc, opt, excess_mse, var_actual, n_runs,
+    n_subsets, n_opt_subsets, calib_slope, calib_intercept, calib_n_models`` and summary
+    attributes. ``alpha``: which random models calibrate when the store holds several α (as
+    :func:`dmdask.fit.select_models`); ``calibration_models``: calibrate on the first n of
+    them only (default all)."""
     ds = _open(ds)
     sc = load_scores(scores, ds=ds, layout=layout) if not _is_schema(scores) else scores
     tpos = np.asarray(sc["target"].values, dtype=np.int64)
@@ -188,9 +210,12 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
     if np.isinf(tau).any():
         raise InputError("scores contain ±inf")
     bias = sc.coords["bias"].values.astype(np.float64) if "bias" in sc.coords else None
-    output = sc.attrs.get("output", "margin")
+    sc_output = str(sc.attrs.get("output", "margin"))
+    output = sc_output if output is None else output
+    if output not in ("margin", "correctness"):
+        raise InputError(f"output must be 'margin' or 'correctness', not {output!r}")
     if calibrate == "auto":
-        do_cal = bias is None or output != "margin"
+        do_cal = bias is None or sc_output != output
     elif calibrate in (True, "affine"):
         do_cal = True
     elif calibrate in (False, "none", None):
@@ -213,14 +238,19 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
     res = compute(objs, client=client)
     z = to_numpy(res[0])
     y = np.asarray(to_numpy(res[1]), dtype=np.float64)
+    if output == "correctness":
+        y = M.correctness(y)
     if in_own is not None:
         contains = np.zeros((subsets.size, tpos.size), bool)
         contains[:, tti_eff >= 0] = to_numpy(res[2])
         y = np.where(contains[group], np.nan, y)
 
     if do_cal:
-        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client, alpha)
-        cal_method = "affine least squares on the random (fitting) models"
+        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client, alpha, output=output,
+                                   n_models=calibration_models)
+        cal_method = ("affine least squares, slope >= 0, on the "
+                      + (f"first {int(calibration_models)} " if calibration_models else "")
+                      + "random (fitting) models")
     else:
         a, c = np.ones(tpos.size), (bias if bias is not None else np.zeros(tpos.size))
         n_cal = np.zeros(tpos.size)
@@ -232,10 +262,12 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
     per["mse"] = np.atleast_1d(M.mse(g, y))
     var_f = np.atleast_1d(M.variance(y))
     per["r2"] = np.atleast_1d(M.r2(g, y))
-    per["pearson"] = np.atleast_1d(M.pearson(g, y))
-    per["spearman"] = np.atleast_1d(M.spearman(g, y))
+    # correlations and AUC on the raw predictions: the calibration's per-target slope
+    # must not decide their sign
+    per["pearson"] = np.atleast_1d(M.pearson(z[group], y))
+    per["spearman"] = np.atleast_1d(M.spearman(z[group], y))
     label = M.correctness(y)
-    per["auc"] = np.atleast_1d(M.auc(g, label))
+    per["auc"] = np.atleast_1d(M.auc(z[group], label))
     _, fbar, cnt = M.group_means(y, group)
     lds = M.lds_from_predictions(z, fbar, ci=ci, level=level)
     per["lds"] = lds.per_target
@@ -261,7 +293,10 @@ def evaluate(ds, scores, *, calibrate="auto", eq9: bool = True, ci: str = "t",
     attrs = {
         "estimator": str(sc.attrs.get("estimator", "custom")),
         "scores_source": str(sc.attrs.get("source", "")),
-        "scores_output": str(output),
+        "scores_output": sc_output,
+        "scored_against": str(output),
+        "rank_metrics": "pearson, spearman, auc and lds on the raw predictions mask @ score "
+                        "(never calibrated)",
         "calibrated": int(do_cal),
         "calibration": cal_method,
         "calibrate_requested": str(calibrate),

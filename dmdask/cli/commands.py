@@ -461,14 +461,20 @@ def evaluate(store, scores, out, layout, exp_name, calibrate, no_eq9, ci, alpha,
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on a dask cluster (tcp://host:port) instead of local threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--per-row-targets", is_flag=True,
+              help="Average each row over its own defined targets instead of the targets "
+                   "every row defines.")
 @_refusals
-def compare(store, rows, datamodels, no_model_based, out, scheduler, progress):
+def compare(store, rows, datamodels, no_model_based, out, scheduler, progress,
+            per_row_targets):
     """Compare attribution estimators on STORE's held-out models (the paper's Table 5).
 
-    Every row -- estimator, number of models, output type -- is evaluated the same way:
-    Spearman, MSE, AUC and LDS (means over targets; LDS with a 95% CI). Scores that do not
-    predict the margin (no bias, or modelling correctness) are calibrated by the best
-    per-target affine map on the fitting models before MSE and AUC, marked *.
+    Every row -- estimator, number of models, output type -- is evaluated the same way,
+    against the output it models (margin, or correctness 1[margin > 0]): Spearman, MSE, AUC
+    and LDS, means over the targets every row defines (their number is printed; LDS with a
+    95% CI). Scores without a bias are calibrated by the best per-target affine map with
+    slope >= 0 on the row's own number of fitting models before MSE, marked *; Spearman, AUC
+    and LDS use the raw scores.
     """
     from ..analysis.compare import compare as run
     from ..analysis.compare import default_rows, format_table, parse_rows
@@ -483,7 +489,8 @@ def compare(store, rows, datamodels, no_model_based, out, scheduler, progress):
                        f"{sec:.1f} s", err=True)
 
     try:
-        cmp = run(store, todo, datamodels=datamodels, client=client, on_row=on_row)
+        cmp = run(store, todo, datamodels=datamodels, client=client, on_row=on_row,
+                  targets="row" if per_row_targets else "common")
     finally:
         if client is not None:
             client.close()

@@ -10,14 +10,14 @@ name                       what                                                 
 dom_margin                 difference of means (Feldman–Zhang) on margins              yes     yes
 dom_correctness            difference of means on correctness 1[margin > 0]            yes*    yes
 ols                        least-norm OLS with intercept (``light_ridge=`` option)     yes     yes
-ridge                      ridge with intercept, (G_c + nλI)w = c_c (``lam=``)         yes     yes
+ridge                      ridge with intercept, (G_c + nλI)w = c_c, λ by K-fold CV    yes     yes
 representation_similarity  −‖φ(x) − φ(z_j)‖ in the penultimate layer (``metric=``)     no      no
 influence_last_layer       −I_up,loss on the last layer, exact Hessian + ``damping``   no      no
 tracincp                   Σ_c η_c ∇ℓ(w_c, z_j)·∇ℓ(w_c, x) over epoch checkpoints      no      no
-trak                       TRAK via ``traker`` (``proj_dim=``, ``lambda_reg=``)        no      no
+trak                       TRAK via ``traker`` (``proj_dim="auto"``, ``lambda_reg=``)  no      no
 =========================  ==========================================================  ======  =====
 
-\\* predicts correctness, not the margin: :func:`dmdask.evaluate` calibrates it before MSE.
+\\* predicts correctness, not the margin: :func:`dmdask.evaluate` scores it against correctness.
 The first four are computed from the store's fitting models (``kind == "random"``) by
 :mod:`dmdask.analysis.estimators.store`. The last four (:mod:`dmdask.analysis.estimators.model`) train models of
 the store's job through its optional model hooks (:mod:`dmdask.store.jobspec`) and take

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ... import optional
+from ... import config, optional
 from ...errors import InputError, JobError
 from ...store import jobspec
 from ..scores import make_scores
@@ -339,16 +339,49 @@ class _Functional:
         return Model()
 
 
+def trak_proj_dims(n_train: int, lambda_reg: float = 0.0) -> list[int]:
+    """The projection dimensions ``proj_dim="auto"`` chooses among: the setting
+    ``dmdask.estimators.trak-proj-dims`` (powers of two up to TRAK's own 2048), keeping
+    those ≤ n_train/2 unless ``lambda_reg`` > 0 — ΦᵀΦ is proj_dim × proj_dim, estimated
+    from n_train projected gradients, and singular beyond n_train (the smallest candidate
+    is always kept)."""
+    dims = sorted(int(k) for k in config.get("estimators.trak-proj-dims",
+                                             [32, 64, 128, 256, 512, 1024, 2048]))
+    if lambda_reg > 0:
+        return dims
+    ok = [k for k in dims if k <= n_train // 2]
+    return ok or [min(dims[0], int(n_train))]
+
+
+def _fitting_lds(ds, scores_tn, tpos, n_sel, alpha):
+    """Mean over targets of the Spearman correlation, over the first ``n_sel`` fitting models
+    (``kind == "random"``), between mask @ τ and their margins: TRAK's LDS on the fitting
+    models, one run each. Reads no held-out model."""
+    from ...fit.datamodels import select_models
+    from ..metrics import lds
+
+    rows = select_models(ds, alpha)[0][:n_sel]
+    masks = np.asarray(ds["mask"][rows].values)
+    margins = np.asarray(ds["margin"][rows].values[:, tpos], np.float64)
+    return lds(np.asarray(scores_tn, np.float64), masks, margins).mean
+
+
 def trak(ds, *, n_models: int = 10, seed: int = 0, models: str = "subsets",
-         proj_dim: int = 128, lambda_reg: float = 0.0, proj_type: str = "normal",
+         proj_dim: int | str = "auto", lambda_reg: float = 0.0, proj_type: str = "normal",
          alpha: float | None = None, targets=None, batch_size: int = 2048,
-         **_unused) -> xr.DataArray:
+         select_models: int | None = None, **_unused) -> xr.DataArray:
     """TRAK (Park et al. 2023) by the authors' ``traker`` 0.3.2 on the CPU (BasicProjector,
     float32): per model φ(z) = Pᵀ∇θ f(z)/√#params with f = log p_y − log(1 − p_y),
     F = Φ(ΦᵀΦ + λ_reg I)⁻¹/c (c = mean |entry| of the inverse), and
-    τ(x) = [(1/M)Σ_m F_m φ_m(x)] ⊙ [(1/M)Σ_m (1 − p_m(z_j))]. ``proj_dim`` (≤ n_train
-    unless ``lambda_reg`` > 0), projection seed ``seed``; traker's memmaps live in a
-    temporary directory."""
+    τ(x) = [(1/M)Σ_m F_m φ_m(x)] ⊙ [(1/M)Σ_m (1 − p_m(z_j))]. Projection seed ``seed``;
+    traker's memmaps live in a temporary directory.
+
+    ``proj_dim``: an integer (≤ n_train unless ``lambda_reg`` > 0), or ``"auto"``
+    (default): each of :func:`trak_proj_dims` on the same trained models, keeping the one
+    whose scores best predict the store's fitting models — the highest mean Spearman over
+    the first ``select_models`` (default ``max(n_models, 3)``) completed random models
+    between mask @ τ and their margins (ties → the smaller). Held-out models are never
+    read. The choice and every candidate's criterion are in the attrs."""
     torch = optional.torch()
     trak_module = optional.require("trak.traker")
     from trak.projectors import BasicProjector
@@ -358,11 +391,30 @@ def trak(ds, *, n_models: int = 10, seed: int = 0, models: str = "subsets",
     job = load_job(ds, "trak")
     tpos = _targets(ds, targets)
     N = ds.sizes["train"]
-    if not 1 <= int(proj_dim):
-        raise InputError(f"proj_dim must be >= 1, got {proj_dim}")
-    if int(proj_dim) > N and not lambda_reg > 0:
-        raise InputError(f"proj_dim={proj_dim} > n_train={N} makes ΦᵀΦ singular; lower it or "
-                         "set lambda_reg > 0")
+    auto = isinstance(proj_dim, str)
+    if auto and proj_dim != "auto":
+        raise InputError(f"proj_dim must be an integer or 'auto', not {proj_dim!r}")
+    if not auto:
+        if not 1 <= int(proj_dim):
+            raise InputError(f"proj_dim must be >= 1, got {proj_dim}")
+        if int(proj_dim) > N and not lambda_reg > 0:
+            raise InputError(f"proj_dim={proj_dim} > n_train={N} makes ΦᵀΦ singular; lower it "
+                             "or set lambda_reg > 0")
+    if int(n_models) < 1:
+        raise InputError(f"n_models must be >= 1, got {n_models}")
+    n_sel = int(select_models or max(int(n_models), 3))
+    if auto:
+        from ...fit.datamodels import select_models as fitting_models
+
+        try:
+            n_fit = fitting_models(ds, alpha)[0].size
+        except InputError as e:
+            raise InputError(f"proj_dim='auto' chooses on the store's fitting models: {e}; "
+                             "train them or pass proj_dim=") from None
+        if n_fit < 3:
+            raise InputError(f"proj_dim='auto' chooses on the store's fitting models, and it "
+                             f"has {n_fit} (need 3); train more or pass proj_dim=")
+        n_sel = min(n_sel, n_fit)
     tr = train_models(ds, job, models=models, n_models=n_models, seed=seed, alpha=alpha)
     dt = torch.float32  # traker computes in float32 (use_half_precision=False)
     xtr, ytr, xtg, ytg = _inputs(job, tpos, dt)
@@ -370,17 +422,31 @@ def trak(ds, *, n_models: int = 10, seed: int = 0, models: str = "subsets",
     module = _Functional.build(job, _one(tr["params"], 0, dt))
     quiet = functools.partial(trak_module.tqdm, disable=True)
     loud, trak_module.tqdm = trak_module.tqdm, quiet  # traker's progress bars: not ours to show
+    dims = trak_proj_dims(N, float(lambda_reg)) if auto else [int(proj_dim)]
+    crit = []
+    best = None
     try:
-        scores = _run_traker(trak_module.TRAKer, BasicProjector, module, tr, xtr, ytr, xtg, ytg, N, M,
-                             int(proj_dim), int(seed), proj_type, float(lambda_reg),
-                             int(batch_size), dt)
+        for k in dims:
+            sc_k = _run_traker(trak_module.TRAKer, BasicProjector, module, tr, xtr, ytr, xtg,
+                               ytg, N, M, k, int(seed), proj_type, float(lambda_reg),
+                               int(batch_size), dt)
+            if auto:
+                crit.append(_fitting_lds(ds, sc_k.T, tpos, n_sel, alpha))
+                if best is None or crit[-1] > crit[best[0]]:  # ties keep the smaller
+                    best = (len(crit) - 1, sc_k)
+            else:
+                best = (0, sc_k)
     finally:
         if trak_module.tqdm is quiet:
             trak_module.tqdm = loud
-    return _finish(ds, tpos, scores.T, "trak", tr, seed,
-                   {"models": models, "proj_dim": int(proj_dim), "lambda_reg": float(lambda_reg),
-                    "proj_type": proj_type, "implementation": "traker 0.3.2"},
-                   time.perf_counter() - t0)
+    opts = {"models": models, "proj_dim": int(dims[best[0]]), "lambda_reg": float(lambda_reg),
+            "proj_type": proj_type, "implementation": "traker 0.3.2",
+            "proj_dim_rule": "fixed" if not auto else (
+                f"auto: highest LDS on the first {n_sel} fitting models")}
+    if auto:
+        opts["proj_dim_candidates"] = ",".join(map(str, dims))
+        opts["proj_dim_fitting_lds"] = ",".join(f"{c:.6g}" for c in crit)
+    return _finish(ds, tpos, best[1].T, "trak", tr, seed, opts, time.perf_counter() - t0)
 
 
 def _run_traker(TRAKer, BasicProjector, module, tr, xtr, ytr, xtg, ytg, N, M, proj_dim, seed,

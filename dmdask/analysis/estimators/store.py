@@ -21,7 +21,11 @@ Formulas (raw-mask space, prediction = mask @ w + b):
   eigendecomposition dropping eigenvalues ≤ ``rcond``·λ_max — with fixed-size subsets G_c
   has the exact null vector 1, so min-norm OLS returns Σ_j w_j = 0 (REFERENCE §0);
   ``light_ridge=ε`` instead solves (G_c + ε·tr(G_c)/d·I) w = c_c.
-* ridge: (G_c + nλI) w = c_c (REFERENCE §1.4); b = (Σy − sᵀw)/n for both.
+* ridge: (G_c + nλI) w = c_c (REFERENCE §1.4); b = (Σy − sᵀw)/n for both. λ is chosen per
+  target by K-fold cross-validation as LASSO's is (:func:`ridge_cv_from_folds`): the
+  contiguous folds of :func:`dmdask.fit.splits.fold_bounds` over the fitting models, the
+  mean over folds of the validation MSE, the smallest one (ties → the smaller λ), then the
+  refit on all fitting models; the per-fold statistics come from the same single pass.
 
 Correctness outputs are 1[margin > 0], NaN where the margin is missing.
 """
@@ -48,6 +52,8 @@ __all__ = [
     "least_squares_from_stats",
     "ols",
     "ridge",
+    "ridge_cv_from_folds",
+    "ridge_lambda_grid",
     "store_statistics",
 ]
 
@@ -71,7 +77,9 @@ class StoreStats:
     """Statistics of one output (``margin`` or ``correctness``) over the fitting models.
 
     ``shared``/``own`` hold the statistics of the target positions ``shared_targets`` /
-    ``own_targets`` (positions into ``targets``)."""
+    ``own_targets`` (positions into ``targets``); with ``folds``, ``shared_folds`` /
+    ``own_folds`` hold those of each contiguous fold ``[fold_bounds[k], fold_bounds[k+1])``
+    of ``rows`` (``shared``/``own`` are their sums)."""
 
     output: str
     alpha: float
@@ -83,6 +91,9 @@ class StoreStats:
     own: OwnRowStats | None
     eq9: bool
     info: dict = field(default_factory=dict)
+    fold_bounds: np.ndarray | None = None
+    shared_folds: list | None = None
+    own_folds: list | None = None
 
 
 def _block_own(xb, yb, tti, want_gram):
@@ -104,20 +115,34 @@ def _sum_own(*parts):
     return [sum(p[k] for p in parts) for k in range(len(parts[0]))]
 
 
-def _own_row_stats(X, Y, tti, *, want_gram: bool, row_block: int, client=None) -> OwnRowStats:
+def _own_row_stats(X, Y, tti, *, want_gram: bool, row_block: int, client=None,
+                   bounds=None) -> list[OwnRowStats]:
+    """One :class:`OwnRowStats` per contiguous group ``[bounds[g], bounds[g+1])`` of rows
+    (default: one group, all rows), all in one pass."""
     n = X.shape[0]
-    chunks = tuple(min(row_block, n - i) for i in range(0, n, row_block))
-    xb = X.rechunk((chunks, X.shape[1])).to_delayed().ravel()
-    yb = Y.rechunk((chunks, Y.shape[1])).to_delayed().ravel()
+    bounds = [0, n] if bounds is None else [int(b) for b in bounds]
     f = dask.delayed(_block_own, pure=True)
     s = dask.delayed(_sum_own, pure=True)
-    parts = [f(a, b, tti, want_gram) for a, b in zip(xb, yb, strict=True)]
-    while len(parts) > 1:
-        parts = [s(*parts[i:i + 4]) for i in range(0, len(parts), 4)]
+    tops = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        chunks = tuple(min(row_block, hi - i) for i in range(lo, hi, row_block))
+        xb = X[lo:hi].rechunk((chunks, X.shape[1])).to_delayed().ravel()
+        yb = Y[lo:hi].rechunk((chunks, Y.shape[1])).to_delayed().ravel()
+        parts = [f(a, b, tti, want_gram) for a, b in zip(xb, yb, strict=True)]
+        while len(parts) > 1:
+            parts = [s(*parts[i:i + 4]) for i in range(0, len(parts), 4)]
+        tops.append(parts[0])
     from ...scheduling import compute
 
-    (res,) = compute([parts[0]], client=client)
-    return OwnRowStats(*res[:5], G=res[5] if want_gram else None)
+    res = compute(tops, client=client)
+    return [OwnRowStats(*r[:5], G=r[5] if want_gram else None) for r in res]
+
+
+def _sum_own_stats(parts: list[OwnRowStats]) -> OwnRowStats:
+    tot = OwnRowStats(*(sum(getattr(p, k) for p in parts) for k in ("n", "s", "C", "sy", "syy")))
+    if parts[0].G is not None:
+        tot.G = sum(p.G for p in parts)
+    return tot
 
 
 def _select_rows(ds, alpha, n_models=None):
@@ -129,14 +154,16 @@ def _select_rows(ds, alpha, n_models=None):
 def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
                      targets=None, eq9: bool = True, own_gram: bool = False,
                      row_block_size: int | None = None, n_models: int | None = None,
-                     client=None) -> StoreStats:
+                     folds: int | None = None, client=None) -> StoreStats:
     """The statistics pass over the fitting models (see the module docstring).
 
     ``output``: ``"margin"`` or ``"correctness"``. ``eq9``: training-example targets use only
     the models that exclude them. ``own_gram``: also accumulate the per-target Gram of the
-    own-row targets (OLS/ridge need it; d²·8 bytes each). ``n_models``: only the first n
-    fitting models (by model index).
+    own-row targets (OLS/ridge need it; d²·8 bytes each, per fold with ``folds``).
+    ``n_models``: only the first n fitting models (by model index). ``folds``: also keep
+    the statistics of each of that many contiguous folds (ridge's cross-validation).
     """
+    from ...fit.splits import fold_bounds
     from ...fit.stats import compute_stats
     from ...scheduling import compute
 
@@ -159,27 +186,35 @@ def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
     own = has_nan | (tti >= 0)
     sh_t, own_t = np.flatnonzero(~own), np.flatnonzero(own)
     row_block = int(row_block_size or config.get("solve.row-block-size", 8192))
-    shared = None
+    bounds = None if folds is None else fold_bounds(rows.size, int(folds))
+    shared = shared_folds = None
     if sh_t.size:
-        shared = compute_stats(X, Y[:, sh_t], row_block_size=row_block, client=client)[0]
-        shared = shared.to_numpy()
-    own_stats = None
+        parts = [p.to_numpy() for p in compute_stats(X, Y[:, sh_t], bounds,
+                                                     row_block_size=row_block, client=client)]
+        shared = parts[0]
+        for p in parts[1:]:
+            shared = shared + p
+        shared_folds = parts if bounds is not None else None
+    own_stats = own_folds = None
     if own_t.size:
         if own_gram:
-            need = own_t.size * X.shape[1] ** 2 * 8
+            need = own_t.size * X.shape[1] ** 2 * 8 * (1 if bounds is None else len(bounds))
             limit = int(config.get("estimators.own-gram-bytes", 2 * 2**30))
             if need > limit:
                 raise InputError(
                     f"OLS/ridge for {own_t.size} target(s) with their own rows (NaN margins or "
                     f"eq. 9) needs {need / 2**30:.1f} GiB of per-target Gram matrices (limit "
-                    f"{limit / 2**30:.1f} GiB, setting dmdask.analysis.estimators.own-gram-bytes); pass "
+                    f"{limit / 2**30:.1f} GiB, setting dmdask.estimators.own-gram-bytes); pass "
                     f"eq9=False or fewer targets")
-        own_stats = _own_row_stats(X, Y[:, own_t], tti[own_t], want_gram=own_gram,
-                                   row_block=row_block, client=client)
+        parts = _own_row_stats(X, Y[:, own_t], tti[own_t], want_gram=own_gram,
+                               row_block=row_block, client=client, bounds=bounds)
+        own_stats = _sum_own_stats(parts)
+        own_folds = parts if bounds is not None else None
     return StoreStats(output=output, alpha=alpha, rows=rows, targets=tpos, shared_targets=sh_t,
                       own_targets=own_t, shared=shared, own=own_stats, eq9=eq9,
                       info={"n_nan_targets": int(has_nan.sum()),
-                            "n_eq9_targets": int((tti >= 0).sum())})
+                            "n_eq9_targets": int((tti >= 0).sum())},
+                      fold_bounds=bounds, shared_folds=shared_folds, own_folds=own_folds)
 
 
 # ------------------------------------------------------------------ cores (pure arrays)
@@ -235,6 +270,94 @@ def least_squares_from_stats(n, G, s, c, sy, *, lam: float = 0.0, rcond: float =
     return w.T, b
 
 
+def ridge_lambda_grid(n, G, s, *, n_lambdas: int | None = None,
+                      ratio_range=None) -> np.ndarray:
+    """Ridge's λ grid, descending: ``n_lambdas`` values log-spaced over ``ratio_range`` × the
+    mean column variance tr(G_c)/(n·d) of all fitting models (settings
+    ``dmdask.estimators.ridge-lambdas`` and ``ridge-lambda-range``), so the grid is the same
+    for every fold and free of the masks' scale."""
+    n_lambdas = int(n_lambdas or config.get("estimators.ridge-lambdas", 25))
+    lo, hi = (float(v) for v in (ratio_range or config.get("estimators.ridge-lambda-range",
+                                                             [1e-4, 1e2])))
+    if n_lambdas < 1 or not 0 < lo <= hi:
+        raise InputError(f"ridge λ grid: need n_lambdas >= 1 and 0 < low <= high, got "
+                         f"{n_lambdas}, [{lo}, {hi}]")
+    G = np.asarray(G, np.float64)
+    s = np.asarray(s, np.float64).ravel()
+    n = float(n)
+    var = (np.diagonal(G) - s * s / n) / n
+    scale = float(var.mean()) if var.size and var.mean() > 0 else 1.0
+    return scale * np.logspace(np.log10(hi), np.log10(lo), n_lambdas)
+
+
+def _ridge_eig(n, G, s, c, sy):
+    """Centred problem of one design in the eigenbasis of its live columns: (live, V, ev,
+    q = Vᵀc_c, μ, ȳ)."""
+    n = float(n)
+    mu = s / n
+    ybar = sy / n
+    Gc = G - n * np.outer(mu, mu)
+    cc = c - n * np.outer(mu, ybar)
+    var = np.diagonal(Gc)
+    live = np.flatnonzero(var > 1e-12 * max(float(var.max(initial=0.0)), 1e-300))
+    ev, V = np.linalg.eigh((Gc[np.ix_(live, live)] + Gc[np.ix_(live, live)].T) / 2)
+    return live, V, np.maximum(ev, 0.0), V.T @ cc[live], mu, ybar
+
+
+def ridge_cv_from_folds(folds, lams) -> np.ndarray:
+    """Cross-validated MSE [T, L] of ridge (G_c + n_trλI) w = c_c over the λ grid ``lams``.
+
+    ``folds``: per fold ``(n, G [d, d], s [d], C [d, T], sy [T], syy [T])`` of its rows (one
+    design shared by the T targets). For fold k the model is fitted on the other folds (their
+    summed statistics) and its validation MSE computed from fold k's statistics centred at
+    the training means: SSE = S_yy − 2wᵀS_xy + wᵀS_xx w. Folds without rows are skipped; the
+    result is the mean over folds (NaN where no fold has rows)."""
+    lams = np.asarray(lams, np.float64)
+    F = [tuple(np.asarray(a, np.float64) for a in f) for f in folds]
+    tot = [sum(f[k] for f in F) for k in range(6)]
+    C0 = np.atleast_2d(tot[3].T).T if tot[3].ndim == 1 else tot[3]
+    T = C0.shape[1]
+    acc = np.zeros((T, lams.size))
+    cnt = np.zeros(T)
+    for n_v, G_v, s_v, C_v, sy_v, syy_v in F:
+        if n_v <= 0:
+            continue
+        C_v = C_v.reshape(-1, T)
+        sy_v, syy_v = np.atleast_1d(sy_v), np.atleast_1d(syy_v)
+        n_t = tot[0] - n_v
+        if n_t < 2:
+            continue
+        live, V, ev, q, mu, ybar = _ridge_eig(n_t, tot[1] - G_v, tot[2] - s_v,
+                                              C0 - C_v, np.atleast_1d(tot[4]) - sy_v)
+        ml = mu[live]
+        sv = s_v[live]
+        Sxx = (G_v[np.ix_(live, live)] - np.outer(sv, ml) - np.outer(ml, sv)
+               + n_v * np.outer(ml, ml))
+        Sxy = C_v[live] - np.outer(sv, ybar) - np.outer(ml, sy_v) + n_v * np.outer(ml, ybar)
+        Syy = syy_v - 2 * ybar * sy_v + n_v * ybar**2
+        A = V.T @ Sxx @ V
+        B = V.T @ Sxy
+        for j, lam in enumerate(lams):
+            u = q / (ev + n_t * lam)[:, None]
+            sse = Syy - 2 * (u * B).sum(0) + (u * (A @ u)).sum(0)
+            acc[:, j] += sse / n_v
+        cnt += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt[:, None] > 0, acc / cnt[:, None], np.nan)
+
+
+def _ridge_refit(n, G, s, c, sy, lam_t):
+    """Ridge on all rows with a λ per target: (w [T, d], b [T])."""
+    c = np.asarray(c, np.float64).reshape(len(s), -1)
+    sy = np.atleast_1d(np.asarray(sy, np.float64))
+    live, V, ev, q, mu, ybar = _ridge_eig(n, np.asarray(G, np.float64),
+                                          np.asarray(s, np.float64), c, sy)
+    w = np.zeros_like(c)
+    w[live] = V @ (q / (ev[:, None] + float(n) * np.asarray(lam_t)[None, :]))
+    b = (sy - np.asarray(s, np.float64) @ w) / float(n)
+    return w.T, b
+
+
 # ------------------------------------------------------------------ estimators
 def _wrap(ds, st: StoreStats, W, b, *, estimator, options):
     """Full-size (target, train) scores for the targets ``st.targets``."""
@@ -253,16 +376,21 @@ def _src(ds):
     return str(meta.get("path", "run store")) if isinstance(meta, dict) else "run store"
 
 
-def _stats(ds, stats, *, output, alpha, targets, eq9, own_gram, client, n_models=None):
+def _stats(ds, stats, *, output, alpha, targets, eq9, own_gram, client, n_models=None,
+           folds=None):
     if stats is not None:
         if stats.output != output:
             raise InputError(f"statistics are of output {stats.output!r}, need {output!r}")
         if own_gram and stats.own is not None and stats.own.G is None:
             raise InputError("these statistics lack the per-target Gram (own_gram=True) that "
                              "OLS/ridge need for own-row targets")
+        if folds is not None and (stats.fold_bounds is None
+                                  or len(stats.fold_bounds) != folds + 1):
+            raise InputError(f"ridge's cross-validation needs the statistics of {folds} folds "
+                             f"(store_statistics(..., folds={folds})), or pass lam=")
         return stats
     return store_statistics(ds, output=output, alpha=alpha, targets=targets, eq9=eq9,
-                            own_gram=own_gram, n_models=n_models, client=client)
+                            own_gram=own_gram, n_models=n_models, folds=folds, client=client)
 
 
 def difference_of_means(ds, *, output: str = "margin", alpha: float | None = None,
@@ -319,12 +447,64 @@ def ols(ds, *, output: str = "margin", rcond: float = 1e-10, light_ridge: float 
                           light_ridge=light_ridge)
 
 
-def ridge(ds, *, lam: float = 1e-2, output: str = "margin", alpha: float | None = None,
-          targets=None, eq9: bool = True, stats: StoreStats | None = None,
-          n_models: int | None = None, client=None) -> xr.DataArray:
+def ridge_folds(n_models: int) -> int:
+    """Number of CV folds ridge uses with ``n_models`` fitting models: the setting
+    ``dmdask.estimators.ridge-folds`` (LASSO's default 5), at most one per model."""
+    return max(2, min(int(config.get("estimators.ridge-folds", 5)), int(n_models)))
+
+
+def ridge(ds, *, lam: float | None = None, folds: int | None = None,
+          output: str = "margin", alpha: float | None = None, targets=None, eq9: bool = True,
+          stats: StoreStats | None = None, n_models: int | None = None,
+          client=None) -> xr.DataArray:
     """Ridge with intercept, (G_c + nλI) w = c_c (REFERENCE §1.4: the (1/2n)‖·‖² + (λ/2)‖w‖²
-    objective in raw-mask space). Default λ = 0.01 (≈ 4% of a column's variance at α = ½)."""
-    if lam <= 0:
-        raise InputError(f"ridge needs lam > 0, got {lam} (use ols for λ = 0)")
-    return _least_squares(ds, estimator="ridge", output=output, alpha=alpha, targets=targets,
-                          eq9=eq9, stats=stats, client=client, n_models=n_models, lam=lam)
+    objective in raw-mask space). λ per target by ``folds``-fold cross-validation on the
+    fitting models as LASSO's (module docstring; grid :func:`ridge_lambda_grid`), recorded in
+    the ``ridge_lambda`` coordinate; ``lam=`` fixes it instead."""
+    if lam is not None:
+        if not lam > 0:
+            raise InputError(f"ridge needs lam > 0, got {lam} (use ols for λ = 0)")
+        sc = _least_squares(ds, estimator="ridge", output=output, alpha=alpha, targets=targets,
+                            eq9=eq9, stats=stats, client=client, n_models=n_models,
+                            lam=float(lam))
+        return sc.assign_coords(ridge_lambda=("target", np.full(sc.sizes["target"],
+                                                                float(lam))))
+    from ...fit.solve.grid import select_lambda
+
+    if folds is None:
+        n_rows = stats.rows.size if stats is not None else _select_rows(ds, alpha, n_models)[0].size
+        folds = ridge_folds(n_rows)
+    st = _stats(ds, stats, output=output, alpha=alpha, targets=targets, eq9=eq9,
+                own_gram=True, client=client, n_models=n_models, folds=int(folds))
+    T, d = st.targets.size, ds.sizes["train"]
+    W = np.full((T, d), np.nan)
+    b = np.full(T, np.nan)
+    lam_t = np.full(T, np.nan)
+    edge = 0
+
+    def solve(parts, total, cols):
+        nonlocal edge
+        grid = ridge_lambda_grid(total[0], total[1], total[2])
+        k = select_lambda(ridge_cv_from_folds(parts, grid))
+        edge += int(((k == 0) | (k == grid.size - 1)).sum())
+        lt = grid[k]
+        W[cols], b[cols] = _ridge_refit(*total[:4], total[4], lt)
+        lam_t[cols] = lt
+
+    if st.shared is not None:
+        sh = st.shared
+        solve([(f.n, f.G, f.s, f.C, f.sy, f.syy) for f in st.shared_folds],
+              (sh.n, sh.G, sh.s, sh.C, sh.sy), st.shared_targets)
+    if st.own is not None:
+        o = st.own
+        for k, t in enumerate(st.own_targets):
+            if o.n[k] < 2:
+                continue  # too few rows: NaN, counted in n_undefined
+            parts = [(f.n[k], f.G[k], f.s[:, k], f.C[:, k:k + 1], f.sy[k:k + 1],
+                      f.syy[k:k + 1]) for f in st.own_folds]
+            solve(parts, (o.n[k], o.G[k], o.s[:, k], o.C[:, k:k + 1], o.sy[k:k + 1]), [t])
+    sc = _wrap(ds, st, W, b, estimator="ridge",
+               options={"output": output, "eq9": eq9, "selection": "cv", "folds": int(folds)})
+    sc.attrs["selection"] = f"{int(folds)}-fold cv"
+    sc.attrs["n_lambda_at_grid_edge"] = int(edge)
+    return sc.assign_coords(ridge_lambda=("target", lam_t))
