@@ -453,9 +453,10 @@ def _sec_comparison(cmp) -> str:
             "<th>Spearman</th><th>Pearson</th><th>MSE</th><th>AUC</th><th>R²</th>"
             f"<th>LDS ± {level:.0%} CI</th></tr>")
     opt = cmp.attrs.get("opt_mean")
-    note = ("<p class='note'>* calibrated: scored after the best per-target affine map on the "
-            "fitting models (the estimator has no bias or models correctness); Spearman and "
-            "LDS are rank metrics and never calibrated."
+    note = ("<p class='note'>* calibrated: MSE and R² are scored after the best per-target "
+            "affine map with a non-negative slope, fitted on the row's own number of fitting "
+            "models (the estimator has no bias); Spearman, Pearson, AUC and LDS are always "
+            "computed on the raw predictions."
             + (f" OPT noise floor (MSE): {_fmt(opt)}." if opt is not None else "") + "</p>")
     table = (f"<table id='comparison-table'><thead>{head}</thead><tbody>{''.join(body)}"
              f"</tbody></table>{note}")
