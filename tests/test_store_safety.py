@@ -19,7 +19,7 @@ import pytest
 import zarr
 
 import dmdask
-from dmdask.errors import JobError, StoreError
+from dmdask.errors import JobError, StoreError, WriteRefused
 from dmdask.store import lease
 from dmdask.store.lease import StoreBusy
 from dmdask.store.runstore import read_meta
@@ -287,7 +287,7 @@ for g in range(first, last + 1):
     for b in range(4):
         x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
         x[:, 0] = g
-        dmdask.write_block(p, b, x)
+        dmdask.write_block(p, b, x, overwrite=True)
 """
 
 
@@ -329,6 +329,36 @@ def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
     assert ds.completed.values.all()
     np.testing.assert_array_equal(ds.margin.values,
                                   np.concatenate([_block(g, b) for b in range(4)]))
+
+
+# --------------------------------------------------------------------------- write_block
+
+
+def test_write_block_never_rewrites_completed_rows_unless_told(tmp_path):
+    p = dmdask.create_jobless_store(tmp_path / "s", 6, 3, block_size=4, alpha=0.5)
+    dmdask.add_models(p, "random", n=6)  # blocks 0..3, 4..5
+    first = np.arange(12, dtype=np.float32).reshape(4, 3)
+    dmdask.write_block(p, 0, first)
+    dmdask.write_block(p, 1, np.ones((2, 3), np.float32))
+    with pytest.raises(WriteRefused) as e:
+        dmdask.write_block(p, 0, np.zeros((4, 3), np.float32))
+    msg = str(e.value)
+    assert f"{p} block 0: models 0, 1, 2, 3 are already completed" in msg
+    assert "overwrite=True" in msg and "\n" not in msg
+    np.testing.assert_array_equal(dmdask.open_store(p).margin.values[:4], first)
+    # a grown partial block: its committed rows are protected, the new ones are not written
+    dmdask.add_models(p, "heldout", n=2)  # rows 6, 7 join block 1
+    with pytest.raises(WriteRefused, match=r"block 1: models 4, 5 are already completed"):
+        dmdask.write_block(p, 1, np.full((4, 3), 7, np.float32))
+    ds = dmdask.open_store(p)
+    np.testing.assert_array_equal(ds.completed.values, [True] * 6 + [False] * 2)
+    assert np.isnan(ds.margin.values[6:]).all()
+    dmdask.write_block(p, 0, np.zeros((4, 3), np.float32), overwrite=True)  # when told
+    dmdask.write_block(p, 1, np.full((4, 3), 7, np.float32), overwrite=True)
+    ds = dmdask.open_store(p)
+    assert ds.completed.values.all()
+    np.testing.assert_array_equal(ds.margin.values[:4], 0)
+    np.testing.assert_array_equal(ds.margin.values[4:], 7)
 
 
 # --------------------------------------------------------------------------- item 5: warm-up

@@ -32,7 +32,8 @@ there, so growth is safe beside a running training. Training holds the *train* l
 training of a store at a time); each task trains the rows of its block that are not completed,
 writes their margins and then their ``completed``: a committed row is never retrained, and its
 bytes are carried over unchanged when a grown block's chunk is rewritten. :func:`write_block`
-(imports, hand-made stores) writes a whole block, margins first, ``completed`` last. A rerun
+(hand-made stores) writes a whole block, margins first, ``completed`` last, and refuses to
+rewrite completed rows unless told to overwrite them. A rerun
 trains exactly the rows not completed. Local chunk writes are atomic from zarr 3.1.3 on (zarr
 writes a temporary file and renames it), so a killed writer never leaves a torn chunk; a
 killed creation leaves nothing at the store's path (the store is built beside it and renamed
@@ -537,6 +538,7 @@ def write_block(
     job: dict[str, Any] | None = None,
     start: int | None = None,
     allow_missing: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Write the margins of one whole block, then mark its models completed.
 
@@ -545,17 +547,18 @@ def write_block(
     that is missing for that (model, target) — the solvers skip it for that target — while
     inf is still refused. If ``start`` is
     given it must equal the block's first row (a check against misaligned writers); if
-    ``job`` is given it must equal the store's job spec. Any violation raises
+    ``job`` is given it must equal the store's job spec. Rows already completed are committed
+    results: rewriting them is refused unless ``overwrite=True``. Any violation raises
     :class:`WriteRefused` naming the store and block, and nothing is written.
     """
     path = _path(path)
     group = _open_group(path, "r+")
     _write_block_to(group, _meta_of(group, path), path, block, margins, job=job, start=start,
-                    allow_missing=allow_missing)
+                    allow_missing=allow_missing, overwrite=overwrite)
 
 
 def _write_block_to(group, meta, path, block, margins, *, job=None, start=None,
-                    allow_missing=False) -> None:
+                    allow_missing=False, overwrite=False) -> None:
     where = f"{path} block {block}"
     if not isinstance(block, (int, np.integer)):
         raise WriteRefused(f"{path}: block index must be an int, got {block!r}")
@@ -581,6 +584,12 @@ def _write_block_to(group, meta, path, block, margins, *, job=None, start=None,
         rows = np.unique(np.nonzero(bad)[0]) + s
         raise WriteRefused(f"{where}: {int(bad.sum())} margins are NaN or inf (models "
                            f"{_fmt_rows(rows)}); nothing written")
+    if not overwrite:
+        done = np.nonzero(np.asarray(group["completed"][s:e], bool))[0]
+        if done.size:
+            raise WriteRefused(f"{where}: models {_fmt_rows(done + s)} are already completed; "
+                               f"refusing to rewrite committed margins (pass overwrite=True to "
+                               f"replace them); nothing written")
     group["margin"][s:e] = margins
     group["completed"][s:e] = True
 
