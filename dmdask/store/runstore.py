@@ -50,6 +50,7 @@ import shutil
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -170,12 +171,25 @@ def _init_store(
     block = int(block_size or config.get("store.block-size", 256))
     if block < 1:
         raise InputError(f"block_size must be positive, got {block}")
+    with building(path) as draft:
+        _build_store(draft, desc, job=job, seed=seed, sampling=sampling, alpha=alpha,
+                     block=block, source=source, creation=creation)
+
+
+@contextlib.contextmanager
+def building(path: str) -> Iterator[str]:
+    """A draft directory beside ``path`` for the ``with`` body to build a store in; renamed
+    to ``path`` when the body succeeds, removed otherwise.
+
+    A killed builder leaves only its draft (removed by the next build of ``path`` on this
+    host), never a half-made store at ``path``. Raises :class:`StoreError` if ``path``
+    appeared meanwhile.
+    """
     _remove_dead_drafts(path)
     draft = f"{path}.creating-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(draft, ignore_errors=True)
     try:
-        _build_store(draft, desc, job=job, seed=seed, sampling=sampling, alpha=alpha,
-                     block=block, source=source, creation=creation)
+        yield draft
         try:
             os.rename(draft, path)
         except OSError:
@@ -340,6 +354,23 @@ def create_jobless_store(
     path = _path(path)
     if os.path.exists(path):
         raise StoreError(f"{path}: already exists; refusing to overwrite it")
+    desc = jobless_description(path, n_train, n_target, train_label=train_label,
+                               target_label=target_label, target_train_index=target_train_index)
+    _init_store(path, desc, job=None, seed=seed, sampling=sampling, alpha=alpha,
+                block_size=block_size, source=source)
+    return path
+
+
+def jobless_description(
+    path: str,
+    n_train: int,
+    n_target: int,
+    *,
+    train_label: np.ndarray | None = None,
+    target_label: np.ndarray | None = None,
+    target_train_index: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The dataset description of a store without a job (unknown labels are -1)."""
 
     def arr(a, n):
         return np.full(n, -1, np.int64) if a is None else np.asarray(a)
@@ -354,9 +385,7 @@ def create_jobless_store(
     )
     if desc["train_label"].size != n_train or desc["target_label"].size != n_target:
         raise InputError(f"{path}: label arrays do not match n_train={n_train}, n_target={n_target}")
-    _init_store(path, desc, job=None, seed=seed, sampling=sampling, alpha=alpha,
-                block_size=block_size, source=source)
-    return path
+    return desc
 
 
 # --------------------------------------------------------------------------- growth
