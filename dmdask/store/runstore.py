@@ -35,7 +35,9 @@ bytes are carried over unchanged when a grown block's chunk is rewritten. :func:
 (hand-made stores) writes a whole block, margins first, ``completed`` last, and refuses to
 rewrite completed rows unless told to overwrite them. A rerun
 trains exactly the rows not completed. Local chunk writes are atomic from zarr 3.1.3 on (zarr
-writes a temporary file and renames it), so a killed writer never leaves a torn chunk; a
+writes a temporary file and renames it), so a killed writer never leaves a torn chunk, only
+that temporary file: :func:`store_info` does not count it, and the next growth or training
+(holding its lease) removes those older than the lease timeout. A
 killed creation leaves nothing at the store's path (the store is built beside it and renamed
 into place). Margins that are NaN/inf, of the wrong shape or dtype, or a misaligned or partial
 block are refused before anything is written.
@@ -46,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import socket
 import time
@@ -80,6 +83,7 @@ __all__ = [
     "incomplete_blocks",
     "open_store",
     "read_meta",
+    "remove_stale_partials",
     "store_info",
     "write_block",
 ]
@@ -451,6 +455,36 @@ def add_models(
                            masks=masks, replicate_of=replicate_of, train_labels=train_labels)
 
 
+# zarr's LocalStore writes ``<key>`` as ``<key with its suffix replaced by .<uuid4 hex>.partial>``
+# and renames it into place (zarr.storage._local._atomic_write): a killed write leaves that file.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _is_partial(name: str) -> bool:
+    return _PARTIAL.search(name) is not None
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of chunk and metadata writes killed midway; return them.
+
+    Only files older than ``dmdask.store.lease-timeout`` go: a younger one may be the write
+    in flight of a training or growth running beside the caller. Call it only while holding
+    the store's train or grow lease, so that no other cleaner runs at once.
+    """
+    cutoff = time.time() - lease._seconds("store.lease-timeout", "60s")
+    removed = []
+    for root, _, files in os.walk(_path(path)):
+        for f in files:
+            if not _is_partial(f):
+                continue
+            fn = os.path.join(root, f)
+            with contextlib.suppress(OSError):
+                if os.path.getmtime(fn) < cutoff:
+                    os.remove(fn)
+                    removed.append(fn)
+    return removed
+
+
 def _remove_torn_metadata(path: str) -> None:
     """Drop temporary files that a killed metadata write left at the root (zarr would warn
     about them); only the holder of the grow lease writes root metadata."""
@@ -462,6 +496,7 @@ def _remove_torn_metadata(path: str) -> None:
 def _add_models(path, group, meta, kind, *, n=None, alpha=None, masks=None, replicate_of=None,
                 train_labels=None) -> np.ndarray:
     _remove_torn_metadata(path)
+    remove_stale_partials(path)
     n_train, block = meta["n_train"], meta["block_size"]
     start = int(meta["n_models"])
     given = [x is not None for x in (masks, replicate_of)]
@@ -713,12 +748,15 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
 
 
 def _du(path: str) -> int:
+    """Bytes of the files under ``path``, leaving out what killed writes left behind."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
-            total += os.path.getsize(os.path.join(root, f))
+            if not _is_partial(f):
+                with contextlib.suppress(FileNotFoundError):  # renamed or removed meanwhile
+                    total += os.path.getsize(os.path.join(root, f))
     return total
 
 
