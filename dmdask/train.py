@@ -31,6 +31,7 @@ from .store.runstore import (
     block_range,
     incomplete_blocks,
     read_meta,
+    remove_stale_partials,
 )
 
 _JOBS: dict[str, Any] = {}
@@ -234,6 +235,7 @@ def train(
         return report
     retries = int(config.get("train.retries", 3) if retries is None else retries)
     with lease.hold(path, "train", "training", refuse="another training is running"):
+        remove_stale_partials(path)  # left by killed writes; only a lease holder cleans
         return _train_pending(path, meta, spec, pending, report, client, scheduler, workers,
                               threads_per_worker, gpus, retries, progress, on_start, trusted)
 

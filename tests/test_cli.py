@@ -82,9 +82,33 @@ def test_init_add_train_info(tmp_path):
     assert "stored bits per entry" in r.output and "heldout" in r.output
 
 
+_KILLED_AFTER_HELDOUT = """
+import os, signal, sys
+import dmdask.store.runstore as rs
+from dmdask.cli import main
+orig = rs.add_models
+def add_then_die(path, kind, **kw):
+    out = orig(path, kind, **kw)
+    if kind == "heldout":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+rs.add_models = add_then_die
+main(sys.argv[1:])
+"""
+
+
+def _kinds(store):
+    return {k: v["models"] for k, v in dmdask.store_info(store)["kinds"].items()}
+
+
 def test_quickstart_on_a_small_job(tmp_path):
     args = ("quickstart", "--dir", tmp_path / "q", "-n", 64, "--job", "testjobs:RidgeDigits",
             "--heldout", 12, "--replicates", 1, "--workers", 1, "--no-progress")
+    # killed between adding the held-out models and adding their replicates
+    k = subprocess.run([sys.executable, "-c", _KILLED_AFTER_HELDOUT, *map(str, args)],
+                       capture_output=True, text=True, timeout=300)
+    assert k.returncode == -9, k.stderr
+    assert _kinds(tmp_path / "q" / "runs.zarr") == {"random": 64, "heldout": 12}
     r = run(*args)
     assert r.returncode == 0, r.stderr
     ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
@@ -103,6 +127,46 @@ def test_quickstart_on_a_small_job(tmp_path):
     r2 = run(*args)
     assert r2.returncode == 0 and "trained" not in r2.stdout.split("[2/")[0]  # resumed, no work
     assert dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"] == 88  # nothing re-added
+
+
+class _Killed(BaseException):
+    """Stands for the SIGKILL of a quickstart at one of its additions."""
+
+
+@pytest.mark.parametrize("killed_after", [None, "create", "heldout", "replicate"])
+def test_quickstart_store_step_adds_exactly_what_is_missing(tmp_path, monkeypatch, killed_after):
+    import dmdask.store.runstore as rs
+    from dmdask.cli.commands import _quickstart_store
+
+    store = str(tmp_path / "runs.zarr")
+    job, n, h, r = "testjobs:RidgeDigits", 10, 3, 2
+    if killed_after is not None:
+        def die_after(name, orig):
+            def call(*a, **kw):
+                out = orig(*a, **kw)
+                if name == killed_after or (name == "add_models" and a[1] == killed_after):
+                    raise _Killed
+                return out
+            return call
+
+        with monkeypatch.context() as m:
+            m.setattr(rs, "create_store", die_after("create", rs.create_store))
+            m.setattr(rs, "add_models", die_after("add_models", rs.add_models))
+            with pytest.raises(_Killed):
+                _quickstart_store(store, job, n, h, r)
+    _quickstart_store(store, job, n, h, r)
+    ds = dmdask.open_store(store)
+    kinds = ds.kind.values
+    assert _kinds(store) == {"random": n, "heldout": h, "replicate": h * r}
+    held = ds.model.values[kinds == "heldout"]
+    rep = ds.replicate_of.values[kinds == "replicate"]
+    assert sorted(rep.tolist()) == sorted(held.tolist() * r)  # r of each held-out model
+    masks = ds.mask.values
+    np.testing.assert_array_equal(masks[kinds == "replicate"], masks[rep])
+    assert _quickstart_store(store, job, n, h, r) == {}  # complete: a rerun adds nothing
+    # asked for more replicates later, it adds exactly the missing ones
+    assert _quickstart_store(store, job, n, h, r + 1) == {"replicate": h}
+    assert _kinds(store)["replicate"] == h * (r + 1)
 
 
 @pytest.mark.slow

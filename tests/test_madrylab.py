@@ -283,6 +283,71 @@ def test_missing_inputs_and_existing_target(tmp_path):
     assert (tmp_path / "taken" / "keep").read_text() == "mine"  # never removed
 
 
+# --------------------------------------------------------------------------- killed import
+
+_IMPORT_KILLED = """
+import os, signal, sys
+import zarr.storage
+from dmdask.cli.commands import main
+kill_at = int(sys.argv[3])
+calls = [0]
+orig = zarr.storage.LocalStore.set
+async def counting_set(self, key, value):
+    calls[0] += 1
+    if calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await orig(self, key, value)
+zarr.storage.LocalStore.set = counting_set
+main(["import", sys.argv[1], sys.argv[2], "--block-size", "4", "--no-progress"])
+"""
+
+
+def _store_arrays(path):
+    ds = dmdask.open_store(path)
+    return {v: ds[v].values for v in ("mask", "margin", "completed", "seed", "kind", "alpha",
+                                      "replicate_of")}, ds.attrs["dmdask"]
+
+
+def test_a_killed_import_leaves_nothing_and_a_rerun_finishes_it(tmp_path, monkeypatch):
+    import zarr.storage
+    from click.testing import CliRunner
+
+    from dmdask.cli.commands import main
+
+    src = tmp_path / "src"
+    make_layout(src, 10, 6, 3)
+    calls = [0]
+    orig = zarr.storage.LocalStore.set
+
+    async def counting_set(self, key, value):
+        calls[0] += 1
+        return await orig(self, key, value)
+
+    with monkeypatch.context() as m:  # count the writes of a whole import
+        m.setattr(zarr.storage.LocalStore, "set", counting_set)
+        import_madrylab(src, tmp_path / "ref.zarr", block_size=4, progress=False)
+    writes = calls[0]
+    ref, ref_meta = _store_arrays(tmp_path / "ref.zarr")
+    # kill points: amid the empty arrays, amid the rows, and at the commit (the last write)
+    for k in (writes // 4, writes // 2 + 1, writes):
+        store = tmp_path / f"k{k}.zarr"
+        r = subprocess.run([sys.executable, "-c", _IMPORT_KILLED, str(src), str(store), str(k)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == -9, (k, r.stderr)
+        assert not os.path.lexists(store), f"a half-made store at {store} (killed at write {k})"
+        assert list(tmp_path.glob(f"k{k}.zarr.creating-*")), k  # the draft it was building
+        r = CliRunner().invoke(main, ["import", str(src), str(store), "--block-size", "4",
+                                      "--no-progress"])
+        assert r.exit_code == 0, r.output
+        got, meta = _store_arrays(store)
+        for v, a in ref.items():
+            np.testing.assert_array_equal(got[v], a, err_msg=f"{v} (killed at write {k})")
+        drop = ("created", "path")
+        assert ({x: y for x, y in meta.items() if x not in drop}
+                == {x: y for x, y in ref_meta.items() if x not in drop})
+        assert not list(tmp_path.glob(f"k{k}.zarr.creating-*")), k  # the dead draft is gone
+
+
 # --------------------------------------------------------------------------- property
 
 

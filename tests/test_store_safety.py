@@ -13,13 +13,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
 import dmdask
-from dmdask.errors import JobError, StoreError
+from dmdask.errors import JobError, StoreError, WriteRefused
 from dmdask.store import lease
 from dmdask.store.lease import StoreBusy
 from dmdask.store.runstore import read_meta
@@ -287,7 +289,7 @@ for g in range(first, last + 1):
     for b in range(4):
         x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
         x[:, 0] = g
-        dmdask.write_block(p, b, x)
+        dmdask.write_block(p, b, x, overwrite=True)
 """
 
 
@@ -329,6 +331,108 @@ def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
     assert ds.completed.values.all()
     np.testing.assert_array_equal(ds.margin.values,
                                   np.concatenate([_block(g, b) for b in range(4)]))
+
+
+# --------------------------------------------------------------------------- killed chunk writes
+
+_KILLED_MID_CHUNK = """
+import contextlib, os, signal, sys
+import numpy as np
+import zarr.storage._local as local
+import dmdask
+orig = local._atomic_write
+@contextlib.contextmanager
+def killed_before_rename(path, mode, exclusive=False):
+    with orig(path, mode, exclusive) as f:
+        yield f
+        if "margin" in str(path):  # the chunk is in its temporary file, not yet renamed
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+local._atomic_write = killed_before_rename
+p, b, rows, cols = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dmdask.write_block(p, b, np.random.default_rng(b).standard_normal((rows, cols), np.float32))
+"""
+
+
+def _killed_margin_write(p, block, rows, cols) -> list[str]:
+    """SIGKILL a write_block between zarr writing the margin chunk and renaming it; return
+    the temporary files it left."""
+    r = subprocess.run([sys.executable, "-c", _KILLED_MID_CHUNK, p, str(block), str(rows),
+                        str(cols)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    left = [str(f) for f in (Path(p) / "margin").rglob("*.partial")]
+    assert left, "the killed write left no temporary file (has zarr changed how it writes?)"
+    return left
+
+
+def _age_past_the_lease_timeout(files):
+    t = time.time() - lease._seconds("store.lease-timeout", "60s") - 1
+    for f in files:
+        os.utime(f, (t, t))
+
+
+def test_killed_chunk_writes_are_not_counted_and_are_cleaned_by_the_next_growth(tmp_path):
+    p = dmdask.create_jobless_store(tmp_path / "s", 8, 500, block_size=4, alpha=0.5)
+    dmdask.add_models(p, "random", n=8)
+    dmdask.write_block(p, 0, np.zeros((4, 500), np.float32))
+    before = dmdask.store_info(p)
+    left = _killed_margin_write(p, 1, 4, 500)
+    assert sum(os.path.getsize(f) for f in left) > 4000  # 2,000 random float32s
+    after = dmdask.store_info(p)
+    assert after["bytes"] == before["bytes"] and after["bytes_total"] == before["bytes_total"]
+    assert after["done"] == 4  # nothing of the killed write is committed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dmdask.open_store(p)
+    dmdask.add_models(p, "heldout", n=1)  # a fresh temporary file may be a write in flight
+    assert all(os.path.exists(f) for f in left)
+    _age_past_the_lease_timeout(left)  # a dead write's
+    dmdask.add_models(p, "heldout", n=1)
+    assert not any(os.path.exists(f) for f in left)
+    rerun = np.random.default_rng(1).standard_normal((4, 500), np.float32)
+    dmdask.write_block(p, 1, rerun)  # a rerun of the write finishes it
+    ds = dmdask.open_store(p)
+    assert ds.completed.values[:8].all()
+    np.testing.assert_array_equal(ds.margin.values[4:8], rerun)
+
+
+def test_training_cleans_stale_temporary_files(tmp_path, client):
+    p = dmdask.create_store(tmp_path / "s", RIDGE, 8, 0.5, params=SMALL, block_size=4)
+    left = _killed_margin_write(p, 1, 4, SMALL["n_target"])
+    _age_past_the_lease_timeout(left)
+    assert dmdask.train(p, client=client, progress=False).models == 8
+    assert not any(os.path.exists(f) for f in left)
+    np.testing.assert_array_equal(dmdask.open_store(p).margin.values, _recompute(p))
+
+
+# --------------------------------------------------------------------------- write_block
+
+
+def test_write_block_never_rewrites_completed_rows_unless_told(tmp_path):
+    p = dmdask.create_jobless_store(tmp_path / "s", 6, 3, block_size=4, alpha=0.5)
+    dmdask.add_models(p, "random", n=6)  # blocks 0..3, 4..5
+    first = np.arange(12, dtype=np.float32).reshape(4, 3)
+    dmdask.write_block(p, 0, first)
+    dmdask.write_block(p, 1, np.ones((2, 3), np.float32))
+    with pytest.raises(WriteRefused) as e:
+        dmdask.write_block(p, 0, np.zeros((4, 3), np.float32))
+    msg = str(e.value)
+    assert f"{p} block 0: models 0, 1, 2, 3 are already completed" in msg
+    assert "overwrite=True" in msg and "\n" not in msg
+    np.testing.assert_array_equal(dmdask.open_store(p).margin.values[:4], first)
+    # a grown partial block: its committed rows are protected, the new ones are not written
+    dmdask.add_models(p, "heldout", n=2)  # rows 6, 7 join block 1
+    with pytest.raises(WriteRefused, match=r"block 1: models 4, 5 are already completed"):
+        dmdask.write_block(p, 1, np.full((4, 3), 7, np.float32))
+    ds = dmdask.open_store(p)
+    np.testing.assert_array_equal(ds.completed.values, [True] * 6 + [False] * 2)
+    assert np.isnan(ds.margin.values[6:]).all()
+    dmdask.write_block(p, 0, np.zeros((4, 3), np.float32), overwrite=True)  # when told
+    dmdask.write_block(p, 1, np.full((4, 3), 7, np.float32), overwrite=True)
+    ds = dmdask.open_store(p)
+    assert ds.completed.values.all()
+    np.testing.assert_array_equal(ds.margin.values[:4], 0)
+    np.testing.assert_array_equal(ds.margin.values[4:], 7)
 
 
 # --------------------------------------------------------------------------- item 5: warm-up

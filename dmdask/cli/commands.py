@@ -671,10 +671,9 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     Creates DIR/runs.zarr with the random models to fit on, held-out models and their
     replicates; trains them on a LocalCluster; fits the datamodels; evaluates them on the
     held-out models; compares the estimators (the paper's Table 5); computes the
-    sample-complexity curves; and writes DIR/report.html. Rerunning resumes the training
-    where it stopped and recomputes the rest.
+    sample-complexity curves; and writes DIR/report.html. Rerunning adds whatever models the
+    store still lacks, resumes the training where it stopped and recomputes the rest.
     """
-    from ..store.runstore import add_models, create_store, store_info
     from ..train import train as run
 
     os.makedirs(workdir, exist_ok=True)
@@ -682,13 +681,7 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
     click.echo(f"[1/6] run store {store} ({job}, {n_models} random + {heldout} held-out x "
                f"{1 + replicates} runs, alpha = 0.5)")
-    create_store(store, job, n_models, 0.5)
-    kinds = store_info(store)["kinds"]
-    if heldout and "heldout" not in kinds:
-        h = add_models(store, "heldout", n=heldout)
-        if replicates:
-            add_models(store, "replicate", replicate_of=[int(x) for x in h for _ in
-                                                         range(replicates)])
+    _quickstart_store(store, job, n_models, heldout, replicates)
     rep = run(store, workers=workers, progress=progress,
               on_start=lambda d, t: click.echo(f"      training {t} models; dashboard: {d}"))
     if rep.models:
@@ -733,6 +726,37 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     out = write_report(path("report.html"), store=store, datamodels=dm, evaluation=ev,
                        comparison=cmp, sample_complexity=sc)
     click.echo(f"[6/6] report {os.path.abspath(out)}")
+
+
+def _quickstart_store(store: str, job: str, n_models: int, heldout: int,
+                      replicates: int) -> dict[str, int]:
+    """Make ``store`` hold what the quickstart asks for, adding only what it lacks; return the
+    number of models added per kind.
+
+    Each step looks at what the store holds rather than at what an earlier run meant to do,
+    so a rerun after an interruption anywhere (each addition is committed whole or not at
+    all) finishes the store: ``n_models`` random models, at least ``heldout`` held-out models,
+    and ``replicates`` replicates of every held-out model.
+    """
+    from collections import Counter
+
+    from ..store.runstore import add_models, create_store, open_store
+
+    create_store(store, job, n_models, 0.5)  # finishes an interrupted creation
+    ds = open_store(store)
+    kinds = ds.kind.values
+    held = [int(i) for i in ds.model.values[kinds == "heldout"]]
+    added = {}
+    if len(held) < heldout:
+        new = add_models(store, "heldout", n=heldout - len(held))
+        held += [int(i) for i in new]
+        added["heldout"] = len(new)
+    if replicates and held:
+        have = Counter(int(r) for r in ds.replicate_of.values[kinds == "replicate"])
+        missing = [h for h in held for _ in range(replicates - have.get(h, 0))]
+        if missing:
+            added["replicate"] = len(add_models(store, "replicate", replicate_of=missing))
+    return added
 
 
 def _save_quiet(ds, out):

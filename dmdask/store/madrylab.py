@@ -37,11 +37,13 @@ from .runstore import (
     KIND_CODE,
     KINDS,
     _block_pieces,
+    _build_store,
     _meta_of,
     _open_group,
     _resize_models,
     _set_meta,
-    create_jobless_store,
+    building,
+    jobless_description,
 )
 from .sampling import check_alpha
 
@@ -196,6 +198,8 @@ def import_madrylab(
     Refuses (:class:`InputError`, before or instead of leaving any store behind): a missing
     directory or file, masks that are not 2-d bool/0-1, margins that are not 2-d float, row
     counts that disagree, NaN/inf margins in completed rows, an existing ``store_path``.
+    The store is built beside ``store_path`` and renamed into place when complete, so an
+    import that is killed leaves nothing there, and rerunning it does the import afresh.
     """
     src = os.path.abspath(os.fspath(src_dir))
     path = os.fspath(store_path)
@@ -211,72 +215,77 @@ def import_madrylab(
     n_target = margins.shape[1]
     source = {"format": "madrylab", "dir": src, "margin_dtype": margins.dtype.name,
               "margins_key": margins_key}
-    created = False
     try:
-        create_jobless_store(path, n_train, n_target, block_size=block, alpha=alpha,
-                             source=source)
-        created = True
-        group = _open_group(path, "r+")
-        meta = _meta_of(group, path)
-        _resize_models(group, n)
-        # fetch the arrays after resizing: a zarr.Array keeps the shape it was opened with
-        arrays = {k: group[k] for k in ("mask", "margin", "completed", "seed", "kind", "alpha",
-                                        "replicate_of")}
-        if any(a.shape[0] != n for a in arrays.values()):
-            raise StoreError(f"{path}: resizing to {n} models failed")
-        ones, row_min, row_max = 0, n_train + 1, -1
-        with _tqdm(n, "import", progress) as bar:
-            for s, e in _block_pieces(0, n, block):
-                mk = _bool_rows(masks.read(s, e), masks, s)
-                done = _bool_rows(completed.read(s, e), completed, s)
-                mg = margins.read(s, e)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    mg32 = mg.astype(np.float32)
-                bad = ~np.isfinite(mg32) & done[:, None]
-                if bad.any():
-                    rows = np.unique(np.nonzero(bad)[0]) + s
-                    what = "NaN or inf"
-                    if np.isfinite(mg[bad]).all():  # finite float64 that overflow float32
-                        what = "beyond the float32 range"
-                    raise InputError(
-                        f"{margins.path}: {int(bad.sum())} margins of completed models are "
-                        f"{what} (rows {_fmt_rows(rows)}); {COMPLETED}.npy marks them done"
-                    )
-                mg32[~done] = np.nan
-                sums = mk.sum(axis=1)
-                if sums.size:
-                    ones += int(sums.sum())
-                    row_min, row_max = min(row_min, int(sums.min())), max(row_max, int(sums.max()))
-                m = e - s
-                arrays["mask"][s:e] = mk
-                arrays["seed"][s:e] = np.zeros(m, np.uint64)
-                arrays["kind"][s:e] = np.full(m, KIND_CODE["random"], np.int8)
-                arrays["replicate_of"][s:e] = np.full(m, -1, np.int64)
-                if alpha is not None:
-                    arrays["alpha"][s:e] = np.full(m, alpha, np.float32)
-                arrays["margin"][s:e] = mg32
-                arrays["completed"][s:e] = done  # the block's commit mark, last
-                bar.update(m)
-        density = ones / (n * n_train) if n else None
-        a = alpha if alpha is not None else density
-        if alpha is None and density is not None:
-            for s, e in _block_pieces(0, n, block):
-                arrays["alpha"][s:e] = np.full(e - s, density, np.float32)
-        meta["alpha"] = a if a is not None and 0.0 < a < 1.0 else None
-        meta["sampling"] = "fixed" if n == 0 or row_min == row_max else "bernoulli"
-        meta["source"] = {**source, "density": density}
-        meta["n_models"] = n  # commit: the rows exist for readers only from here on
-        meta["additions"] = [{"kind": "random", "start": 0, "stop": n,
-                              "alpha": None if a is None else float(a), "source": "madrylab"}]
-        _set_meta(group, meta)
-    except BaseException:
-        if created:
-            shutil.rmtree(path, ignore_errors=True)
-        raise
+        # built beside its path and renamed into place: a killed import leaves no store there
+        with building(path) as draft:
+            _build_store(draft, jobless_description(path, n_train, n_target), job=None, seed=0,
+                         sampling="fixed", alpha=alpha, block=block, source=source,
+                         creation=None)
+            _fill(draft, masks, margins, completed, alpha=alpha, block=block, source=source,
+                  progress=progress)
     finally:
         for arr in (masks, margins, completed):
             arr.close()
     return path
+
+
+def _fill(draft: str, masks: _NpyRows, margins: _NpyRows, completed: _NpyRows, *,
+          alpha: float | None, block: int, source: dict[str, Any], progress: bool) -> None:
+    """Copy the layout's rows into the empty store ``draft``, then commit its models."""
+    n, n_train = masks.shape
+    group = _open_group(draft, "r+")
+    meta = _meta_of(group, draft)
+    _resize_models(group, n)
+    # fetch the arrays after resizing: a zarr.Array keeps the shape it was opened with
+    arrays = {k: group[k] for k in ("mask", "margin", "completed", "seed", "kind", "alpha",
+                                    "replicate_of")}
+    if any(a.shape[0] != n for a in arrays.values()):
+        raise StoreError(f"{draft}: resizing to {n} models failed")
+    ones, row_min, row_max = 0, n_train + 1, -1
+    with _tqdm(n, "import", progress) as bar:
+        for s, e in _block_pieces(0, n, block):
+            mk = _bool_rows(masks.read(s, e), masks, s)
+            done = _bool_rows(completed.read(s, e), completed, s)
+            mg = margins.read(s, e)
+            with np.errstate(over="ignore", invalid="ignore"):
+                mg32 = mg.astype(np.float32)
+            bad = ~np.isfinite(mg32) & done[:, None]
+            if bad.any():
+                rows = np.unique(np.nonzero(bad)[0]) + s
+                what = "NaN or inf"
+                if np.isfinite(mg[bad]).all():  # finite float64 that overflow float32
+                    what = "beyond the float32 range"
+                raise InputError(
+                    f"{margins.path}: {int(bad.sum())} margins of completed models are "
+                    f"{what} (rows {_fmt_rows(rows)}); {COMPLETED}.npy marks them done"
+                )
+            mg32[~done] = np.nan
+            sums = mk.sum(axis=1)
+            if sums.size:
+                ones += int(sums.sum())
+                row_min, row_max = min(row_min, int(sums.min())), max(row_max, int(sums.max()))
+            m = e - s
+            arrays["mask"][s:e] = mk
+            arrays["seed"][s:e] = np.zeros(m, np.uint64)
+            arrays["kind"][s:e] = np.full(m, KIND_CODE["random"], np.int8)
+            arrays["replicate_of"][s:e] = np.full(m, -1, np.int64)
+            if alpha is not None:
+                arrays["alpha"][s:e] = np.full(m, alpha, np.float32)
+            arrays["margin"][s:e] = mg32
+            arrays["completed"][s:e] = done
+            bar.update(m)
+    density = ones / (n * n_train) if n else None
+    a = alpha if alpha is not None else density
+    if alpha is None and density is not None:
+        for s, e in _block_pieces(0, n, block):
+            arrays["alpha"][s:e] = np.full(e - s, density, np.float32)
+    meta["alpha"] = a if a is not None and 0.0 < a < 1.0 else None
+    meta["sampling"] = "fixed" if n == 0 or row_min == row_max else "bernoulli"
+    meta["source"] = {**source, "density": density}
+    meta["n_models"] = n
+    meta["additions"] = [{"kind": "random", "start": 0, "stop": n,
+                          "alpha": None if a is None else float(a), "source": "madrylab"}]
+    _set_meta(group, meta)
 
 
 # --------------------------------------------------------------------------- export

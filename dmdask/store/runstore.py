@@ -32,9 +32,12 @@ there, so growth is safe beside a running training. Training holds the *train* l
 training of a store at a time); each task trains the rows of its block that are not completed,
 writes their margins and then their ``completed``: a committed row is never retrained, and its
 bytes are carried over unchanged when a grown block's chunk is rewritten. :func:`write_block`
-(imports, hand-made stores) writes a whole block, margins first, ``completed`` last. A rerun
+(hand-made stores) writes a whole block, margins first, ``completed`` last, and refuses to
+rewrite completed rows unless told to overwrite them. A rerun
 trains exactly the rows not completed. Local chunk writes are atomic from zarr 3.1.3 on (zarr
-writes a temporary file and renames it), so a killed writer never leaves a torn chunk; a
+writes a temporary file and renames it), so a killed writer never leaves a torn chunk, only
+that temporary file: :func:`store_info` does not count it, and the next growth or training
+(holding its lease) removes those older than the lease timeout. A
 killed creation leaves nothing at the store's path (the store is built beside it and renamed
 into place). Margins that are NaN/inf, of the wrong shape or dtype, or a misaligned or partial
 block are refused before anything is written.
@@ -45,10 +48,12 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import shutil
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -78,6 +83,7 @@ __all__ = [
     "incomplete_blocks",
     "open_store",
     "read_meta",
+    "remove_stale_partials",
     "store_info",
     "write_block",
 ]
@@ -169,12 +175,25 @@ def _init_store(
     block = int(block_size or config.get("store.block-size", 256))
     if block < 1:
         raise InputError(f"block_size must be positive, got {block}")
+    with building(path) as draft:
+        _build_store(draft, desc, job=job, seed=seed, sampling=sampling, alpha=alpha,
+                     block=block, source=source, creation=creation)
+
+
+@contextlib.contextmanager
+def building(path: str) -> Iterator[str]:
+    """A draft directory beside ``path`` for the ``with`` body to build a store in; renamed
+    to ``path`` when the body succeeds, removed otherwise.
+
+    A killed builder leaves only its draft (removed by the next build of ``path`` on this
+    host), never a half-made store at ``path``. Raises :class:`StoreError` if ``path``
+    appeared meanwhile.
+    """
     _remove_dead_drafts(path)
     draft = f"{path}.creating-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(draft, ignore_errors=True)
     try:
-        _build_store(draft, desc, job=job, seed=seed, sampling=sampling, alpha=alpha,
-                     block=block, source=source, creation=creation)
+        yield draft
         try:
             os.rename(draft, path)
         except OSError:
@@ -339,6 +358,23 @@ def create_jobless_store(
     path = _path(path)
     if os.path.exists(path):
         raise StoreError(f"{path}: already exists; refusing to overwrite it")
+    desc = jobless_description(path, n_train, n_target, train_label=train_label,
+                               target_label=target_label, target_train_index=target_train_index)
+    _init_store(path, desc, job=None, seed=seed, sampling=sampling, alpha=alpha,
+                block_size=block_size, source=source)
+    return path
+
+
+def jobless_description(
+    path: str,
+    n_train: int,
+    n_target: int,
+    *,
+    train_label: np.ndarray | None = None,
+    target_label: np.ndarray | None = None,
+    target_train_index: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The dataset description of a store without a job (unknown labels are -1)."""
 
     def arr(a, n):
         return np.full(n, -1, np.int64) if a is None else np.asarray(a)
@@ -353,9 +389,7 @@ def create_jobless_store(
     )
     if desc["train_label"].size != n_train or desc["target_label"].size != n_target:
         raise InputError(f"{path}: label arrays do not match n_train={n_train}, n_target={n_target}")
-    _init_store(path, desc, job=None, seed=seed, sampling=sampling, alpha=alpha,
-                block_size=block_size, source=source)
-    return path
+    return desc
 
 
 # --------------------------------------------------------------------------- growth
@@ -421,6 +455,36 @@ def add_models(
                            masks=masks, replicate_of=replicate_of, train_labels=train_labels)
 
 
+# zarr's LocalStore writes ``<key>`` as ``<key with its suffix replaced by .<uuid4 hex>.partial>``
+# and renames it into place (zarr.storage._local._atomic_write): a killed write leaves that file.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _is_partial(name: str) -> bool:
+    return _PARTIAL.search(name) is not None
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of chunk and metadata writes killed midway; return them.
+
+    Only files older than ``dmdask.store.lease-timeout`` go: a younger one may be the write
+    in flight of a training or growth running beside the caller. Call it only while holding
+    the store's train or grow lease, so that no other cleaner runs at once.
+    """
+    cutoff = time.time() - lease._seconds("store.lease-timeout", "60s")
+    removed = []
+    for root, _, files in os.walk(_path(path)):
+        for f in files:
+            if not _is_partial(f):
+                continue
+            fn = os.path.join(root, f)
+            with contextlib.suppress(OSError):
+                if os.path.getmtime(fn) < cutoff:
+                    os.remove(fn)
+                    removed.append(fn)
+    return removed
+
+
 def _remove_torn_metadata(path: str) -> None:
     """Drop temporary files that a killed metadata write left at the root (zarr would warn
     about them); only the holder of the grow lease writes root metadata."""
@@ -432,6 +496,7 @@ def _remove_torn_metadata(path: str) -> None:
 def _add_models(path, group, meta, kind, *, n=None, alpha=None, masks=None, replicate_of=None,
                 train_labels=None) -> np.ndarray:
     _remove_torn_metadata(path)
+    remove_stale_partials(path)
     n_train, block = meta["n_train"], meta["block_size"]
     start = int(meta["n_models"])
     given = [x is not None for x in (masks, replicate_of)]
@@ -537,6 +602,7 @@ def write_block(
     job: dict[str, Any] | None = None,
     start: int | None = None,
     allow_missing: bool = False,
+    overwrite: bool = False,
 ) -> None:
     """Write the margins of one whole block, then mark its models completed.
 
@@ -545,17 +611,18 @@ def write_block(
     that is missing for that (model, target) — the solvers skip it for that target — while
     inf is still refused. If ``start`` is
     given it must equal the block's first row (a check against misaligned writers); if
-    ``job`` is given it must equal the store's job spec. Any violation raises
+    ``job`` is given it must equal the store's job spec. Rows already completed are committed
+    results: rewriting them is refused unless ``overwrite=True``. Any violation raises
     :class:`WriteRefused` naming the store and block, and nothing is written.
     """
     path = _path(path)
     group = _open_group(path, "r+")
     _write_block_to(group, _meta_of(group, path), path, block, margins, job=job, start=start,
-                    allow_missing=allow_missing)
+                    allow_missing=allow_missing, overwrite=overwrite)
 
 
 def _write_block_to(group, meta, path, block, margins, *, job=None, start=None,
-                    allow_missing=False) -> None:
+                    allow_missing=False, overwrite=False) -> None:
     where = f"{path} block {block}"
     if not isinstance(block, (int, np.integer)):
         raise WriteRefused(f"{path}: block index must be an int, got {block!r}")
@@ -581,6 +648,12 @@ def _write_block_to(group, meta, path, block, margins, *, job=None, start=None,
         rows = np.unique(np.nonzero(bad)[0]) + s
         raise WriteRefused(f"{where}: {int(bad.sum())} margins are NaN or inf (models "
                            f"{_fmt_rows(rows)}); nothing written")
+    if not overwrite:
+        done = np.nonzero(np.asarray(group["completed"][s:e], bool))[0]
+        if done.size:
+            raise WriteRefused(f"{where}: models {_fmt_rows(done + s)} are already completed; "
+                               f"refusing to rewrite committed margins (pass overwrite=True to "
+                               f"replace them); nothing written")
     group["margin"][s:e] = margins
     group["completed"][s:e] = True
 
@@ -675,12 +748,15 @@ def open_store(path: str | os.PathLike) -> xr.Dataset:
 
 
 def _du(path: str) -> int:
+    """Bytes of the files under ``path``, leaving out what killed writes left behind."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
-            total += os.path.getsize(os.path.join(root, f))
+            if not _is_partial(f):
+                with contextlib.suppress(FileNotFoundError):  # renamed or removed meanwhile
+                    total += os.path.getsize(os.path.join(root, f))
     return total
 
 
