@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from killpoints import KILL_AT_WRITE
 
 import dmdask
 from dmdask.errors import InputError, StoreError
@@ -285,19 +286,8 @@ def test_missing_inputs_and_existing_target(tmp_path):
 
 # --------------------------------------------------------------------------- killed import
 
-_IMPORT_KILLED = """
-import os, signal, sys
-import zarr.storage
+_IMPORT_KILLED = KILL_AT_WRITE.replace("KILL_AT", "int(sys.argv[3])") + """
 from dmdask.cli.commands import main
-kill_at = int(sys.argv[3])
-calls = [0]
-orig = zarr.storage.LocalStore.set
-async def counting_set(self, key, value):
-    calls[0] += 1
-    if calls[0] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return await orig(self, key, value)
-zarr.storage.LocalStore.set = counting_set
 main(["import", sys.argv[1], sys.argv[2], "--block-size", "4", "--no-progress"])
 """
 

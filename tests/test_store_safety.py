@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from killpoints import KILL_AT_WRITE
 
 import dmdask
 from dmdask.errors import JobError, StoreError, WriteRefused
@@ -206,19 +207,8 @@ def test_leases_of_other_hosts_expire_with_their_heartbeat(tmp_path):
 
 # --------------------------------------------------------------------------- item 2: creation
 
-_CREATE_KILLED = """
-import os, signal, sys
-import zarr.storage
+_CREATE_KILLED = KILL_AT_WRITE.replace("KILL_AT", "int(sys.argv[2])") + """
 import dmdask
-kill_at = int(sys.argv[2])
-calls = [0]
-orig = zarr.storage.LocalStore.set
-async def counting_set(self, key, value):
-    calls[0] += 1
-    if calls[0] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return await orig(self, key, value)
-zarr.storage.LocalStore.set = counting_set
 dmdask.create_store(sys.argv[1], "testjobs:RidgeDigits", 10, 0.3, seed=5, block_size=4,
                     params={"n_train": 40, "n_target": 12})
 print(calls[0])
