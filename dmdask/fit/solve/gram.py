@@ -817,7 +817,8 @@ def gram_path(
     """Run the path for a block of targets.
 
     ``val_fn(W_std, idx) -> mse`` gives the validation MSE of the solutions of targets ``idx``;
-    ``stop_index`` [T] stops each target after that grid index (refit mode). ``flat`` [T]
+    ``stop_index`` [T] stops each target after that grid index (refit mode); a target that
+    ends a λ unconverged (``max_iter`` spent) stops there (``converged`` False). ``flat`` [T]
     bool marks targets constant on these rows (:func:`flat_targets`): w = 0 at every λ,
     answered without a solve (their validation MSE is that of w = 0 at every λ). Returns a
     dict: ``val`` [T, L] (NaN where not solved), ``W_best`` (at the best validation MSE so
@@ -858,7 +859,15 @@ def gram_path(
             W[:, a] = Wa
             C[:, a] = Ca
         n_iter[act] += to_numpy(it)
-        converged[act] &= to_numpy(conv)
+        conv = to_numpy(conv)
+        converged[act] &= conv
+        # a target that used its whole iteration budget at this λ stops its path here (the
+        # smaller λ are harder still): the budget bounds its cost, and the fit warns
+        spent = act[~conv]
+        if spent.size:
+            alive[spent] = False
+            if val_fn is None:
+                W_best[:, xp.asarray(spent)] = W[:, xp.asarray(spent)]
         nnz[act, li] = to_numpy((Wa != 0).sum(axis=0))
         lam_prev = lambdas[:, li]
         if val_fn is not None:
