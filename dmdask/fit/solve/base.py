@@ -143,11 +143,6 @@ class PathResult:
         kw["info"] = {"parts": [p.info for p in parts]}
         return cls(**kw)
 
-    def take(self, index) -> PathResult:
-        """The result restricted to the targets ``index``."""
-        kw = {name: getattr(self, name)[index] for name in self._PER_TARGET}
-        return type(self)(**kw, solver=self.solver, info=self.info)
-
 
 def to_raw(w_std, mu, sigma, ybar):
     """Standardised weights w̃ [T, d] (centred problem) -> raw-mask (w [T, d], b [T]).
