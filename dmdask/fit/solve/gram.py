@@ -33,7 +33,11 @@ Per target block, on the standardised centred problem scaled by 1/n
   (:meth:`_Problem.f32_error_bound`) certifies without a float64 GEMM; targets whose bound is
   too loose, and the masked route, re-check with a float64 gradient.
 * **Stop** per target on the duality gap (§1.5) of the full problem:
-  gap ≤ tol·‖y_c‖²/(2n). Converged targets leave the computation.
+  gap ≤ tol·‖y_c‖²/(2n). Converged targets leave the computation; a target that spends
+  ``max_iter`` at one λ stops its path there (``converged`` False; the fit warns).
+* **Constant targets** (spread within the rounding of their sums, :func:`flat_targets`) get
+  w = 0 on the rows where they are constant, without a solve; constant on all fitting rows
+  (or, under the holdout, on the training rows): λ = 0 and no path at all.
 * **Validation MSE** from the validation statistics in the training standardisation, centred
   at the validation means (:class:`_ValGram`): w̃ᵀQ_v w̃ from a gather of Q_v[S_t, S_t] for
   small supports, one GEMM on the supports' rows for the others.
