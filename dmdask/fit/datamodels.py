@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..errors import DmdaskError, InputError
 from ..memory import fit_memory
 from ..outputs import portable_attrs, write_zarr
 from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
+from .solve.base import BudgetWarning
 from .solve.grid import holdout_size
 
 __all__ = ["fit_datamodels", "save_datamodels", "select_models", "choose_selection"]
@@ -203,12 +205,24 @@ def _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, sol
         res = saga.fit(X, Y[:, saga_t], split=split, options=options,
                        target_train_index=tti[saga_t], client=client)
         parts.append((saga_t, res))
+    _warn_budget(parts, tpos, max_iter, tol)
     return _build_dataset(ds, rows, tpos, parts, alpha=alpha, selection=sel_kind,
                           options=dict(selection_requested=selection, folds=folds,
                                        val_fraction=val_fraction, n_lambdas=n_lambdas,
                                        lambda_ratio=lambda_ratio, solver_requested=solver,
                                        tol=tol, max_iter=max_iter, early_stop=early_stop),
                           seconds=time.perf_counter() - t0)
+
+
+def _warn_budget(parts, tpos: np.ndarray, max_iter: int, tol: float) -> None:
+    """One warning naming the targets that spent their iteration budget (not converged)."""
+    bad = np.sort(np.concatenate([idx[~np.asarray(p.converged, bool)] for idx, p in parts]))
+    if bad.size:
+        warnings.warn(
+            f"{bad.size} of {tpos.size} target(s) spent the iteration budget (max_iter="
+            f"{max_iter} at one λ) before the duality gap met tol={tol:g}: their paths stopped "
+            f"there and their fits are approximate (converged=False), e.g. targets at "
+            f"positions {tpos[bad[:10]].tolist()}; raise max_iter or tol", BudgetWarning, stacklevel=4)
 
 
 def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds):

@@ -36,6 +36,7 @@ import numpy as np
 from ...errors import DmdaskError, UnsupportedTargets
 
 __all__ = [
+    "BudgetWarning",
     "PathOptions",
     "PathResult",
     "Solver",
@@ -43,6 +44,11 @@ __all__ = [
     "UnsupportedTargets",
     "to_raw",
 ]
+
+
+class BudgetWarning(UserWarning):
+    """Targets used their whole iteration budget (``max_iter`` at one λ) before meeting the
+    tolerance: their paths stopped there and their fits are approximate."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class PathOptions:
     n_lambdas: int = 30
     lambda_ratio: float = 1e-3
     tol: float = 1e-6  # duality gap ≤ tol·‖y_c‖²/(2n) (relative)
-    max_iter: int = 5000  # per λ (iterations / epochs, the solver's unit)
+    max_iter: int = 5000  # per λ (iterations / epochs, the solver's unit); spent: path stops
     early_stop: bool = False  # fast_l1 rule: stop once validation MSE rises (grid.should_stop)
     min_lams_to_try: int = 10
     target_block_size: int | None = None  # None: setting dmdask.solve.target-block-size
@@ -136,11 +142,6 @@ class PathResult:
         kw["solver"] = solvers[0] if len(solvers) == 1 else "+".join(solvers)
         kw["info"] = {"parts": [p.info for p in parts]}
         return cls(**kw)
-
-    def take(self, index) -> PathResult:
-        """The result restricted to the targets ``index``."""
-        kw = {name: getattr(self, name)[index] for name in self._PER_TARGET}
-        return type(self)(**kw, solver=self.solver, info=self.info)
 
 
 def to_raw(w_std, mu, sigma, ybar):

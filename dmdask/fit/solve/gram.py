@@ -33,7 +33,11 @@ Per target block, on the standardised centred problem scaled by 1/n
   (:meth:`_Problem.f32_error_bound`) certifies without a float64 GEMM; targets whose bound is
   too loose, and the masked route, re-check with a float64 gradient.
 * **Stop** per target on the duality gap (§1.5) of the full problem:
-  gap ≤ tol·‖y_c‖²/(2n). Converged targets leave the computation.
+  gap ≤ tol·‖y_c‖²/(2n). Converged targets leave the computation; a target that spends
+  ``max_iter`` at one λ stops its path there (``converged`` False; the fit warns).
+* **Constant targets** (spread within the rounding of their sums, :func:`flat_targets`) get
+  w = 0 on the rows where they are constant, without a solve; constant on all fitting rows
+  (or, under the holdout, on the training rows): λ = 0 and no path at all.
 * **Validation MSE** from the validation statistics in the training standardisation, centred
   at the validation means (:class:`_ValGram`): w̃ᵀQ_v w̃ from a gather of Q_v[S_t, S_t] for
   small supports, one GEMM on the supports' rows for the others.
@@ -76,13 +80,8 @@ def _gap(yv, lam, W, C, q, cinf):
     """Duality gap (§1.5) per target from the statistics; W, C, q restricted to any set of
     rows containing W's support, ``cinf`` = max |C| over all d coordinates."""
     xp = get_namespace(W)
-    qw = xp.sum(q * W, axis=0)
-    wc = xp.sum(W * C, axis=0)
-    R = xp.maximum(yv - qw - wc, 0.0)  # ‖r‖²/n
-    ry = yv - qw  # r·y_c / n
-    s = xp.maximum(xp.maximum(lam, cinf), _TINY)
-    l1 = xp.abs(W).sum(axis=0)
-    return R / 2 + lam * l1 + lam**2 * R / (2 * s**2) - lam * ry / s
+    return _gap_pieces(yv, lam, xp.sum(q * W, axis=0), xp.sum(W * C, axis=0),
+                       xp.abs(W).sum(axis=0), xp.maximum(lam, cinf))
 
 
 def _gap_pieces(yv, lam, qw, wc, l1, s):
@@ -90,8 +89,10 @@ def _gap_pieces(yv, lam, qw, wc, l1, s):
     xp = get_namespace(qw)
     R = xp.maximum(yv - qw - wc, 0.0)
     ry = yv - qw
-    s = xp.maximum(s, _TINY)
-    return R / 2 + lam * l1 + lam**2 * R / (2 * s**2) - lam * ry / s
+    # the dual point is the residual scaled by λ/s ≤ 1; at s = 0 (λ = 0 and a zero gradient:
+    # a constant target) the scale is 0, not 0/0
+    r = lam / xp.where(s > 0, s, 1.0)
+    return R / 2 + lam * l1 + r * r * R / 2 - r * ry
 
 
 def _power_L(Q, xp, iters=30):
@@ -249,7 +250,7 @@ class _Problem:
     # ------------------------------------------------------------------ one λ
     def solve(self, q, yv, lam, W, C, lam_prev, tol, max_iter):
         """Solve at ``lam`` [T] from warm start W [d, T] with C = q − QW; returns
-        (W, C, iterations, converged [T]).
+        (W, C, iterations [T], converged [T]).
 
         Per-target working sets A_t = support ∪ strong rule (∪ KKT violators, added after each
         check). Targets whose |A_t| is small relative to the union of all working sets are
@@ -288,7 +289,7 @@ class _Problem:
             C[:, s_] = Cs
             its[s_] = it
             conv[s_] = cs
-        return W, C, int(its.max()) if T else 0, conv
+        return W, C, its, conv
 
     # ------------------------------------------------------------ stacked working sets
     def _stack(self, A):
@@ -540,11 +541,13 @@ class _Problem:
                 full = A[self.usable].sum(axis=0) == nu
                 if bool(full.any()):
                     f = xp.flatnonzero(full)
-                    # Qσ = 0: the shift leaves QX unchanged
-                    x[:, f] = self.gauge_shift(x[:, f], xp.arange(d))
-                    y[:, f] = x[:, f]
-                    Py[:, f] = Px[:, f]
-                    t[f] = 1.0
+                    # Qσ = 0: the shift leaves QX unchanged. y moves with x, so the momentum
+                    # y − x survives (resetting it at every check, as before, turned FISTA
+                    # into ISTA: 5× the iterations on tied outputs, whose supports fill the
+                    # working set at once)
+                    x0 = x[:, f]
+                    x[:, f] = self.gauge_shift(x0, xp.arange(d))
+                    y[:, f] += x[:, f] - x0
             C = qa - Px
             qw = dot(qa, x)
             l1 = xp.abs(x).sum(axis=0)
@@ -813,26 +816,36 @@ def gram_path(
     early_stop: bool = False,
     min_lams_to_try: int = 10,
     W0=None,
+    flat=None,
 ):
     """Run the path for a block of targets.
 
     ``val_fn(W_std, idx) -> mse`` gives the validation MSE of the solutions of targets ``idx``;
-    ``stop_index`` [T] stops each target after that grid index (refit mode). Returns a dict:
-    ``val`` [T, L] (NaN where not solved), ``W_best`` (at the best validation MSE so far, or at
-    ``stop_index``), ``n_iter`` [T], ``converged`` [T], ``nnz`` [T, L].
+    ``stop_index`` [T] stops each target after that grid index (refit mode); a target that
+    ends a λ unconverged (``max_iter`` spent) stops there (``converged`` False). ``flat`` [T]
+    bool marks targets constant on these rows (:func:`flat_targets`): w = 0 at every λ,
+    answered without a solve (their validation MSE is that of w = 0 at every λ). Returns a
+    dict: ``val`` [T, L] (NaN where not solved), ``W_best`` (at the best validation MSE so
+    far, or at ``stop_index``), ``n_iter`` [T], ``converged`` [T], ``nnz`` [T, L].
     """
     xp = prob.xp
     d, T = q.shape
     L = lambdas.shape[1]
     W = xp.zeros((d, T)) if W0 is None else W0.copy()
-    C = q - prob.matvec(W)
+    flat = np.zeros(T, dtype=bool) if flat is None else np.asarray(flat, dtype=bool)
     val = np.full((T, L), np.nan)
     nnz = np.zeros((T, L), dtype=np.int64)
+    if flat.any():
+        fl = xp.asarray(np.flatnonzero(flat))
+        W[:, fl] = 0.0
+        if val_fn is not None:
+            val[flat] = to_numpy(val_fn(xp.zeros((d, int(fl.size))), fl))[:, None]
+    C = q - prob.matvec(W)
     W_best = W.copy()
     best = np.full(T, np.inf)
     n_iter = np.zeros(T, dtype=np.int64)
     converged = np.ones(T, dtype=bool)
-    alive = np.ones(T, dtype=bool)
+    alive = ~flat
     last = np.full(T, L - 1) if stop_index is None else np.asarray(stop_index)
     lam_prev = lambdas[:, 0]
     for li in range(L):
@@ -849,8 +862,16 @@ def gram_path(
                                           tol, max_iter)
             W[:, a] = Wa
             C[:, a] = Ca
-        n_iter[act] += it
-        converged[act] &= to_numpy(conv)
+        n_iter[act] += to_numpy(it)
+        conv = to_numpy(conv)
+        converged[act] &= conv
+        # a target that used its whole iteration budget at this λ stops its path here (the
+        # smaller λ are harder still): the budget bounds its cost, and the fit warns
+        spent = act[~conv]
+        if spent.size:
+            alive[spent] = False
+            if val_fn is None:
+                W_best[:, xp.asarray(spent)] = W[:, xp.asarray(spent)]
         nnz[act, li] = to_numpy((Wa != 0).sum(axis=0))
         lam_prev = lambdas[:, li]
         if val_fn is not None:
@@ -1019,11 +1040,17 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
     tol, max_iter = opts["tol"], opts["max_iter"]
     T = int(cols.size)
     _, q_full, yv_full, mu_f, sig_f, ybar_f = _std_targets(full_stats, cols)
+    # targets constant on the rows the grid comes from get no path: λ_max = 0, w = 0
+    # (holdout: a target constant on the training rows shows no signal to select a λ by)
+    flat_tr = [flat_targets(st, cols, full_stats) for st in tr_stats]
+    no_path = flat_targets(full_stats, cols)
     if split_kind == "holdout":
-        q_tr0 = _std_targets(tr_stats[0], cols)[1]
-        lambdas = lambda_grid(to_numpy(lambda_max(q_tr0)), n_lambdas, ratio)
+        no_path |= flat_tr[0]
+        q_grid = _std_targets(tr_stats[0], cols)[1]
     else:
-        lambdas = lambda_grid(to_numpy(lambda_max(q_full)), n_lambdas, ratio)
+        q_grid = q_full
+    lam_max = np.where(no_path, 0.0, to_numpy(lambda_max(q_grid)))
+    lambdas = lambda_grid(lam_max, n_lambdas, ratio)
     lam_x = xp.asarray(lambdas)
     n_iter = np.zeros(T, dtype=np.int64)
     conv = np.ones(T, dtype=bool)
@@ -1032,12 +1059,13 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
     if val_grams is None:
         val_grams = [_ValGram(vst, st.sigma, prob.fast)
                      for prob, st, vst in zip(tr_probs, tr_stats, val_stats, strict=True)]
-    for _k, (prob, st, vg) in enumerate(zip(tr_probs, tr_stats, val_grams, strict=True)):
+    for prob, st, vg, flat in zip(tr_probs, tr_stats, val_grams, flat_tr, strict=True):
         _, q_tr, yv_tr, mu, sig, ybar = _std_targets(st, cols)
         fn = vg.fn(mu, sig, ybar, cols)
         res = gram_path(prob, q_tr, yv_tr, lam_x, tol=tol, max_iter=max_iter,
                         val_fn=lambda W, idx, fn=fn: fn(W, idx),
-                        early_stop=opts["early_stop"], min_lams_to_try=opts["min_lams_to_try"])
+                        early_stop=opts["early_stop"], min_lams_to_try=opts["min_lams_to_try"],
+                        flat=flat | no_path)
         vals.append(res["val"])
         n_iter += res["n_iter"]
         conv &= res["converged"]
@@ -1049,15 +1077,22 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
     lam = lambdas[rows, best]
     if W_warm is not None:
         # holdout: one solve at the chosen λ from the training solution there
-        C0 = q_full - full_prob.matvec(W_warm)
-        W, _, it, c = full_prob.solve(q_full, yv_full, xp.asarray(lam), W_warm, C0,
-                                      xp.asarray(lam), tol, max_iter)
-        n_iter += it
-        conv &= to_numpy(c)
+        W = xp.zeros_like(W_warm)
+        go = np.flatnonzero(~no_path)
+        if go.size:
+            g = xp.asarray(go)
+            Wg = W_warm[:, g]
+            C0 = q_full[:, g] - full_prob.matvec(Wg)
+            lg = xp.asarray(lam[go])
+            Wg, _, it, c = full_prob.solve(q_full[:, g], yv_full[g], lg, Wg, C0, lg, tol,
+                                           max_iter)
+            W[:, g] = Wg
+            n_iter[go] += to_numpy(it)
+            conv[go] &= to_numpy(c)
     else:
         # cv: the path on all rows down to each target's chosen λ
         res = gram_path(full_prob, q_full, yv_full, lam_x, tol=tol, max_iter=max_iter,
-                        stop_index=best)
+                        stop_index=best, flat=no_path)
         W = res["W_best"]
         n_iter += res["n_iter"]
         conv &= res["converged"]
@@ -1075,6 +1110,26 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
         solver="gram",
         info={"seconds": time.perf_counter() - t0, "method": full_prob.method},
     )
+
+
+def flat_targets(st: SufficientStats, cols, ref: SufficientStats | None = None) -> np.ndarray:
+    """Targets [T] bool among ``cols`` whose outputs are constant on the rows of ``st``, up
+    to the rounding of the sums they come from: Σy² − (Σy)²/n ≤ 16γ_N·Σy² summed over the
+    ``ref`` rows (N of them; default ``st``'s own), γ_N = Nu/(1 − Nu), u = 2⁻⁵³.
+
+    Why that bound: margins are float32, so their squares are exact in float64, and any order
+    of summation of N terms errs by at most γ_N times the sum of their magnitudes (Higham,
+    Accuracy and Stability §4.2). Σy² and (Σy)²/n then err by at most γ_N·Σy² and 2γ_N·Σy²
+    (Cauchy–Schwarz), and a CV training set's sums (all rows minus a fold, n ≥ N/2) by at most
+    about 8γ_N·Σy²; the rule takes twice that. Below it the data cannot tell a spread from
+    rounding, and the LASSO answer is w = 0 at every λ (bias = the mean): no path."""
+    ref = st if ref is None else ref
+    xp = st.xp
+    N = float(ref.n)
+    u = 2.0**-53
+    gam = N * u / (1 - N * u)
+    spread = st.syy[cols] - st.sy[cols] ** 2 / st.n
+    return to_numpy(spread <= 16 * gam * xp.abs(ref.syy[cols]))
 
 
 def _std_targets(st: SufficientStats, cols):
