@@ -90,7 +90,7 @@ _MOVE_WORDS = frozenset({
 
 
 # Tasks that return host results by design: a solver's target block ends with its weights
-# gathered to the host as the fit's output (``dmdask.fit.solve.gram._solve_block``).
+# gathered to the host as the fit's output (``dmdask.fit.solve.gram.block._solve_block``).
 HOST_BY_DESIGN = ("_solve_block",)
 
 

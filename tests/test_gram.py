@@ -20,6 +20,7 @@ from dmdask.fit.solve.gram import (
     lambda_max,
     solve_from_stats,
 )
+from dmdask.fit.solve.gram.newton import newton_step
 from dmdask.fit.solve.grid import fold_bounds, holdout_size, lambda_grid, select_lambda
 from dmdask.fit.stats import compute_stats, group_bounds_for
 
@@ -417,7 +418,7 @@ def test_newton_step_lands_on_the_solution_and_never_ascends():
                     for t in range(Y.shape[1])], axis=1)
     rng = np.random.default_rng(0)
     start = np.abs(ref) * rng.uniform(0.2, 3.0, ref.shape) * np.sign(ref)
-    cols, out = prob._newton(start, q, lam)
+    cols, out = newton_step(prob, start, q, lam)
     assert sorted(cols.tolist()) == list(range(Y.shape[1]))
     got = np.zeros_like(start)
     got[:, cols] = out
@@ -426,7 +427,7 @@ def test_newton_step_lands_on_the_solution_and_never_ascends():
     for seed in range(5):
         r = np.random.default_rng(seed)
         bad = np.where(r.random(ref.shape) < 0.3, r.standard_normal(ref.shape) * 0.3, start)
-        cols, out = prob._newton(bad, q, lam)
+        cols, out = newton_step(prob, bad, q, lam)
         if cols.size:
             before = _objective(prob, q[:, cols], lam[cols], bad[:, cols])
             after = _objective(prob, q[:, cols], lam[cols], out)

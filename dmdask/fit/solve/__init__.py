@@ -28,7 +28,7 @@ __all__ = [
 
 # name -> "module:attribute" of a Solver class
 _REGISTRY: dict[str, str] = {
-    "gram": "dmdask.fit.solve.gram:GramSolver",
+    "gram": "dmdask.fit.solve.gram.solver:GramSolver",
     "saga": "dmdask.fit.solve.saga:SagaSolver",
 }
 
