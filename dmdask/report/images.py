@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DmdaskError, InputError
+from .inputs import store_and_path
 
 __all__ = ["ImageSource", "ImagesArg", "image_source", "resolve_images"]
 
@@ -125,9 +126,7 @@ def image_source(store, images: ImagesArg = None) -> tuple[ImageSource | None, s
     ``(n, H, W)`` grey or ``(n, H, W, 3|4)`` colour. Raises :class:`InputError` for given
     images of the wrong shape or number.
     """
-    from .page import _open_store
-
-    ds, _ = _open_store(store)
+    ds, _ = store_and_path(store)
     if images is False:
         return None, "Images were switched off (<code>images=False</code>)."
     if images is None:

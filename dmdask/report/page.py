@@ -49,6 +49,7 @@ import xarray as xr
 
 from ..errors import DmdaskError, InputError
 from .images import ImagesArg, image_source, resolve_images
+from .inputs import store_and_path as _open_store
 
 __all__ = [
     "FIGURE_IDS",
@@ -87,20 +88,6 @@ dl.meta dt{font-weight:600}dl.meta dd{margin:0}
 # --------------------------------------------------------------------------- inputs
 def _esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
-
-
-def _open_store(store) -> tuple[xr.Dataset | None, str | None]:
-    """The run store as a Dataset and its path (either may be None)."""
-    if store is None:
-        return None, None
-    if isinstance(store, xr.Dataset):
-        meta = store.attrs.get("dmdask", {})
-        path = meta.get("path") if isinstance(meta, dict) else None
-        return store, path
-    from ..store.runstore import open_store
-
-    path = os.path.abspath(os.fspath(store))
-    return open_store(path), path
 
 
 def _open_datamodels(dm) -> xr.Dataset | None:
