@@ -19,7 +19,8 @@ on all fitting models:
     target's Xy formed once (timed once), then per target ``lasso_path`` on the precomputed
     Gram and Xy at scikit-learn's tolerance matched to dmdask's (``tol / 2``: scikit-learn
     scales the gap by ‖y‖², dmdask by ‖y_c‖²/2n), the same selection, and the refit by
-    ``lasso_path`` at the chosen λ on the full-data Gram and Xy (per-target part timed on
+    ``lasso_path`` at the chosen λ on the full-data Gram and Xy, warm-started from the path's
+    solution at that λ (per-target part timed on
     ``--sk-targets`` targets and scaled; the setup is counted once);
 (c) the usual loop: ``Lasso(precompute=G, warm_start=True)`` along the path per target, with
     ``predict`` on the validation rows, at the same matched tolerance (subset of targets,
@@ -161,7 +162,8 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
     # sklearn tol = dmdask tol / 2), the standardised matrices, Grams and every target's Xy
     # formed once (timed once, not scaled), then per target one lasso_path on the precomputed
     # Gram and Xy, the validation MSE of the path, the same selection and a refit by lasso_path
-    # at the chosen λ on the full-data Gram and Xy: no per-target copies of X.
+    # at the chosen λ on the full-data Gram and Xy, warm-started from the path's solution there:
+    # no per-target copies of X.
     import inspect
 
     tol_sk = inspect.signature(dmdask.fit_datamodels).parameters["tol"].default / 2
@@ -195,8 +197,10 @@ def bench(n, d, T, *, sk_targets, naive_targets, saga_targets, tmp, saga_cap=600
                                  Xy=Xys[t], tol=tol_sk, check_input=False)
         sk_val[i] = val_mse(coefs, t)
         best = select_lambda(sk_val[i:i + 1])[0]
+        # warm start from the path's solution at the chosen λ (in full-data standardisation)
         lasso_path(Xsf, Yf_c[t], alphas=lambdas[t, best:best + 1], precompute=Gf,
-                   Xy=Xyf[t], tol=tol_sk, check_input=False)
+                   Xy=Xyf[t], tol=tol_sk, check_input=False,
+                   coef_init=np.ascontiguousarray(coefs[:, best] / sd * sd_f))
     t_per = (time.perf_counter() - t0) / tsub.size
     t_sk = t_setup + t_per * T
     print(f"(b) sklearn lasso_path: {t_sk:.1f}s = setup {t_setup:.1f}s + {t_per:.3f}s per "
