@@ -12,7 +12,7 @@ import dask.callbacks
 
 from . import config
 
-__all__ = ["TqdmCallback", "blas_per_lane", "compute", "lane_blas_threads", "lanes"]
+__all__ = ["Deferred", "TqdmCallback", "blas_per_lane", "compute", "lane_blas_threads", "lanes"]
 
 
 def lane_blas_threads(client, lanes: int) -> int:
@@ -94,3 +94,22 @@ class TqdmCallback(dask.callbacks.Callback):
     def _finish(self, dsk, state, errored):
         if self._bar is not None:
             self._bar.close()
+
+
+class Deferred:
+    """A block of rows that dask must not compute ahead of time: the task holding it loads it
+    when it runs. Block loads have no dependencies, so as separate tasks the scheduler runs
+    them far ahead of a sequential chain (an accumulation lane, a solver pass) and the loaded
+    blocks pile up in memory; loaded inside the chain, one block per running task is live.
+    ``array`` is a dask array (computed synchronously in the task) or an in-memory one."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+    def load(self):
+        import dask.array as da
+
+        a = self.array
+        return a.compute(scheduler="sync") if isinstance(a, da.Array) else a

@@ -98,7 +98,7 @@ import numpy as np
 from ... import config
 from ...backend import backend_name, dask_to_backend, get_namespace, namespace, to_numpy
 from ...errors import InputError
-from ...scheduling import compute, lanes
+from ...scheduling import Deferred, compute, lanes
 from ..stats import SufficientStats, compute_stats
 from .base import PathOptions, PathResult, Split
 from .grid import holdout_size, lambda_grid, select_lambda, should_stop
@@ -152,22 +152,6 @@ def saga_reference(Xs, y, lam, *, lr, batch_size, epochs, seed=0, update_bias=Tr
 # --------------------------------------------------------------------------- row blocks
 
 
-class _Block:
-    """Rows ``[a, b)`` of a dask (or in-memory) array, loaded by the task that uses them. As
-    separate tasks the loads of a pass (which have no dependencies) would run ahead of its
-    sequential chain and pile up in memory; loaded inside the chain, one block per running
-    task is live."""
-
-    __slots__ = ("array", "a", "b")
-
-    def __init__(self, array, a: int, b: int):
-        self.array, self.a, self.b = array, a, b
-
-    def load(self):
-        blk = self.array[self.a:self.b]
-        return blk.compute(scheduler="sync") if isinstance(blk, da.Array) else blk
-
-
 def _split_ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
     """Contiguous ranges covering [start, stop), each of ``size`` to ``2·size − 1`` rows (the
     remainder is merged into the last one; a range shorter than ``size`` only if the whole
@@ -190,7 +174,7 @@ def _row_weights(Xb, Yb, tti, xp):
     return M
 
 
-def _load_rows(xb: _Block, yb: _Block, cols, tti, dtype):
+def _load_rows(xb: Deferred, yb: Deferred, cols, tti, dtype):
     """A row block of the masks and of the targets ``cols``: (X, m, y with 0 where m = 0)."""
     Xb = xb.load()
     Yb = yb.load()
@@ -214,7 +198,7 @@ class _Data:
         self.bytes_read = 0
 
     def blocks(self, a, b):
-        return _Block(self.X, a, b), _Block(self.Y, a, b)
+        return Deferred(self.X[a:b]), Deferred(self.Y[a:b])
 
     def chain(self, fn, state, links: list[tuple]):
         """``state = fn(state, *link)`` for each link in order: one task per link (on the
@@ -354,7 +338,7 @@ class _Conf:
     progress: bool
 
 
-def _lipschitz_task(xb: _Block, mu, sig, batch_size: int, seed: int) -> float:
+def _lipschitz_task(xb: Deferred, mu, sig, batch_size: int, seed: int) -> float:
     """L_B: largest eigenvalue of [X̃_B 1]ᵀ[X̃_B 1]/|B| over a few minibatches of one row
     block (power iteration), ×1.1 for safety."""
     Xb = xb.load()
@@ -415,7 +399,7 @@ class _PassConst:
     any_refr: bool
 
 
-def _pass_task(state: dict, xb: _Block, yb: _Block, k: _PassConst, seed: int) -> dict:
+def _pass_task(state: dict, xb: Deferred, yb: Deferred, k: _PassConst, seed: int) -> dict:
     """One row block of a pass: SVRG steps for step columns, the frozen exact residuals of
     refresh columns accumulated. A link of the pass's sequential chain."""
     Xb, Mb, Yb, xp, nbytes = _load_rows(xb, yb, k.cols, k.tti, k.dtype)
@@ -455,7 +439,7 @@ def _pass_task(state: dict, xb: _Block, yb: _Block, k: _PassConst, seed: int) ->
     return st
 
 
-def _val_task(xb: _Block, yb: _Block, cols, tti, Wr, br, dtype):
+def _val_task(xb: Deferred, yb: Deferred, cols, tti, Wr, br, dtype):
     """Σ m (Xw + b − y)² per column over one validation block, and the bytes read."""
     Xb, Mb, Yb, xp, nbytes = _load_rows(xb, yb, cols, tti, dtype)
     R = Xb.astype(dtype) @ Wr + br - Yb
