@@ -1,22 +1,7 @@
-"""Stage 5 — one self-contained HTML page of every analysis of a store."""
+"""Stage 5 — one self-contained HTML page of every analysis of a store (``page``; images from
+the store's job in ``images``)."""
 
-from .images import ImageSource, image_source
-from .page import (
-    FIGURE_IDS,
-    PredictedActual,
-    predicted_vs_actual,
-    render_report,
-    resolve_images,
-    write_report,
-)
+from . import page as _page
+from .page import *  # noqa: F403  (the names of page.__all__)
 
-__all__ = [
-    "FIGURE_IDS",
-    "ImageSource",
-    "PredictedActual",
-    "image_source",
-    "predicted_vs_actual",
-    "render_report",
-    "resolve_images",
-    "write_report",
-]
+__all__ = list(_page.__all__)
