@@ -68,7 +68,10 @@ from . import jobspec, lease
 from .sampling import SAMPLING_SCHEMES, check_alpha, model_seeds, sample_masks
 
 SCHEMA_VERSION = 1
-KINDS = ("random", "heldout", "replicate", "counterfactual", "flip", "custom")
+# Codes are what the store holds: append new kinds, never reorder. control: full-data models;
+# counterfactual/flip/selected: models of a counterfactual training set; verify: a verifier's own.
+KINDS = ("random", "heldout", "replicate", "counterfactual", "flip", "custom", "control",
+         "selected", "verify")
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 COORDS = ("train_label", "target_label", "target_train_index", "train_id", "target_id")
 MODEL_ARRAYS = ("mask", "margin", "completed", "seed", "kind", "alpha", "replicate_of")
