@@ -28,6 +28,7 @@ def _digits(n_target: int):
 class RidgeDigits:
     """One-vs-rest ridge classifier on digits, closed form: margins deterministic per mask."""
 
+    supports_train_labels = True
     preferred_block_size = 16
 
     def __init__(self, n_train: int = 200, n_target: int = 40, l2: float = 1.0,
