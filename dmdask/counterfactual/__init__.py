@@ -3,11 +3,15 @@
 
 ``grid`` (removal counterfactuals over target × heuristic × k, Figure 8), ``support`` (data
 support and mislabel brittleness by isotonic zero crossing, Figure 7 / App. F.3–F.4),
-``selection`` (datamodel-guided data selection, DsDm). Building blocks: ``removal`` (removal
+``selection`` (datamodel-guided data selection, DsDm), ``sets`` (one counterfactual as an
+object: remove, relabel or keep only, measured by :func:`measure`). Building blocks: ``removal`` (removal
 orders, predicted effects), ``crossing`` (isotonic zero crossing), ``training`` (sets trained
 in rounds), ``inputs`` (store/datamodels checks, targets, baseline scores), ``summary``.
 """
 
 from .grid import counterfactuals
+from .selection import select
+from .sets import Counterfactual, measure
+from .support import support
 
-__all__ = ["counterfactuals"]
+__all__ = ["Counterfactual", "counterfactuals", "measure", "select", "support"]

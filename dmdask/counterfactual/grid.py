@@ -23,7 +23,14 @@ import xarray as xr
 
 from ..errors import InputError
 from ..outputs import portable_attrs
-from .inputs import baseline_scores, choose_targets, job_class, open_inputs, weights_of
+from .inputs import (
+    baseline_scores,
+    check_estimators,
+    choose_targets,
+    job_class,
+    open_inputs,
+    weights_of,
+)
 from .removal import BASE_HEURISTICS, parse_heuristics, removal_order
 from .summary import correlation, run_stats
 from .training import Trainer, full_mask
@@ -84,7 +91,7 @@ def counterfactuals(store, datamodels, *, targets: int | None = 10, indices=None
     """
     t0 = time.perf_counter()
     inp = open_inputs(store, datamodels)
-    estimators = list(dict.fromkeys(estimators))
+    estimators = check_estimators(estimators)
     heur = parse_heuristics(heuristics, estimators)
     n_train = inp.ds.sizes["train"]
     ks = check_k(k, n_train)

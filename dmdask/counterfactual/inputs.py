@@ -11,7 +11,8 @@ import xarray as xr
 
 from ..errors import InputError
 
-__all__ = ["Inputs", "baseline_scores", "choose_targets", "job_class", "open_inputs"]
+__all__ = ["Inputs", "baseline_scores", "check_estimators", "choose_targets", "job_class",
+           "open_inputs", "weights_of"]
 
 
 @dataclass
@@ -111,6 +112,17 @@ def weights_of(inp: Inputs, tpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w, b
 
 
+def check_estimators(names) -> list[str]:
+    """Distinct registered estimator names, refusing unknown ones (before any work)."""
+    from ..analysis.estimators import ESTIMATORS
+
+    names = list(dict.fromkeys(names))
+    for name in names:
+        if name not in ESTIMATORS:
+            raise InputError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+    return names
+
+
 def baseline_scores(inp: Inputs, names, tpos: np.ndarray, *, client=None,
                     progress: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per estimator name: (scores ``[T, N]``, slope ``[T]``), so that the estimator's predicted
@@ -121,10 +133,7 @@ def baseline_scores(inp: Inputs, names, tpos: np.ndarray, *, client=None,
     from ..analysis.evaluate import calibration
 
     out = {}
-    for name in names:
-        if name not in ESTIMATORS:
-            raise InputError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
-    for name in names:
+    for name in check_estimators(names):
         est = ESTIMATORS[name]
         sc = compute(inp.ds, name, targets=tpos)
         have = np.asarray(sc["target"].values, np.int64)

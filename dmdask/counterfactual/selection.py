@@ -27,7 +27,7 @@ import xarray as xr
 from ..errors import InputError
 from ..outputs import portable_attrs
 from .grid import check_k
-from .inputs import baseline_scores, job_class, open_inputs, weights_of
+from .inputs import baseline_scores, check_estimators, job_class, open_inputs, weights_of
 from .removal import top_k
 from .summary import run_stats
 from .training import Trainer
@@ -81,7 +81,9 @@ def select(store, datamodels, *, target_class: int | None = None, indices=None,
            progress: bool = True) -> xr.Dataset:
     """Data selection for a target set (see the module docstring). Returns a Dataset over
     ``(method, k)`` with ``predicted``, ``actual``, ``actual_se``, ``accuracy``,
-    ``accuracy_se``, ``n_runs`` and the selected sets ``selected(method, k, run, rank)``."""
+    ``accuracy_se``, ``n_runs`` and the selected sets ``selected(method, k, run, rank)``.
+    Select a method with ``ds.sel({"method": "random"})`` (``sel(method=...)`` is xarray's
+    own keyword)."""
     t0 = time.perf_counter()
     inp = open_inputs(store, datamodels)
     n_train = inp.ds.sizes["train"]
@@ -89,7 +91,7 @@ def select(store, datamodels, *, target_class: int | None = None, indices=None,
     runs = int(runs)
     if runs < 1:
         raise InputError(f"runs must be >= 1, got {runs}")
-    estimators = list(dict.fromkeys(estimators))
+    estimators = check_estimators(estimators)
     job_class(inp)
     sel, ev = split_targets(inp, target_class, indices, seed)
     both = np.concatenate([sel, ev])

@@ -35,7 +35,14 @@ from ..errors import InputError
 from ..outputs import portable_attrs
 from .crossing import decreasing_fit, zero_crossing
 from .grid import check_k, control_models
-from .inputs import baseline_scores, choose_targets, job_class, open_inputs, weights_of
+from .inputs import (
+    baseline_scores,
+    check_estimators,
+    choose_targets,
+    job_class,
+    open_inputs,
+    weights_of,
+)
 from .removal import removal_order, top_k
 from .summary import correlation, run_stats
 from .training import Trainer, full_mask
@@ -105,7 +112,7 @@ def support(store, datamodels, *, targets: int | None = 10, indices=None, k=None
     if runs < 1:
         raise InputError(f"runs must be >= 1, got {runs}")
     control_runs = max(runs, 10) if control_runs is None else int(control_runs)
-    estimators = list(dict.fromkeys(estimators))
+    estimators = check_estimators(estimators)
     guides = ["datamodels"] + estimators + [g for g in (guides or ()) if g == "random_class"]
     bad = [g for g in (guides[1:]) if g != "random_class" and g not in estimators]
     if bad:
