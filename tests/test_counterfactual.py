@@ -377,3 +377,62 @@ def test_a_killed_counterfactual_run_completes_identically(tmp_path):
     for v in ("predicted", "actual", "actual_se", "n_runs", "removal_order", "models"):
         np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
     assert read_meta(cut)["n_models"] == read_meta(ref)["n_models"]
+
+
+def _loop_sums(w, orders, ks):
+    out = np.full(orders.shape[:2] + (len(ks),), np.nan)
+    for i in range(orders.shape[0]):
+        for h in range(orders.shape[1]):
+            o = orders[i, h][orders[i, h] >= 0]
+            for j, k in enumerate(ks):
+                if o.size >= k:
+                    out[i, h, j] = w[i, o[:k]].sum()
+    return out
+
+
+def _orders(rng, T=4, H=3, N=30, L=12):
+    w = rng.normal(size=(T, N))
+    orders = np.stack([np.stack([rng.permutation(N)[:L] for _ in range(H)]) for _ in range(T)])
+    orders[0, 1, 5:] = -1  # an order shorter than some k
+    return w, orders
+
+
+def test_removal_sums_equal_the_loop():
+    from dmdask.counterfactual.removal import removal_sums
+
+    w, orders = _orders(np.random.default_rng(0))
+    ks = [1, 3, 5, 6, 12]
+    np.testing.assert_allclose(removal_sums(w, orders, ks), _loop_sums(w, orders, ks),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_removal_sums_on_cupy_match_numpy():
+    import dask
+
+    from dmdask.counterfactual.removal import removal_sums
+
+    w, orders = _orders(np.random.default_rng(1), T=50, H=5, N=2000, L=400)
+    ks = [10, 40, 160, 400]
+    with dask.config.set({"dmdask.array.backend": "cupy"}):
+        got = removal_sums(w, orders, ks)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, _loop_sums(w, orders, ks), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.viz
+def test_report_draws_every_counterfactual_figure(tmp_path, client):
+    from dmdask.report import COUNTERFACTUAL_FIGURE_IDS, write_report
+
+    p, dm = _additive_store(tmp_path, noise=0.1, n_target=8)
+    cf = counterfactuals(p, dm, targets=4, k=(5, 10), runs=2, client=client, progress=False)
+    sup = support(p, dm, targets=4, k=(4, 8, 16), runs=1, client=client, progress=False)
+    sel = select(p, dm, indices=np.arange(8), k=(10, 20), runs=2, client=client,
+                 progress=False)
+    out = write_report(tmp_path / "r.html", store=p, counterfactuals=cf, support=sup,
+                       mislabel=sup.assign_attrs(mode="relabel"), selection=sel)
+    page = out.read_text()
+    for fig in COUNTERFACTUAL_FIGURE_IDS:
+        assert f'<figure id="{fig}"><img src="data:image/png;base64,' in page, fig
+    bare = write_report(tmp_path / "b.html", store=p).read_text()
+    assert "dmdask counterfactual STORE" in bare and "dmdask support STORE" in bare

@@ -757,37 +757,55 @@ def _quickstart_counterfactuals(store, path, dm, workers, progress) -> dict:
     import numpy as np
 
     from ..counterfactual import counterfactuals, select, support
+    from ..errors import InputError
     from ..train import _client_for
     from .counterfactual import counterfactual_summary, support_summary
 
     client, cluster = _client_for(None, workers, None)
     out = {}
     try:
-        opts = dict(targets=10, runs=3, client=client, progress=progress)
-        cf = counterfactuals(store, dm, k=(10, 40, 160), **opts)
+        n_train = dm.sizes["train"]
+        small = [k for k in (10, 40, 160) if k <= n_train // 2] or [max(1, n_train // 4)]
+        opts = dict(targets=min(10, dm.sizes["target"]), runs=3, client=client,
+                    progress=progress)
+        cf = counterfactuals(store, dm, k=small, **opts)
         out["counterfactuals"] = cf
         for line in counterfactual_summary(cf):
             click.echo("      " + line)
         for key, mode in (("support", "remove"), ("mislabel", "relabel")):
-            s = support(store, dm, mode=mode, **opts)
+            try:
+                s = support(store, dm, mode=mode, **opts)
+            except InputError as e:  # e.g. a job without train_logits: say so, go on
+                click.echo(f"      {key} skipped: {e}")
+                continue
             out[key] = s
             for line in support_summary(s):
                 click.echo("      " + line)
         # the hardest class (lowest mean datamodel bias) leaves room to improve
         lab = np.asarray(dm["target_label"].values)
         bias = np.asarray(dm["bias"].values, np.float64)
-        hard = int(min(np.unique(lab), key=lambda c: bias[lab == c].mean()))
-        sel = select(store, dm, target_class=hard, k=(50, 200, 800), runs=3, client=client,
+        classes, counts = np.unique(lab, return_counts=True)
+        big = classes[counts >= 4]  # two halves of at least two targets
+        if big.size == 0:
+            click.echo("      selection skipped: no class has 4 targets with datamodels")
+            return _quickstart_save(out, path)
+        hard = int(min(big, key=lambda c: bias[lab == c].mean()))
+        ks = [k for k in (50, 200, 800) if k < n_train] or [max(1, n_train // 4)]
+        sel = select(store, dm, target_class=hard, k=ks, runs=3, client=client,
                      progress=progress)
         out["selection"] = sel
-        acc = sel.accuracy.sel(k=200)
-        click.echo("      selection at k = 200 (accuracy on held-apart class-"
+        acc = sel.accuracy.isel(k=len(ks) // 2)
+        click.echo(f"      selection at k = {int(acc.k)} (accuracy on held-apart class-"
                    f"{hard} targets): " + ", ".join(
                        f"{m} {float(acc.sel({'method': m})):.3f}" for m in sel.method.values))
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    return _quickstart_save(out, path)
+
+
+def _quickstart_save(out: dict, path) -> dict:
     for key, ds in out.items():
         _save_quiet(ds, path(f"{key}.zarr"))
     return out

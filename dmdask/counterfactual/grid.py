@@ -31,7 +31,7 @@ from .inputs import (
     open_inputs,
     weights_of,
 )
-from .removal import BASE_HEURISTICS, parse_heuristics, removal_order
+from .removal import BASE_HEURISTICS, parse_heuristics, removal_order, removal_sums
 from .summary import correlation, run_stats
 from .training import Trainer, full_mask
 
@@ -112,7 +112,6 @@ def counterfactuals(store, datamodels, *, targets: int | None = 10, indices=None
     T, H, K = tpos.size, len(heur), len(ks)
     kmax = ks[-1]
     order = np.full((T, H, kmax), -1, np.int64)
-    pred = np.full((T, H, K), np.nan)
     pred_by = np.full((len(estimators), T, H, K), np.nan)
     masks, where = [], []
     for i, t in enumerate(tpos):
@@ -123,15 +122,13 @@ def counterfactuals(store, datamodels, *, targets: int | None = 10, indices=None
                               scores=base[est][0][i] if est else None)
             order[i, h, :min(kmax, o.size)] = o[:kmax]
             for j, kk in enumerate(ks):
-                if o.size < kk:
-                    continue  # the heuristic has fewer than k examples for this target
-                r = o[:kk]
-                pred[i, h, j] = W[i, r].sum()
-                for e, en in enumerate(estimators):
-                    tau, slope = base[en]
-                    pred_by[e, i, h, j] = slope[i] * tau[i, r].sum()
-                masks.append(full_mask(n_train, r))
-                where.append((i, h, j))
+                if o.size >= kk:  # else the heuristic has fewer than k examples here
+                    masks.append(full_mask(n_train, o[:kk]))
+                    where.append((i, h, j))
+    pred = removal_sums(W, order, ks)
+    for e, en in enumerate(estimators):
+        tau, slope = base[en]
+        pred_by[e] = slope[:, None, None] * removal_sums(tau, order, ks)
 
     models = np.full((T, H, K, runs), -1, np.int64)
     a_models = np.full((T, H, K, runs), -1, np.int64) if alpha_control else None

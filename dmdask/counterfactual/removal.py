@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InputError
 
 __all__ = ["BASE_HEURISTICS", "check_indices", "parse_heuristics", "predicted_effect",
-           "removal_order", "top_k"]
+           "removal_order", "removal_sums", "top_k"]
 
 BASE_HEURISTICS = ("top", "bottom", "random", "random_class", "zero")
 
@@ -101,3 +101,24 @@ def predicted_effect(w: np.ndarray, removed, *, alpha: float | None = None) -> f
     """Δ̂(R) = Σ_{j∈R} w_j, or α·Σ_{j∈R} w_j for the random α-control."""
     s = float(np.asarray(w, np.float64)[np.asarray(removed, np.int64)].sum())
     return s if alpha is None else float(alpha) * s
+
+
+def removal_sums(w, orders, ks) -> np.ndarray:
+    """Σ_{j ∈ first k of order} w_j for every row and k, as one gather and prefix sum on the
+    array backend (setting ``dmdask.array.backend``: NumPy or CuPy).
+
+    ``w``: float ``[T, N]``; ``orders``: int ``[T, H, L]`` (−1 pads an order shorter than L);
+    ``ks``: ascending k ≤ L. Returns float64 NumPy ``[T, H, len(ks)]``, NaN where an order has
+    fewer than k entries."""
+    from ..backend import namespace, to_numpy
+
+    xp = namespace()
+    W = xp.asarray(np.asarray(w, np.float64))
+    o = xp.asarray(np.asarray(orders, np.int64))
+    valid = o >= 0
+    vals = xp.take_along_axis(W[:, None, :], xp.where(valid, o, 0), axis=2)
+    csum = xp.cumsum(xp.where(valid, vals, 0.0), axis=2)
+    kk = xp.asarray(np.asarray(ks, np.int64) - 1)
+    out = csum[:, :, kk]
+    defined = valid[:, :, kk]
+    return to_numpy(xp.where(defined, out, xp.nan))
