@@ -1,4 +1,4 @@
-"""Stage 4 — counterfactuals: what training on other data would do, predicted by datamodels
+"""Stage 5 — counterfactuals: what training on other data would do, predicted by datamodels
 (and baseline estimators) and measured by training through the run store and the cluster.
 
 ``grid`` (removal counterfactuals over target × heuristic × k, Figure 8), ``support`` (data
