@@ -759,7 +759,7 @@ def _quickstart_counterfactuals(store, path, dm, workers, progress) -> dict:
     from ..counterfactual import counterfactuals, select, support
     from ..errors import InputError
     from ..train import _client_for
-    from .counterfactual import counterfactual_summary, support_summary
+    from .summaries import counterfactual_summary, support_summary
 
     client, cluster = _client_for(None, workers, None)
     out = {}
