@@ -1,8 +1,9 @@
 """Data support and mislabel brittleness (paper eq. 12, Algorithm 1, App. F.3–F.4;
 REFERENCE §3), found by a guided search and certified by training.
 
-For each target and guide (the datamodels, a baseline estimator's scores, or ``random_class``)
-the guide orders the training set, most supportive first. The search trains ``runs`` models on
+For each target and guide (the datamodels, a baseline estimator's scores, or ``random_class``:
+the target's class in random order, then the rest in random order) the guide orders the
+training set, most supportive first. The search trains ``runs`` models on
 the full training set with the first k removed (``mode="remove"``, kind ``counterfactual``) or
 relabelled to the target's most confused class (``mode="relabel"``, kind ``flip``), for k on a
 grid in ascending rounds; the control (k = 0) is the full-data models. A (target, guide) stops
@@ -131,8 +132,13 @@ def support(store, datamodels, *, targets: int | None = 10, indices=None, k=None
             if name == "datamodels":
                 o = top_k(W[i], n_train)
             elif name == "random_class":
+                # the class in random order, then (the class exhausted) the rest at random, so
+                # the search can go past the class size
                 o = removal_order("random_class", W[i], target=int(t), target_label=int(tl[i]),
                                   train_label=trl, seed=seed)
+                rest = np.setdiff1d(np.arange(n_train), o)
+                o = np.concatenate([o, rest[np.random.default_rng([seed, int(t)]).permutation(
+                    rest.size)]])
             else:
                 o = top_k(base[name][0][i], n_train)
             order[i, g, :o.size], olen[i, g] = o, o.size
