@@ -160,7 +160,9 @@ main.command("mislabel")(_mislabel)
 @click.argument("datamodels", type=click.Path(exists=True))
 @click.option("--class", "target_class", type=int, default=None,
               help="Target distribution: the targets of this class.")
-@click.option("--targets", default=None, help="Target distribution: comma-separated indices.")
+@click.option("--targets", default=None,
+              help="Target distribution: comma-separated indices, or 'all' (every target with "
+                   "a datamodel).")
 @click.option("--k", "k", default="100,200,400,800", show_default=True,
               help="Sizes of the selected training sets, comma-separated.")
 @click.option("--estimators", default="", help="Baseline estimators that select too.")
@@ -180,8 +182,13 @@ def select_(store, datamodels, target_class, targets, k, estimators, runs, out, 
     """
     from ..counterfactual.selection import select
 
-    ds = select(store, datamodels, target_class=target_class,
-                indices=_ints(targets, "--targets"), k=_ints(k, "--k"),
+    if targets == "all":
+        import xarray as xr
+
+        idx = xr.open_zarr(datamodels)["target"].values
+    else:
+        idx = _ints(targets, "--targets")
+    ds = select(store, datamodels, target_class=target_class, indices=idx, k=_ints(k, "--k"),
                 estimators=_names(estimators), runs=runs, seed=seed, scheduler=scheduler,
                 workers=workers, progress=progress)
     click.echo(f"{ds.sizes['selection_target']} targets select, "
