@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Measure", "exact_semivalue", "measure", "msr", "multilinear_gradient",
+__all__ = ["MSRStats", "Measure", "exact_semivalue", "measure", "msr", "multilinear_gradient",
            "quadrature_semivalue", "semivalue_weights", "tmc_shapley"]
 
 Game = Callable[[np.ndarray], np.ndarray]
@@ -118,28 +118,45 @@ def multilinear_gradient(game: Game, n: int, q: float) -> np.ndarray:
     return out
 
 
+class MSRStats:
+    """Running sums for :func:`msr` over chunks of runs; NaN utilities are left out (per
+    target)."""
+
+    def __init__(self):
+        self.parts = None
+
+    def add(self, masks: np.ndarray, u: np.ndarray) -> MSRStats:
+        X = np.asarray(masks, bool).astype(np.float64)
+        U = np.asarray(u, np.float64)
+        U = U[:, None] if U.ndim == 1 else U
+        W = ~np.isnan(U)
+        U = np.where(W, U, 0.0)
+        Wf = W.astype(np.float64)
+        p = (X.T @ Wf, X.T @ U, X.T @ (U * U), Wf.sum(0), U.sum(0), (U * U).sum(0))
+        self.parts = p if self.parts is None else tuple(a + b for a, b in zip(self.parts, p,
+                                                                              strict=True))
+        return self
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """(φ̂ [n, T], se [n, T])."""
+        s, C1, C2, m, sy, syy = self.parts
+        n_out = m[None] - s
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mi, mo = C1 / s, (sy[None] - C1) / n_out
+            vi = (C2 - s * mi ** 2) / (s - 1)
+            vo = (syy[None] - C2 - n_out * mo ** 2) / (n_out - 1)
+            phi = np.where((s > 0) & (n_out > 0), mi - mo, 0.0)
+            se = np.where((s > 1) & (n_out > 1),
+                          np.sqrt(np.maximum(vi, 0) / s + np.maximum(vo, 0) / n_out), np.nan)
+        return phi, se
+
+
 def msr(masks: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Maximum sample reuse: φ̂_i = mean_{t: i∈S_t} u_t − mean_{t: i∉S_t} u_t (0 where a group is
     empty) and its standard error sqrt(s²_in/n_in + s²_out/n_out). ``masks`` [m, n] bool,
-    ``u`` [m] or [m, T]; returns [n] or [n, T]."""
-    X = np.asarray(masks, bool).astype(np.float64)
-    u = np.asarray(u, np.float64)
-    vec = u.ndim == 1
-    U = u[:, None] if vec else u
-    m = X.shape[0]
-    s = X.sum(0)[:, None]
-    C1, C2 = X.T @ U, X.T @ (U * U)
-    sy, syy = U.sum(0)[None], (U * U).sum(0)[None]
-    n_out = m - s
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mi, mo = C1 / s, (sy - C1) / n_out
-        vi = (C2 - s * mi ** 2) / (s - 1)
-        vo = (syy - C2 - n_out * mo ** 2) / (n_out - 1)
-        ok = (s > 0) & (n_out > 0)
-        phi = np.where(ok, mi - mo, 0.0)
-        se = np.where((s > 1) & (n_out > 1), np.sqrt(np.maximum(vi, 0) / s
-                                                    + np.maximum(vo, 0) / n_out), np.nan)
-    return (phi[:, 0], se[:, 0]) if vec else (phi, se)
+    ``u`` [m] or [m, T] (NaN: left out); returns [n] or [n, T]."""
+    phi, se = MSRStats().add(masks, u).finish()
+    return (phi[:, 0], se[:, 0]) if np.ndim(u) == 1 else (phi, se)
 
 
 def quadrature_semivalue(game: Game, n: int, mu: Measure, *, runs_per_node: int,

@@ -1,0 +1,163 @@
+"""Semivalues from the run store: :func:`values` (``dmdask values``).
+
+Every method is the measure route of REFERENCE §7 on the store's own subset runs: the
+difference of means of the utility over random runs at α = q_g — maximum sample reuse — at
+the nodes q_g of the quadrature rule of the semivalue's measure, weighted:
+
+* ``banzhaf``: one node, q = ½ (``alpha=`` moves the point mass: the α-semivalue that a
+  single-α datamodel estimates);
+* ``shapley``: Gauss–Legendre nodes on [0, 1] (``nodes``, default
+  ``dmdask.values.quadrature-nodes``; odd, so the store's α = ½ runs serve the middle node);
+* ``beta``: Gauss–Jacobi nodes for Beta(a, b) on q.
+
+Runs already in the store at a node's α (kind ``random``) are reused; only the missing ones
+are added (``dmdask.add_models(n=, alpha=)``) and trained (``dmdask.train``), and the result
+says how many. With the store's Bernoulli sampling the identities are exact (the per-target
+Banzhaf values *are* the ``dom_margin`` estimator, bit for bit); with fixed-size sampling
+they are the conditional-size versions (Σ_i = 0 per node, O(1/N) from the Bernoulli ones),
+recorded in ``attrs["sampling"]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import xarray as xr
+
+from .. import config
+from ..errors import InputError, JobError
+from .semivalues import MSRStats, measure
+from .utility import parse_utility
+
+__all__ = ["check_alpha", "values"]
+
+
+def check_alpha(alpha) -> float:
+    """α must lie strictly inside (0, 1)."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise InputError(f"alpha must be a number in (0, 1), got {alpha!r}") from None
+    if not 0.0 < a < 1.0:
+        raise InputError(f"alpha must be in (0, 1) (exclusive), got {alpha}")
+    return a
+
+
+def _node_rows(ds, q: float) -> np.ndarray:
+    kind = np.asarray(ds["kind"].values).astype(str)
+    al = np.asarray(ds["alpha"].values, np.float64)
+    return np.flatnonzero((kind == "random") & np.isclose(al, q, rtol=0, atol=1e-6))
+
+
+def _default_runs(ds) -> int:
+    r = config.get("values.runs-per-node")
+    if r is not None:
+        return int(r)
+    meta = ds.attrs["dmdask"]
+    have = _node_rows(ds, float(meta["alpha"])).size if meta.get("alpha") is not None else 0
+    return have if have >= 4 else int(config.get("values.min-runs"))
+
+
+def values(store, method: str = "banzhaf", utility: str | None = None, *, a: float = 1.0,
+           b: float = 1.0, alpha: float = 0.5, nodes: int | None = None,
+           runs: int | None = None, client=None, workers: int | None = None,
+           progress: bool = False, say: Callable[[str], None] | None = None,
+           row_chunk: int = 4096) -> xr.Dataset:
+    """Semivalues of the store's training examples: ``value(train, target)`` for the default
+    utility (each target's own margin) or ``value(train)`` for a scalar ``utility``
+    (:mod:`dmdask.values.utility`), with ``value_se`` and the number of utility evaluations
+    (runs used). ``runs``: runs per node (default: as many as the store's fitting models, or
+    ``dmdask.values.min-runs`` if it has none); missing runs are added and trained."""
+    from ..store.runstore import add_models, open_store
+
+    say = say or (lambda _m: None)
+    t0 = time.perf_counter()
+    ds = open_store(store)
+    path = ds.attrs["dmdask"]["path"]
+    mu = measure(method, a, b)
+    labels = ds["target_label"].values if "target_label" in ds.variables else None
+    util = parse_utility(utility, ds.sizes["target"], labels)
+    if mu.kind == "banzhaf":
+        q, om = np.array([check_alpha(alpha)]), np.array([1.0])
+    else:
+        q, om = mu.nodes(int(nodes or config.get("values.quadrature-nodes")))
+    # a node's α as the store keeps it (float32), so reruns find their runs again
+    q = q.astype(np.float32).astype(np.float64)
+    R = int(runs) if runs is not None else _default_runs(ds)
+    if R < 4:
+        raise InputError(f"runs per node must be >= 4 (two in and two out), got {R}")
+    missing = {float(qg): max(0, R - _node_rows(ds, qg).size) for qg in q}
+    n_add = sum(missing.values())
+    trained = 0
+    if n_add:
+        if not (ds.attrs["dmdask"].get("job")):
+            raise JobError(f"{path}: {method} needs {n_add} more runs at α = "
+                           f"{', '.join(f'{k:.4g}' for k, v in missing.items() if v)} but the "
+                           "store has no job to train them; import runs at those α")
+        say(f"adding {n_add} runs at α = "
+            + ", ".join(f"{k:.4g} ({v})" for k, v in missing.items() if v))
+        for qg, k in missing.items():
+            if k:
+                add_models(path, "random", n=k, alpha=qg)
+    ds = open_store(path)
+    need = np.concatenate([_node_rows(ds, qg)[:R] for qg in q])
+    todo = int((~np.asarray(ds["completed"].values)[need]).sum())
+    if todo:
+        from ..train import train
+
+        say(f"training {todo} runs")
+        rep = train(path, client=client, workers=workers, progress=progress)
+        trained = int(rep.models)
+        ds = open_store(path)
+    phi = var = 0.0
+    used = []
+    for g, (qg, wg) in enumerate(zip(q, om, strict=True)):
+        rows = _node_rows(ds, qg)[:R]
+        if not np.asarray(ds["completed"].values)[rows].all():
+            raise JobError(f"{path}: runs at α = {qg:.4g} are still untrained; run dmdask "
+                           "train and retry")
+        st = MSRStats()
+        for s in range(0, rows.size, row_chunk):
+            r = rows[s:s + row_chunk]
+            mk = np.asarray(ds["mask"].isel(model=r).values, bool)
+            mg = np.asarray(ds["margin"].isel(model=r, target=util.targets).values, np.float64)
+            st.add(mk, util(mg))
+        p, se = st.finish()
+        if not util.scalar:
+            # the store's difference-of-means estimator: the same runs, the same number
+            from ..analysis.estimators.store import difference_of_means
+
+            dm = difference_of_means(ds, output="margin", alpha=float(qg), n_models=R,
+                                     targets=util.targets, eq9=False)
+            p = dm.values.T
+        else:
+            p, se = p[:, 0], se[:, 0]
+        phi = phi + wg * p
+        var = var + wg ** 2 * se ** 2
+        used.append(rows.size)
+        say(f"node {g + 1}/{q.size}: α = {qg:.4g}, {rows.size} runs")
+    dims = ("train",) if util.scalar else ("train", "target")
+    coords = {"train": ds["train"].values,
+              "node_alpha": ("node", q), "node_weight": ("node", om),
+              "node_runs": ("node", np.asarray(used, np.int64))}
+    if "train_label" in ds.variables:
+        coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
+    if not util.scalar:
+        coords["target"] = util.targets
+        if labels is not None:
+            coords["target_label"] = ("target", np.asarray(labels)[util.targets])
+    meta = ds.attrs["dmdask"]
+    out = xr.Dataset(
+        {"value": (dims, np.asarray(phi, np.float64)),
+         "value_se": (dims, np.sqrt(np.asarray(var, np.float64)))}, coords=coords)
+    out["value"].attrs["description"] = (
+        f"{mu.kind} value of each training example for the utility {util.spec!r}")
+    out["value_se"].attrs["description"] = "standard error (runs at each node independent)"
+    out.attrs = {"method": mu.kind, "a": mu.a, "b": mu.b, "utility": util.spec,
+                 "route": "msr" if q.size == 1 else "quadrature",
+                 "n_evaluations": int(sum(used)), "n_trained_now": trained,
+                 "n_added_now": int(n_add), "sampling": meta.get("sampling", "fixed"),
+                 "store": path, "seconds": time.perf_counter() - t0}
+    return out
