@@ -774,3 +774,52 @@ def _quickstart_fit(store: str, out: str, progress: bool):
     for line in _fit_summary(dm):
         click.echo("      " + line)
     return dm
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--method", type=click.Choice(["banzhaf", "shapley", "beta"]), default="banzhaf",
+              show_default=True, help="Semivalue: Data Banzhaf (MSR), Data Shapley or "
+                                      "Beta-Shapley, from the store's runs (docs/values.md).")
+@click.option("--utility", default=None, metavar="NAME[@TARGETS]",
+              help="Scalar utility: mean_margin or accuracy, over TARGETS (0,5,9 or 0-99 or "
+                   "label=K; default all); then value(train). Default: each target's own "
+                   "margin, value(train, target).")
+@click.option("--a", "beta_a", type=float, default=1.0, show_default=True,
+              help="beta: Beta(a, b) on q (Kwon & Zou's Beta(alpha, beta) is a=beta, b=alpha).")
+@click.option("--b", "beta_b", type=float, default=1.0, show_default=True, help="beta: see --a.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="banzhaf: where the point mass sits (0.5: Banzhaf; another α: the "
+                   "semivalue a single-α datamodel estimates).")
+@click.option("--nodes", type=int, default=None,
+              help="shapley/beta: Gauss quadrature nodes over α (default 5).")
+@click.option("--runs", type=int, default=None,
+              help="Runs per node (default: as many as the store's fitting models); missing "
+                   "runs are added and trained.")
+@click.option("--workers", type=int, default=None, help="Workers of the training cluster.")
+@click.option("--out", type=click.Path(), default=None, help="Save the values (Zarr, or .nc).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def values(store, method, utility, beta_a, beta_b, alpha, nodes, runs, workers, out, progress):
+    """Data values of the training examples from the run store's subset runs: Banzhaf,
+    Shapley or Beta-Shapley, with standard errors and the number of utility evaluations
+    (runs) used; runs the method needs and the store lacks are trained first."""
+    import numpy as np
+
+    from ..values.api import values as compute_values
+
+    v = compute_values(store, method, utility, a=beta_a, b=beta_b, alpha=alpha, nodes=nodes,
+                       runs=runs, workers=workers, progress=progress,
+                       say=(lambda m: click.echo(m, err=True)) if progress else None)
+    a = v.attrs
+    val, se = v["value"].values, v["value_se"].values
+    click.echo(f"{a['method']} values, utility {a['utility']}: {'x'.join(map(str, val.shape))} "
+               f"({', '.join(v['value'].dims)}); {a['n_evaluations']} utility evaluations "
+               f"(runs) at {v.sizes['node']} α node(s), {a['n_trained_now']} trained now; "
+               f"sampling {a['sampling']}")
+    flat = val if val.ndim == 1 else val.mean(1)
+    top = np.argsort(-flat)[:5]
+    click.echo("top training examples: " + ", ".join(
+        f"{int(i)} ({flat[i]:.4g})" for i in top))
+    click.echo(f"median standard error {np.nanmedian(se):.3g}")
+    _save_result(v, out)
