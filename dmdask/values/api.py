@@ -10,9 +10,11 @@ the nodes q_g of the quadrature rule of the semivalue's measure, weighted:
   ``dmdask.values.quadrature-nodes``; odd, so the store's α = ½ runs serve the middle node);
 * ``beta``: Gauss–Jacobi nodes for Beta(a, b) on q.
 
-Runs already in the store at a node's α (kind ``random``) are reused; only the missing ones
-are added (``dmdask.add_models(n=, alpha=)``) and trained (``dmdask.train``), and the result
-says how many. With the store's Bernoulli sampling the identities are exact (the per-target
+Runs already in the store at a node's α (kind ``random``: its fitting models) are reused;
+another node gets its own runs (kind ``custom``, masks a pure function of the store seed and
+the node, added by :func:`dmdask.store.trainsets.ensure_models`, so a rerun finds them and
+adds nothing; identical masks share one model) and they are trained (``dmdask.train``); the
+result says how many. The store's fitting models keep their single α. With the store's Bernoulli sampling the identities are exact (the per-target
 Banzhaf values *are* the ``dom_margin`` estimator, bit for bit); with fixed-size sampling
 they are the conditional-size versions (Σ_i = 0 per node, O(1/N) from the Bernoulli ones),
 recorded in ``attrs["sampling"]``.
@@ -60,6 +62,16 @@ def _default_runs(ds) -> int:
     return have if have >= 4 else int(config.get("values.min-runs"))
 
 
+def _node_masks(meta: dict, q: float, R: int) -> np.ndarray:
+    """R masks at α = q in the store's sampling scheme, a pure function of (store seed, q):
+    the same on every rerun."""
+    from ..store.sampling import sample_masks
+
+    seed = (int(meta.get("seed", 0)) * 1_000_003 + int(round(q * 1e7))) % 2 ** 63
+    return sample_masks(seed, np.arange(R), int(meta["n_train"]), q,
+                        meta.get("sampling", "fixed"))
+
+
 def values(store, method: str = "banzhaf", utility: str | None = None, *, a: float = 1.0,
            b: float = 1.0, alpha: float = 0.5, nodes: int | None = None,
            runs: int | None = None, client=None, workers: int | None = None,
@@ -70,7 +82,7 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
     (:mod:`dmdask.values.utility`), with ``value_se`` and the number of utility evaluations
     (runs used). ``runs``: runs per node (default: as many as the store's fitting models, or
     ``dmdask.values.min-runs`` if it has none); missing runs are added and trained."""
-    from ..store.runstore import add_models, open_store
+    from ..store.runstore import open_store
 
     say = say or (lambda _m: None)
     t0 = time.perf_counter()
@@ -88,22 +100,37 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
     R = int(runs) if runs is not None else _default_runs(ds)
     if R < 4:
         raise InputError(f"runs per node must be >= 4 (two in and two out), got {R}")
-    missing = {float(qg): max(0, R - _node_rows(ds, qg).size) for qg in q}
-    n_add = sum(missing.values())
+    meta = ds.attrs["dmdask"]
+    # a node the store's own fitting runs cover uses them (kind random); any other node gets
+    # its own seeded runs (kind custom, found again by content on reruns), so the store's
+    # fitting models keep one α for fit and compare
+    node_rows: dict[float, np.ndarray] = {}
+    fresh: dict[float, np.ndarray] = {}
+    for qg in q:
+        own = _node_rows(ds, qg)
+        if own.size >= R:
+            node_rows[float(qg)] = own[:R]
+        else:
+            fresh[float(qg)] = _node_masks(meta, float(qg), R)
+    n_add = 0
+    if fresh:
+        from ..store import trainsets
+
+        if not meta.get("job"):
+            raise JobError(f"{path}: {method} needs {R} runs at α = "
+                           f"{', '.join(f'{k:.4g}' for k in fresh)} but the store has no job "
+                           "to train them; import runs at those α")
+        before = int(meta["n_models"])
+        for qg, masks in fresh.items():
+            node_rows[qg] = trainsets.ensure_models(path, masks, kind="custom", runs=1,
+                                                    alpha=qg)[:, 0]
+        ds = open_store(path)
+        n_add = int(ds.attrs["dmdask"]["n_models"]) - before
+        if n_add:
+            say(f"added {n_add} runs at α = " + ", ".join(f"{k:.4g}" for k in fresh))
+    need = np.concatenate([node_rows[float(qg)] for qg in q])
+    todo = int((~np.asarray(ds["completed"].values)[np.unique(need)]).sum())
     trained = 0
-    if n_add:
-        if not (ds.attrs["dmdask"].get("job")):
-            raise JobError(f"{path}: {method} needs {n_add} more runs at α = "
-                           f"{', '.join(f'{k:.4g}' for k, v in missing.items() if v)} but the "
-                           "store has no job to train them; import runs at those α")
-        say(f"adding {n_add} runs at α = "
-            + ", ".join(f"{k:.4g} ({v})" for k, v in missing.items() if v))
-        for qg, k in missing.items():
-            if k:
-                add_models(path, "random", n=k, alpha=qg)
-    ds = open_store(path)
-    need = np.concatenate([_node_rows(ds, qg)[:R] for qg in q])
-    todo = int((~np.asarray(ds["completed"].values)[need]).sum())
     if todo:
         from ..train import train
 
@@ -114,7 +141,7 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
     phi = var = 0.0
     used = []
     for g, (qg, wg) in enumerate(zip(q, om, strict=True)):
-        rows = _node_rows(ds, qg)[:R]
+        rows = node_rows[float(qg)]
         if not np.asarray(ds["completed"].values)[rows].all():
             raise JobError(f"{path}: runs at α = {qg:.4g} are still untrained; run dmdask "
                            "train and retry")
@@ -125,14 +152,14 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
             mg = np.asarray(ds["margin"].isel(model=r, target=util.targets).values, np.float64)
             st.add(mk, util(mg))
         p, se = st.finish()
-        if not util.scalar:
+        if not util.scalar and float(qg) not in fresh:
             # the store's difference-of-means estimator: the same runs, the same number
             from ..analysis.estimators.store import difference_of_means
 
             dm = difference_of_means(ds, output="margin", alpha=float(qg), n_models=R,
                                      targets=util.targets, eq9=False)
             p = dm.values.T
-        else:
+        elif util.scalar:
             p, se = p[:, 0], se[:, 0]
         phi = phi + wg * p
         var = var + wg ** 2 * se ** 2
@@ -148,7 +175,6 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
         coords["target"] = util.targets
         if labels is not None:
             coords["target_label"] = ("target", np.asarray(labels)[util.targets])
-    meta = ds.attrs["dmdask"]
     out = xr.Dataset(
         {"value": (dims, np.asarray(phi, np.float64)),
          "value_se": (dims, np.sqrt(np.asarray(var, np.float64)))}, coords=coords)
