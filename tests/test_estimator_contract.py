@@ -24,10 +24,10 @@ from dmdask.errors import InputError, JobError
 NAMES = sorted(n for n in estimators.ESTIMATORS if n not in estimators.MODEL_BASED)
 MODEL_NAMES = sorted(estimators.MODEL_BASED)
 # small settings keep the model-based contract cheap (a 64-16-10 MLP, 2 epochs)
-MODEL_OPTS = {"trak": {"n_models": 2, "proj_dim": 64}}
+MODEL_OPTS = {"trak": {"n_models": 2, "proj_dim": 64}, "shapley": {"n_models": 200}}
 # the job a model-based estimator's contract runs on where the MLP is not one it takes
 MODEL_JOBS = {"loo_exact": "jobs.digits:DigitsRidge", "loo_retrain": "jobs.digits:DigitsRidge",
-              "loo_newton": "jobs.digits:DigitsLogistic"}
+              "loo_newton": "jobs.digits:DigitsLogistic", "shapley": "jobs.digits:DigitsRidge"}
 
 
 class ScaledRidge(RegressorMixin, BaseEstimator):

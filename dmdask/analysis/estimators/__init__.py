@@ -18,6 +18,7 @@ trak                       TRAK via ``traker`` (``proj_dim="auto"``, ``lambda_re
 loo_exact                  exact leave-one-out, Sherman–Morrison (least-squares jobs)  no      no
 loo_newton                 one-Newton-step leave-one-out with leverage (cross-entropy)  no      no
 loo_retrain                leave-one-out by retraining N + 1 sets through the store    no      no
+shapley                    Data Shapley per target from runs at Gauss nodes over α     no      no
 =========================  ==========================================================  ======  =====
 
 \\* predicts correctness, not the margin: :func:`dmdask.evaluate` scores it against correctness.
@@ -40,12 +41,13 @@ from typing import Any
 from ...errors import InputError
 from .loo import LOO_HOOKS, loo_exact, loo_newton, loo_retrain
 from .model import influence_last_layer, representation_similarity, tracincp, trak
+from .semivalue import shapley
 from .store import StoreStats, difference_of_means, ols, ridge, store_statistics
 
 __all__ = ["ESTIMATORS", "MODEL_BASED", "Estimator", "StoreStats", "compute",
            "difference_of_means", "influence_last_layer", "loo_exact", "loo_newton",
-           "loo_retrain", "ols", "register",
-           "representation_similarity", "ridge", "store_statistics", "tracincp", "trak"]
+           "loo_retrain", "ols", "register", "representation_similarity", "ridge", "shapley",
+           "store_statistics", "tracincp", "trak"]
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,13 @@ register(Estimator("loo_newton", loo_newton, "margin", False, False,
 register(Estimator("loo_retrain", loo_retrain, "margin", False, False,
                    "leave-one-out by retraining the N + 1 sets through the store",
                    hooks=LOO_HOOKS["loo_retrain"], default_row=False))
+register(Estimator("shapley", shapley, "margin", False, False,
+                   "Data Shapley per target from runs at Gauss-Legendre nodes over alpha",
+                   hooks=(), default_row=False))
 
 #: estimators that train models of the store's job (need its model hooks)
 MODEL_BASED = ("influence_last_layer", "representation_similarity", "tracincp", "trak",
-               "loo_exact", "loo_newton", "loo_retrain")
+               "loo_exact", "loo_newton", "loo_retrain", "shapley")
 
 
 def compute(ds, name: str, **opts):
