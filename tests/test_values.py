@@ -235,3 +235,20 @@ def test_alpha_simulation():
         alpha_simulation(n=40, d=80, alphas=(0.5, 1.0))
     with pytest.raises(InputError, match="underdetermined"):
         alpha_simulation(n=40, d=30)
+
+
+@pytest.mark.viz
+def test_report_sections(bern_store, tmp_path):
+    """The report draws the data-values and α-simulation sections when given them, and only
+    then."""
+    from dmdask.report.page import render_report
+    from dmdask.values.alpha_sim import alpha_simulation
+
+    v = values(bern_store, "banzhaf", utility="accuracy")
+    sim = alpha_simulation(n=20, d=40, levels=2, alphas=(0.3, 0.7), m_per_n=5)
+    page = render_report(store=None, values=v, alpha_sim=sim)
+    assert "id='sec-values'" in page or 'id="sec-values"' in page
+    assert "fig-values" in page and "fig-alpha-sim" in page
+    assert "Best α by increasing p" in page
+    plain = render_report(store=None)
+    assert "sec-values" not in plain and "fig-alpha-sim" not in plain

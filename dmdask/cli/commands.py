@@ -583,9 +583,14 @@ def lemma(store, output, sizes, groups, control_scale):
               help="Saved `dmdask sample-complexity --out` (computed if not given).")
 @click.option("--fast", is_flag=True,
               help="Skip what is not given rather than computing it (comparison, curves).")
+@click.option("--values", "values_path", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask values --out`: adds a data-values section.")
+@click.option("--alpha-sim", "alpha_sim", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask alpha-sim --out`: adds the App. B figure.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def report(store, out, datamodels, evaluation, comparison, complexity, fast, progress):
+def report(store, out, datamodels, evaluation, comparison, complexity, fast, values_path,
+           alpha_sim, progress):
     """Write one self-contained HTML report on STORE's datamodels.
 
     Predicted vs actual margins on held-out models, LDS and per-target correlation
@@ -594,12 +599,14 @@ def report(store, out, datamodels, evaluation, comparison, complexity, fast, pro
     images with the largest positive and negative weights for a few targets.
     """
     path = _report(store, out, datamodels=datamodels, evaluation=evaluation,
-                   comparison=comparison, complexity=complexity, fast=fast, progress=progress)
+                   comparison=comparison, complexity=complexity, fast=fast, progress=progress,
+                   values=_load_result(values_path), alpha_sim=_load_result(alpha_sim))
     click.echo(f"report    {path}")
 
 
 def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
-            complexity=None, fast=False, progress=False, echo=click.echo):
+            complexity=None, fast=False, progress=False, echo=click.echo, values=None,
+            alpha_sim=None):
     import xarray as xr
 
     from ..analysis.evaluate import evaluation_runs
@@ -640,7 +647,7 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
         echo("          sample-complexity curves")
         sc = run_sc(store)
     return write_report(out, store=store, datamodels=dm, evaluation=ev, comparison=cmp,
-                        sample_complexity=sc)
+                        sample_complexity=sc, values=values, alpha_sim=alpha_sim)
 
 
 @main.command()
@@ -823,3 +830,39 @@ def values(store, method, utility, beta_a, beta_b, alpha, nodes, runs, workers, 
         f"{int(i)} ({flat[i]:.4g})" for i in top))
     click.echo(f"median standard error {np.nanmedian(se):.3g}")
     _save_result(v, out)
+
+
+@main.command("alpha-sim")
+@click.option("-n", "n_train", type=int, default=500, show_default=True,
+              help="Training points (an equally sized held-out set is drawn).")
+@click.option("-d", "n_features", type=int, default=1000, show_default=True,
+              help="Bernoulli features (d > n: the learner is underdetermined).")
+@click.option("--levels", type=int, default=8, show_default=True,
+              help="Log-spaced frequency levels in [0.005, 0.5].")
+@click.option("--alpha", "alphas", type=float, multiple=True,
+              help="Subsampling fractions (repeatable; default 0.1 0.2 0.5 0.75 0.9).")
+@click.option("--runs-per-n", type=float, default=20.0, show_default=True,
+              help="Datamodel runs per α, as a multiple of n (the paper's m = 20n).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), default=None, help="Save the result (Zarr, or .nc).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def alpha_sim(n_train, n_features, levels, alphas, runs_per_n, seed, out, progress):
+    """The paper's App. B simulation (Fig. 16): how well OLS datamodels at each α predict the
+    effect of removing a feature's subpopulation, by the feature's frequency."""
+    from ..values.alpha_sim import alpha_simulation
+
+    def tick(a, sec):
+        if progress:
+            click.echo(f"alpha {a:g} done ({sec:.0f} s)", err=True)
+
+    r = alpha_simulation(n=n_train, d=n_features, levels=levels,
+                         alphas=alphas or (0.1, 0.2, 0.5, 0.75, 0.9), m_per_n=runs_per_n,
+                         seed=seed, on_alpha=tick)
+    al = r["alpha"].values
+    click.echo("frequency " + "".join(f"{f'a={x:g}':>9}" for x in al) + "   best a")
+    for k, p in enumerate(r["frequency"].values):
+        click.echo(f"{p:<10.4g}" + "".join(f"{c:>9.3f}" for c in r["corr"].values[k])
+                   + f"{r['best_alpha'].values[k]:>9g}")
+    _save_result(r, out)
+
