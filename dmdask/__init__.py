@@ -50,6 +50,10 @@ def __getattr__(name):
         from .store import madrylab
 
         return getattr(madrylab, name)
+    if name in ("counterfactuals", "support", "select", "measure", "Counterfactual"):
+        from . import counterfactual
+
+        return getattr(counterfactual, name)
     if name in ("fit_datamodels", "save_datamodels"):
         from .fit import datamodels as fit
 

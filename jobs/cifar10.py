@@ -98,6 +98,7 @@ class CIFAR10ResNet9:
     ``eval_batch_size``, ``threads`` (torch CPU threads while training).
     """
 
+    supports_train_labels = True
     preferred_block_size = 8
 
     def __init__(self, data_dir: str | None = None, synthetic: dict | None = None, *,

@@ -110,6 +110,9 @@ def load_split() -> DigitsSplit:
 class _DigitsJob:
     """Shared data handling: targets, description and argument checks."""
 
+    #: trains on relabelled examples (``train_labels``): label-flip counterfactuals work
+    supports_train_labels = True
+
     def __init__(self, train_targets: int = 0, threads: int | None = None):
         split = load_split()
         n_train = split.train_id.size
@@ -341,10 +344,13 @@ class DigitsLogistic(_DigitsJob):
         x = self.x_target if x is None else np.asarray(x, np.float64)
         return np.einsum("md,bdc->bmc", x, weights[:, :-1]) + weights[:, None, -1]
 
-    def train_block(self, masks, seeds, train_labels=None) -> np.ndarray:
+    def train_logits(self, masks, seeds, train_labels=None) -> np.ndarray:
+        """Logits float64 [B, n_target, 10] of the fitted models on the targets."""
         masks, _, labels = self._check(masks, seeds, train_labels)
-        W = self.fit(masks, labels)
-        return margins_from_logits(self.logits(W), self.y_target)
+        return self.logits(self.fit(masks, labels))
+
+    def train_block(self, masks, seeds, train_labels=None) -> np.ndarray:
+        return margins_from_logits(self.train_logits(masks, seeds, train_labels), self.y_target)
 
     # -- model hooks: a linear model, so the features are the inputs and the last layer is
     # everything (no checkpoints: Newton-CG has no learning rate to weight them by)

@@ -79,6 +79,7 @@ class DigitsKNN:
     """Distance-weighted ``k``-NN on ``n_train`` digits training examples, scored on
     ``n_target`` digits test examples (see the module docstring)."""
 
+    supports_train_labels = True
     preferred_block_size = 256
 
     def __init__(self, k: int = 5, n_train: int = 700, n_target: int = 300, seed: int = 0):

@@ -14,7 +14,8 @@ import dmdask
 from dmdask.cli import main
 
 COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart", "evaluate",
-            "compare", "sample-complexity", "lemma", "report"]
+            "compare", "sample-complexity", "lemma", "report", "counterfactual", "support",
+            "mislabel", "select"]
 
 
 def run(*args, timeout=300):
@@ -114,19 +115,26 @@ def test_quickstart_on_a_small_job(tmp_path):
     ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
     info = dmdask.store_info(tmp_path / "q" / "runs.zarr")
     assert info["pending"] == 0
-    assert {k: v["models"] for k, v in info["kinds"].items()} == {
+    kinds = {k: v["models"] for k, v in info["kinds"].items()}
+    assert {k: kinds[k] for k in ("random", "heldout", "replicate")} == {
         "random": 64, "heldout": 12, "replicate": 12}
+    assert kinds["control"] == 10 and kinds["counterfactual"] > 0 and kinds["selected"] > 0
     assert ds.completed.values.all()
-    for stage in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
-        assert stage in r.stdout
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in r.stdout
+    # the job has no train_logits hook: the mislabel search says so and the rest goes on
+    assert "mislabel skipped" in r.stdout and "train_logits" in r.stdout
     for out in ("datamodels.zarr", "evaluation.zarr", "comparison.zarr",
-                "sample_complexity.zarr", "report.html"):
+                "sample_complexity.zarr", "counterfactuals.zarr", "support.zarr",
+                "selection.zarr", "report.html"):
         assert (tmp_path / "q" / out).exists(), out
     assert str((tmp_path / "q" / "report.html").resolve()) in r.stdout
-    assert "| lasso |" not in r.stdout and "lasso" in r.stdout.split("[4/6]")[1]
+    assert "| lasso |" not in r.stdout and "lasso" in r.stdout.split("[4/7]")[1]
+    n = dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"]
     r2 = run(*args)
     assert r2.returncode == 0 and "trained" not in r2.stdout.split("[2/")[0]  # resumed, no work
-    assert dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"] == 88  # nothing re-added
+    assert dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"] == n  # nothing re-added
+    assert "0 models trained" in r2.stdout.split("[6/7]")[1]  # counterfactuals found again
 
 
 class _Killed(BaseException):
@@ -177,8 +185,10 @@ def test_quickstart_default_job(tmp_path):
     r = run("quickstart", "--dir", tmp_path / "q", "-n", 512, "--heldout", 40, "--replicates",
             1, "--no-curves", "--no-progress", timeout=900)
     assert r.returncode == 0, r.stderr
-    assert "trak" in r.stdout.split("[4/6]")[1] and "--no-curves" in r.stdout
-    assert (tmp_path / "q" / "report.html").exists()
+    assert "trak" in r.stdout.split("[4/7]")[1] and "--no-curves" in r.stdout
+    page = (tmp_path / "q" / "report.html").read_text()
+    for fig in ("fig-counterfactuals", "fig-support", "fig-mislabel", "fig-selection"):
+        assert f'id="{fig}"' in page, fig
     assert not (tmp_path / "q" / "sample_complexity.zarr").exists()
     ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
     assert ds.attrs["dmdask"]["job"]["path"] == "jobs.digits:DigitsMLP"

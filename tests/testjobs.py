@@ -28,6 +28,7 @@ def _digits(n_target: int):
 class RidgeDigits:
     """One-vs-rest ridge classifier on digits, closed form: margins deterministic per mask."""
 
+    supports_train_labels = True
     preferred_block_size = 16
 
     def __init__(self, n_train: int = 200, n_target: int = 40, l2: float = 1.0,
@@ -81,3 +82,39 @@ class Boom:
         with open(path, "w") as f:
             f.write("constructed")
         os.environ["DMDASK_BOOM"] = "1"
+
+
+class Additive:
+    """A synthetic learner whose margins are exactly additive in the mask: margin = b + mask @ W
+    (+ ``noise``·N(0, 1) drawn from the model's seed). ``W`` has ``zeros`` exact zeros per target.
+    The planted ``weights()``/``bias()`` are the true datamodels."""
+
+    preferred_block_size = 32
+
+    def __init__(self, n_train: int = 60, n_target: int = 6, noise: float = 0.0,
+                 zeros: int = 20, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.W = rng.normal(0.0, 1.0, (n_target, n_train)) / np.sqrt(n_train)
+        for t in range(n_target):
+            self.W[t, rng.choice(n_train, size=zeros, replace=False)] = 0.0
+        self.b = rng.normal(0.0, 1.0, n_target)
+        self.noise = float(noise)
+        self.y = np.arange(n_train) % 3
+        self.yt = np.arange(n_target) % 3
+
+    def weights(self) -> np.ndarray:
+        return self.W.copy()
+
+    def bias(self) -> np.ndarray:
+        return self.b.copy()
+
+    def describe(self) -> dict:
+        return {"train_label": self.y, "target_label": self.yt,
+                "target_train_index": np.full(len(self.yt), -1)}
+
+    def train_block(self, masks, seeds, train_labels=None):
+        out = self.b[None] + np.asarray(masks, np.float64) @ self.W.T
+        for i, s in enumerate(seeds):
+            if self.noise:
+                out[i] += self.noise * np.random.default_rng(int(s)).normal(size=out.shape[1])
+        return out.astype(np.float32)

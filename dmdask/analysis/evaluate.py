@@ -66,7 +66,7 @@ from ..outputs import portable_attrs
 from . import metrics as M
 from .scores import load_scores
 
-__all__ = ["evaluate", "evaluation_runs"]
+__all__ = ["calibration", "evaluate", "evaluation_runs"]
 
 PER_TARGET = ("mse", "r2", "r2_noise_adjusted", "pearson", "spearman", "lds", "auc", "opt",
               "excess_mse")
@@ -164,6 +164,17 @@ def _calibration(ds, tau, tpos, tti, eq9, client, alpha=None, *, output="margin"
         a = np.maximum(a, 0.0)
         c = ybar - a * zbar
     return a, c, n
+
+
+def calibration(ds, tau, tpos, *, client=None, alpha=None, output: str = "margin",
+                n_models: int | None = None):
+    """Per target (slope ≥ 0, intercept, number of runs) of the least-squares affine map from
+    ``z = mask @ τ`` to the output over the store's random (fitting) models, training-example
+    targets' own columns excluded (eq. 9): how scale-free scores become predictions."""
+    tti = (np.asarray(ds["target_train_index"].values, np.int64)[np.asarray(tpos)]
+           if "target_train_index" in ds.coords else np.full(len(tpos), -1, np.int64))
+    return _calibration(ds, np.asarray(tau, np.float64), np.asarray(tpos, np.int64), tti, True,
+                        client, alpha, output=output, n_models=n_models)
 
 
 def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bool = True,

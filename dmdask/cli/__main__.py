@@ -1,5 +1,5 @@
 """``python -m dmdask.cli``: the same as the ``dmdask`` command."""
 
-from .commands import main
+from . import main
 
 main()

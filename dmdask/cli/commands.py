@@ -583,30 +583,40 @@ def lemma(store, output, sizes, groups, control_scale):
               help="Saved `dmdask sample-complexity --out` (computed if not given).")
 @click.option("--fast", is_flag=True,
               help="Skip what is not given rather than computing it (comparison, curves).")
+@click.option("--counterfactuals", "cf", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask counterfactual --out` (Figure 8).")
+@click.option("--support", "sup", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask support --out` (Figure 7).")
+@click.option("--mislabel", "mis", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask mislabel --out`.")
+@click.option("--selection", "sel", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask select --out`.")
 @click.option("--values", "values_path", type=click.Path(exists=True), default=None,
               help="Saved `dmdask values --out`: adds a data-values section.")
 @click.option("--alpha-sim", "alpha_sim", type=click.Path(exists=True), default=None,
               help="Saved `dmdask alpha-sim --out`: adds the App. B figure.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def report(store, out, datamodels, evaluation, comparison, complexity, fast, values_path,
-           alpha_sim, progress):
+def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf, sup, mis, sel,
+           values_path, alpha_sim, progress):
     """Write one self-contained HTML report on STORE's datamodels.
 
     Predicted vs actual margins on held-out models, LDS and per-target correlation
     histograms, sample-complexity curves against the OPT noise floor, lambda-path
-    validation curves, the estimator comparison table, and for image jobs the training
-    images with the largest positive and negative weights for a few targets.
+    validation curves, the estimator comparison table, for image jobs the training
+    images with the largest positive and negative weights for a few targets, and the
+    counterfactual analyses given (removal effects, data support, mislabelling, selection).
     """
     path = _report(store, out, datamodels=datamodels, evaluation=evaluation,
                    comparison=comparison, complexity=complexity, fast=fast, progress=progress,
+                   counterfactuals=_load_result(cf), support=_load_result(sup),
+                   mislabel=_load_result(mis), selection=_load_result(sel),
                    values=_load_result(values_path), alpha_sim=_load_result(alpha_sim))
     click.echo(f"report    {path}")
 
 
 def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
-            complexity=None, fast=False, progress=False, echo=click.echo, values=None,
-            alpha_sim=None):
+            complexity=None, fast=False, progress=False, echo=click.echo, **counterfactual):
     import xarray as xr
 
     from ..analysis.evaluate import evaluation_runs
@@ -647,7 +657,7 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
         echo("          sample-complexity curves")
         sc = run_sc(store)
     return write_report(out, store=store, datamodels=dm, evaluation=ev, comparison=cmp,
-                        sample_complexity=sc, values=values, alpha_sim=alpha_sim)
+                        sample_complexity=sc, **counterfactual)
 
 
 @main.command()
@@ -667,18 +677,22 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
               help="Draw the sample-complexity curves (refits on nested prefixes of the "
                    "models; the slowest stage when prefixes have fewer models than there are "
                    "training examples).")
+@click.option("--counterfactuals/--no-counterfactuals", default=True, show_default=True,
+              help="Run small versions of the counterfactual analyses (removals, data "
+                   "support, mislabelling, data selection), training their models.")
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
 @click.option("--job", default=DEFAULT_JOB, show_default=True, help="Job to run.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, workers, job,
-               progress):
+def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, counterfactuals,
+               workers, job, progress):
     """Run the whole job end to end on the embedded default (digits MLP, local cluster, CPU).
 
     Creates DIR/runs.zarr with the random models to fit on, held-out models and their
     replicates; trains them on a LocalCluster; fits the datamodels; evaluates them on the
     held-out models; compares the estimators (the paper's Table 5); computes the
-    sample-complexity curves; and writes DIR/report.html. Rerunning adds whatever models the
+    sample-complexity curves; runs small counterfactual analyses (predicted vs actual removal
+    effects, data support, mislabel brittleness, data selection); and writes DIR/report.html. Rerunning adds whatever models the
     store still lacks, resumes the training where it stopped and recomputes the rest.
     """
     from ..train import train as run
@@ -686,7 +700,7 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     os.makedirs(workdir, exist_ok=True)
     store = os.path.join(workdir, "runs.zarr")
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
-    click.echo(f"[1/6] run store {store} ({job}, {n_models} random + {heldout} held-out x "
+    click.echo(f"[1/7] run store {store} ({job}, {n_models} random + {heldout} held-out x "
                f"{1 + replicates} runs, alpha = 0.5)")
     _quickstart_store(store, job, n_models, heldout, replicates)
     rep = run(store, workers=workers, progress=progress,
@@ -702,13 +716,13 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     from ..analysis.complexity import sample_complexity
     from ..analysis.evaluate import evaluate
 
-    click.echo(f"[3/6] evaluation on the held-out models -> {path('evaluation.zarr')}")
+    click.echo(f"[3/7] evaluation on the held-out models -> {path('evaluation.zarr')}")
     ev = evaluate(store, dm)
     for line in _evaluation_summary(ev):
         click.echo("      " + line)
     _save_quiet(ev, path("evaluation.zarr"))
     rows = default_rows(store, include_model_based=not no_model_based)
-    click.echo(f"[4/6] estimator comparison ({len(rows)} rows) -> {path('comparison.zarr')}")
+    click.echo(f"[4/7] estimator comparison ({len(rows)} rows) -> {path('comparison.zarr')}")
     cmp = compare(store, rows, datamodels=dm, progress=False, on_row=lambda i, r, sec: (
         click.echo(f"      {r[0]} ({r[1]} models): {sec:.1f} s") if progress else None))
     for line in format_table(cmp, markdown=False).splitlines():
@@ -716,7 +730,7 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
     _save_quiet(cmp, path("comparison.zarr"))
     sc = None
     if curves:
-        click.echo(f"[5/6] sample complexity -> {path('sample_complexity.zarr')}")
+        click.echo(f"[5/7] sample complexity -> {path('sample_complexity.zarr')}")
         sc = sample_complexity(store, estimators=("lasso", "dom_margin"))
         last = sc.isel(n_models=-1)
         click.echo(f"      OPT {float(sc.opt):.4f}; lasso MSE "
@@ -727,12 +741,79 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, w
                    f"{float(last.lds.sel(estimator='lasso')):.3f}")
         _save_quiet(sc, path("sample_complexity.zarr"))
     else:
-        click.echo("[5/6] sample complexity skipped (--no-curves)")
+        click.echo("[5/7] sample complexity skipped (--no-curves)")
+    cfr = {}
+    if counterfactuals:
+        click.echo(f"[6/7] counterfactuals, data support, mislabelling, data selection -> "
+                   f"{path('counterfactuals.zarr')}, ...")
+        cfr = _quickstart_counterfactuals(store, path, dm, workers, progress)
+    else:
+        click.echo("[6/7] counterfactuals skipped (--no-counterfactuals)")
     from ..report.page import write_report
 
     out = write_report(path("report.html"), store=store, datamodels=dm, evaluation=ev,
-                       comparison=cmp, sample_complexity=sc)
-    click.echo(f"[6/6] report {os.path.abspath(out)}")
+                       comparison=cmp, sample_complexity=sc, **cfr)
+    click.echo(f"[7/7] report {os.path.abspath(out)}")
+
+
+def _quickstart_counterfactuals(store, path, dm, workers, progress) -> dict:
+    """A small version of each counterfactual analysis on one local cluster; the Datasets by
+    their report keyword."""
+    import numpy as np
+
+    from ..counterfactual import counterfactuals, select, support
+    from ..errors import InputError
+    from ..train import _client_for
+    from .summaries import counterfactual_summary, support_summary
+
+    client, cluster = _client_for(None, workers, None)
+    out = {}
+    try:
+        n_train = dm.sizes["train"]
+        small = [k for k in (10, 40, 160) if k <= n_train // 2] or [max(1, n_train // 4)]
+        opts = dict(targets=min(10, dm.sizes["target"]), runs=3, client=client,
+                    progress=progress)
+        cf = counterfactuals(store, dm, k=small, **opts)
+        out["counterfactuals"] = cf
+        for line in counterfactual_summary(cf):
+            click.echo("      " + line)
+        for key, mode in (("support", "remove"), ("mislabel", "relabel")):
+            try:
+                s = support(store, dm, mode=mode, **opts)
+            except InputError as e:  # e.g. a job without train_logits: say so, go on
+                click.echo(f"      {key} skipped: {e}")
+                continue
+            out[key] = s
+            for line in support_summary(s):
+                click.echo("      " + line)
+        # the hardest class (lowest mean datamodel bias) leaves room to improve
+        lab = np.asarray(dm["target_label"].values)
+        bias = np.asarray(dm["bias"].values, np.float64)
+        classes, counts = np.unique(lab, return_counts=True)
+        big = classes[counts >= 4]  # two halves of at least two targets
+        if big.size == 0:
+            click.echo("      selection skipped: no class has 4 targets with datamodels")
+            return _quickstart_save(out, path)
+        hard = int(min(big, key=lambda c: bias[lab == c].mean()))
+        ks = [k for k in (50, 200, 800) if k < n_train] or [max(1, n_train // 4)]
+        sel = select(store, dm, target_class=hard, k=ks, runs=3, client=client,
+                     progress=progress)
+        out["selection"] = sel
+        acc = sel.accuracy.isel(k=len(ks) // 2)
+        click.echo(f"      selection at k = {int(acc.k)} (accuracy on held-apart class-"
+                   f"{hard} targets): " + ", ".join(
+                       f"{m} {float(acc.sel({'method': m})):.3f}" for m in sel.method.values))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return _quickstart_save(out, path)
+
+
+def _quickstart_save(out: dict, path) -> dict:
+    for key, ds in out.items():
+        _save_quiet(ds, path(f"{key}.zarr"))
+    return out
 
 
 def _quickstart_store(store: str, job: str, n_models: int, heldout: int,
@@ -775,7 +856,7 @@ def _save_quiet(ds, out):
 def _quickstart_fit(store: str, out: str, progress: bool):
     from ..fit.datamodels import fit_datamodels, save_datamodels
 
-    click.echo(f"[2/6] datamodels {out}")
+    click.echo(f"[2/7] datamodels {out}")
     dm = fit_datamodels(store, progress=progress)
     save_datamodels(dm, out, overwrite=True)
     for line in _fit_summary(dm):

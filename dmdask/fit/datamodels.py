@@ -259,6 +259,9 @@ def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds)
     attrs = {
         "dmdask_datamodels": 1,
         "store": str(src.get("path", "")) if isinstance(src, dict) else "",
+        # what later analyses check that a datamodels Dataset belongs to a store by
+        "store_fingerprint": src.get("fingerprint") if isinstance(src, dict) else None,
+        "store_seed": src.get("seed") if isinstance(src, dict) else None,
         "alpha": alpha,
         "selection": selection,
         "n_models": int(rows.size),

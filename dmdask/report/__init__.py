@@ -1,5 +1,5 @@
-"""Stage 5 — one self-contained HTML page of every analysis of a store (``page``; images from
-the store's job in ``images``)."""
+"""Stage 6 — one self-contained HTML page of every analysis of a store (``page``; images from
+the store's job in ``images``; ``html`` building blocks; ``counterfactual`` sections)."""
 
 from . import page as _page
 from .page import *  # noqa: F403  (the names of page.__all__)

@@ -35,23 +35,31 @@ rasterises headless to static PNGs with no JavaScript runtime, whereas interacti
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from ..errors import DmdaskError, InputError
+from .html import (
+    _esc,
+    _figure,
+    _fmt,
+    _horizontal,
+    _malformed,
+    _missing,
+    _new_fig,
+    _no_minor_labels,
+    _section,
+)
 from .images import ImagesArg, image_source, resolve_images
 from .inputs import store_and_path as _open_store
 
 __all__ = [
+    "COUNTERFACTUAL_FIGURE_IDS",
     "FIGURE_IDS",
     "PredictedActual",
     "predicted_vs_actual",
@@ -63,8 +71,9 @@ __all__ = [
 # Every figure the page can hold, by section; a figure whose input is missing is left out.
 FIGURE_IDS = ("fig-pred-actual", "fig-eval-hist", "fig-comparison-lds",
               "fig-sample-complexity", "fig-lambda-path", "fig-images")
-
-_DPI = 100  # 100 dpi keeps a full digits page near 1 MB while staying legible
+# ... and of the counterfactual analyses (dmdask.report.counterfactual)
+COUNTERFACTUAL_FIGURE_IDS = ("fig-counterfactuals", "fig-support", "fig-mislabel",
+                             "fig-selection")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
@@ -86,8 +95,6 @@ dl.meta dt{font-weight:600}dl.meta dd{margin:0}
 
 
 # --------------------------------------------------------------------------- inputs
-def _esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
 
 
 def _open_datamodels(dm) -> xr.Dataset | None:
@@ -194,83 +201,6 @@ def predicted_vs_actual(store, datamodels, *, max_points: int = 5000,
         pearson=_pooled_pearson(p_all, a_all),
         mse=float(np.mean((p_all - a_all) ** 2)) if p_all.size else float("nan"),
         pearson_mean=_pooled_pearson(pm_all, am_all))
-
-
-# --------------------------------------------------------------------------- figures
-def _mpl():
-    """matplotlib's Figure and Agg canvas, without pyplot: no global backend switch and no
-    global figure registry in the caller's process."""
-    from ..optional import require
-
-    require("matplotlib")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    return Figure, FigureCanvasAgg
-
-
-def _horizontal() -> dict[str, Any]:
-    """Horizontal boxes: ``orientation=`` from matplotlib 3.10 on (``vert=`` is deprecated
-    there), ``vert=False`` before."""
-    import matplotlib
-
-    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
-    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
-
-
-def _no_minor_labels(ax) -> None:
-    """Log axes spanning less than a decade label their minor ticks, which overlap."""
-    from matplotlib.ticker import NullFormatter
-
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _new_fig(w: float, h: float):
-    Figure, Canvas = _mpl()
-    fig = Figure(figsize=(w, h), dpi=_DPI, layout="constrained")
-    Canvas(fig)
-    return fig
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.canvas.print_png(buf)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _figure(fig_id: str, fig, caption: str, alt: str) -> str:
-    w, h = (int(round(v)) for v in fig.get_size_inches() * fig.dpi)
-    return (f'<figure id="{fig_id}"><img src="data:image/png;base64,{_png(fig)}" '
-            f'width="{w}" height="{h}" alt="{_esc(alt)}"><figcaption>{caption}</figcaption>'
-            "</figure>")
-
-
-def _missing(text: str) -> str:
-    return f'<p class="missing">{text}</p>'
-
-
-def _malformed(ds, dim: str, required, what: str) -> str | None:
-    """A "missing" paragraph when ``ds`` lacks ``dim`` or a required variable, else None."""
-    if dim not in ds.dims:
-        return _missing(f"The {what} has no <code>{dim}</code> dimension.")
-    lack = [v for v in required if v not in ds]
-    if lack:
-        return _missing(f"The {what} lacks the variables " + ", ".join(lack) + ".")
-    return None
-
-
-def _fmt(v: Any, nd: int = 3) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return _esc(v)
-    if not np.isfinite(f):
-        return "—"
-    return f"{f:.{nd}f}"
-
-
-def _section(sec_id: str, title: str, body: str) -> str:
-    return f'<section id="{sec_id}"><h2>{_esc(title)}</h2>{body}</section>'
 
 
 # --------------------------------------------------------------------------- sections
@@ -701,8 +631,15 @@ def _no_heldout(ds) -> str | None:
 
 def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
                   sample_complexity=None, images: ImagesArg = None, title: str | None = None,
-                  n_examples: int = 4, top_k: int = 5, values=None, alpha_sim=None) -> str:
+                  n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
+                  mislabel=None, selection=None, values=None, alpha_sim=None) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
+    from .counterfactual import sec_counterfactuals, sec_selection, sec_support
+
+    cf = _as_dataset(counterfactuals, "counterfactuals")
+    sup = _as_dataset(support, "support")
+    mis = _as_dataset(mislabel, "mislabel")
+    sel = _as_dataset(selection, "selection")
     ds, path = _open_store(store)
     dm = _open_datamodels(datamodels)
     ev = _as_dataset(evaluation, "evaluation")
@@ -720,6 +657,11 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
          lambda: _sec_lambda_path(dm, n_examples)),
         ("sec-images", "Training images with the largest weights",
          lambda: _sec_images(ds, dm, images, n_examples, top_k)),
+        ("sec-counterfactuals", "Counterfactuals: predicted vs actual effects of removals",
+         lambda: sec_counterfactuals(cf)),
+        ("sec-support", "Data support and mislabel brittleness",
+         lambda: sec_support(sup, mis)),
+        ("sec-selection", "Datamodel-guided data selection", lambda: sec_selection(sel)),
     ]
     # data values and the α simulation appear only when given (docs/values.md)
     vals = _as_dataset(values, "values")
@@ -753,7 +695,8 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
 
 def write_report(out, *, store, datamodels=None, evaluation=None, comparison=None,
                  sample_complexity=None, images: ImagesArg = None, title: str | None = None,
-                 n_examples: int = 4, top_k: int = 5, values=None, alpha_sim=None) -> Path:
+                 n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
+                 mislabel=None, selection=None, values=None, alpha_sim=None) -> Path:
     """Write the report page to ``out`` (an ``.html`` path; parent folders are created) and
     return its path.
 
@@ -766,10 +709,12 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     ``sample_complexity``: Dataset with dim ``n_models`` and ``mse, mse_ci_low, mse_ci_high,
     lds, spearman, r2`` and the scalar ``opt``. ``images``: see :func:`resolve_images`.
     ``n_examples``: targets shown with their images and λ paths; ``top_k``: positive and
-    negative training images per target. Any input may be None: its section then says what
-    is missing and how to produce it. ``values`` (:func:`dmdask.values.api.values`) and
-    ``alpha_sim`` (:func:`dmdask.values.alpha_sim.alpha_simulation`) add their sections when
-    given. Needs matplotlib (the ``viz`` extra).
+    negative training images per target. ``counterfactuals``, ``support``, ``mislabel``,
+    ``selection``: the Datasets of :mod:`dmdask.counterfactual` (or Zarr paths). ``values``
+    (:func:`dmdask.values.api.values`) and ``alpha_sim``
+    (:func:`dmdask.values.alpha_sim.alpha_simulation`) add their sections when given. Any input
+    may be None: its section then says what is missing and how to produce it. Needs matplotlib
+    (the ``viz`` extra).
     """
     from ..optional import require
 
@@ -777,7 +722,8 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     page = render_report(store=store, datamodels=datamodels, evaluation=evaluation,
                          comparison=comparison, sample_complexity=sample_complexity,
                          images=images, title=title, n_examples=n_examples, top_k=top_k,
-                         values=values, alpha_sim=alpha_sim)
+                         counterfactuals=counterfactuals, support=support, mislabel=mislabel,
+                         selection=selection, values=values, alpha_sim=alpha_sim)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

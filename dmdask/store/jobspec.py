@@ -12,6 +12,15 @@ parameters. It must define two methods on the class itself:
     by the bool row ``masks[b]`` with seed ``seeds[b]``; ``train_labels`` ([B, n_train] int,
     or None) replaces the labels the models train on (label-flip experiments).
 
+**Optional counterfactual hooks** (used by :mod:`dmdask.counterfactual`):
+
+``supports_train_labels = True`` (class attribute)
+    The job honours ``train_labels``; label-flip counterfactuals (mislabel brittleness)
+    refuse a job without it.
+``train_logits(masks, seeds, train_labels=None) -> float [B, n_target, n_classes]``
+    The logits of the models :meth:`train_block` trains; the mislabel search takes each
+    target's most confused class from the full-data models' mean logits.
+
 **Optional report hook** (used by :mod:`dmdask.report` to draw training images and targets;
 a job without it gets a report whose images section says so):
 
