@@ -177,6 +177,21 @@ def test_shapley_from_runs_at_several_alpha(bern_store, game):
     assert (np.abs(acc["value"].values - exa) <= 4 * acc["value_se"].values + 1e-12).all()
 
 
+def test_beta_from_the_store(bern_store, game):
+    """Beta-Shapley (Beta(4, 1) on q: weight on large sets) from the store: Gauss–Jacobi nodes,
+    none at ½, so every node's runs are the method's own; within 4 se of the exact values. Its
+    top node sits at q ≈ 0.97, where a training example is left out of ~3% of the runs:
+    2,000 runs leave about 60 on the small side (``node_min_group`` says how many there were;
+    300 runs left about 9, too few for the se)."""
+    v = values(bern_store, "beta", a=4.0, b=1.0, runs=2000, workers=1)
+    q, w = v["node_alpha"].values, v["node_weight"].values
+    assert q.size == 5 and w.sum() == pytest.approx(1.0) and (q @ w) == pytest.approx(0.8, 1e-6)
+    assert v.attrs["n_evaluations"] == 5 * 2000 and v.attrs["n_trained_now"] > 0
+    assert v["node_min_group"].values.min() >= 30
+    ex = sv.exact_semivalue(game, N, sv.measure("beta", 4.0, 1.0))[0]
+    assert (np.abs(v["value"].values - ex) <= 4 * v["value_se"].values).all()
+
+
 def test_bad_input_one_line(bern_store):
     """A utility not defined for the store's targets, α outside (0, 1), a bad Beta."""
     for spec, why in (("loss", "not one of"), ("accuracy@6", "not positions"),

@@ -139,16 +139,18 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
         trained = int(rep.models)
         ds = open_store(path)
     phi = var = 0.0
-    used = []
+    used, minority = [], []
     for g, (qg, wg) in enumerate(zip(q, om, strict=True)):
         rows = node_rows[float(qg)]
         if not np.asarray(ds["completed"].values)[rows].all():
             raise JobError(f"{path}: runs at α = {qg:.4g} are still untrained; run dmdask "
                            "train and retry")
         st = MSRStats()
+        n_in = np.zeros(ds.sizes["train"], np.int64)
         for s in range(0, rows.size, row_chunk):
             r = rows[s:s + row_chunk]
             mk = np.asarray(ds["mask"].isel(model=r).values, bool)
+            n_in += mk.sum(0)
             mg = np.asarray(ds["margin"].isel(model=r, target=util.targets).values, np.float64)
             st.add(mk, util(mg))
         p, se = st.finish()
@@ -164,11 +166,13 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
         phi = phi + wg * p
         var = var + wg ** 2 * se ** 2
         used.append(rows.size)
+        minority.append(int(np.minimum(n_in, rows.size - n_in).min()))
         say(f"node {g + 1}/{q.size}: α = {qg:.4g}, {rows.size} runs")
     dims = ("train",) if util.scalar else ("train", "target")
     coords = {"train": ds["train"].values,
               "node_alpha": ("node", q), "node_weight": ("node", om),
-              "node_runs": ("node", np.asarray(used, np.int64))}
+              "node_runs": ("node", np.asarray(used, np.int64)),
+              "node_min_group": ("node", np.asarray(minority, np.int64))}
     if "train_label" in ds.variables:
         coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
     if not util.scalar:
@@ -181,6 +185,9 @@ def values(store, method: str = "banzhaf", utility: str | None = None, *, a: flo
     out["value"].attrs["description"] = (
         f"{mu.kind} value of each training example for the utility {util.spec!r}")
     out["value_se"].attrs["description"] = "standard error (runs at each node independent)"
+    out["node_min_group"].attrs["description"] = (
+        "fewest runs on either side (with / without a training example) at the node: below "
+        "about 30 the difference of means and its se rest on few runs (nodes near α = 0 or 1)")
     out.attrs = {"method": mu.kind, "a": mu.a, "b": mu.b, "utility": util.spec,
                  "route": "msr" if q.size == 1 else "quadrature",
                  "n_evaluations": int(sum(used)), "n_trained_now": trained,
