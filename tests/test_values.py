@@ -7,6 +7,7 @@ ridge classifier, its margins on 6 targets), so every subset's utility is enumer
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from math import comb
@@ -267,3 +268,37 @@ def test_report_sections(bern_store, tmp_path):
     assert "Best α by increasing p" in page
     plain = render_report(store=None)
     assert "sec-values" not in plain and "fig-alpha-sim" not in plain
+
+
+@pytest.mark.skipif(not os.environ.get("DMDASK_PYDVL_PYTHON"),
+                    reason="set DMDASK_PYDVL_PYTHON to a python with pyDVL (it pins numpy < 2, "
+                           "so it lives in its own environment)")
+def test_against_pydvl(game, tmp_path):
+    """pyDVL's MSR-Banzhaf and TMC-Shapley on the same tabulated game (accuracy utility), run
+    by benchmarks/pydvl_game.py in pyDVL's environment: both are within 4 of their own se of
+    the exact values, and dmdask's estimates at a similar number of utility evaluations are
+    within 4 combined se of pyDVL's (independent seeds)."""
+    import json
+
+    g = scalar(game)
+    table = g(sv._all_masks(N))
+    path = tmp_path / "game.npy"
+    np.save(path, table)
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                          "pydvl_game.py")
+    r = subprocess.run([os.environ["DMDASK_PYDVL_PYTHON"], script, str(path), "--samples",
+                        "1000", "--updates", "200", "--seed", "10001"], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    mine = {"msr_banzhaf": sv.quadrature_semivalue(g, N, sv.measure("banzhaf"),
+                                                   runs_per_node=2000, seed=1),
+            "tmc_shapley": sv.tmc_shapley(g, N, tolerance=None, min_permutations=200,
+                                          max_permutations=200, seed=1)}
+    for key, kind in (("msr_banzhaf", "banzhaf"), ("tmc_shapley", "shapley")):
+        ex = sv.exact_semivalue(g, N, sv.measure(kind))[0]
+        pv, ps = np.array(out[key]["values"]), np.array(out[key]["stderr"])
+        assert (np.abs(pv - ex) <= 4 * ps + 1e-12).all(), key
+        mv, ms = mine[key][0], mine[key][1]
+        assert (np.abs(mv - pv) <= 4 * np.sqrt(ms ** 2 + ps ** 2) + 1e-12).all(), key
+        assert out[key]["evaluations"] > 0 and mine[key][2] > 0
