@@ -150,3 +150,28 @@ def test_exact_loo_refuses_a_nonlinear_job(tmp_path):
     with pytest.raises(JobError, match="least-squares job") as e:
         estimators.compute(p, "loo_exact")
     assert "\n" not in str(e.value) and "loo_newton" in str(e.value)
+
+
+def test_cli_loo(ridge_store, tmp_path):
+    """``dmdask loo`` saves the estimator's effects as a score Dataset that evaluate's loader
+    reads back; a non-linear job asked for exact LOO exits 2 with one line."""
+    import subprocess
+    import sys
+
+    from dmdask.analysis.scores import load_scores
+
+    out = tmp_path / "loo.zarr"
+    r = subprocess.run([sys.executable, "-m", "dmdask.cli", "loo", ridge_store, "--method",
+                        "exact", "--targets", "0-4", "--out", str(out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "5 targets x 1297 training examples" in r.stdout
+    back = load_scores(str(out), ds=dmdask.open_store(ridge_store))
+    ref = estimators.compute(ridge_store, "loo_exact", targets=np.arange(5))
+    np.testing.assert_allclose(back.values, ref.values, rtol=1e-12, atol=0)
+    p = tmp_path / "log.zarr"
+    dmdask.create_store(p, "jobs.digits:DigitsLogistic", 0, 0.5)
+    r = subprocess.run([sys.executable, "-m", "dmdask.cli", "loo", str(p), "--method", "exact"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "least-squares" in r.stderr
+

@@ -947,3 +947,48 @@ def alpha_sim(n_train, n_features, levels, alphas, runs_per_n, seed, out, progre
                    + f"{r['best_alpha'].values[k]:>9g}")
     _save_result(r, out)
 
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--method", type=click.Choice(["exact", "newton", "retrain"]), default="newton",
+              show_default=True,
+              help="exact: Sherman–Morrison (least-squares jobs); newton: one Newton step with "
+                   "leverage (cross-entropy jobs with the model hooks); retrain: train the "
+                   "N + 1 sets through the store (any job).")
+@click.option("--runs", type=int, default=1, show_default=True,
+              help="newton: full-data models averaged; retrain: runs of each set.")
+@click.option("--targets", default=None, metavar="0,5,9|0-99|label=K",
+              help="Targets to attribute (default all).")
+@click.option("--workers", type=int, default=None, help="retrain: workers of the cluster.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Save the effects as a score Dataset (Zarr, or .nc); `dmdask evaluate` "
+                   "reads it.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def loo(store, method, runs, targets, workers, out, progress):
+    """Leave-one-out effects f(x; D) − f(x; D∖i) of every training example on the targets'
+    margins: exact, by one Newton step, or by retraining (docs/values.md)."""
+    import numpy as np
+
+    from ..analysis.estimators import compute
+    from ..store.runstore import open_store
+    from ..values.utility import parse_utility
+
+    ds = open_store(store)
+    tpos = None
+    if targets:
+        labels = ds["target_label"].values if "target_label" in ds.variables else None
+        tpos = parse_utility(f"output@{targets}", ds.sizes["target"], labels).targets
+    kw = {"workers": workers, "progress": progress} if method == "retrain" else {}
+    sc = compute(ds, f"loo_{method}", n_models=runs, targets=tpos, **kw)
+    a = sc.attrs
+    v = sc.values
+    click.echo(f"loo_{method}: {v.shape[0]} targets x {v.shape[1]} training examples; "
+               f"{a.get('n_trainings')} trainings used"
+               + (f", {a['n_trained_now']} trained now" if "n_trained_now" in a else "")
+               + f"; {a.get('seconds', float('nan')):.1f} s")
+    mean = np.nanmean(v, 0)
+    top = np.argsort(-mean)[:5]
+    click.echo("largest mean effects: " + ", ".join(f"{int(i)} ({mean[i]:.4g})" for i in top))
+    _save_result(sc.to_dataset(), out)
