@@ -8,11 +8,14 @@ A job is a class named by an import path ``"module:Class"`` (see :mod:`dmdask.jo
 ``jobs.digits:DigitsLogistic``
     L2-regularised multinomial logistic regression on the same data, solved to high precision
     (deterministic given the mask): the convex job used for exactness checks.
+``jobs.digits:DigitsRidge``
+    One-vs-rest ridge regression on the same data in closed form: the least-squares job
+    (exact leave-one-out by Sherman–Morrison, ``loo_exact``).
 
 Importing this package is cheap: torch and scikit-learn are imported by the jobs only when
 they are constructed or run.
 """
 
-JOBS = ("jobs.digits:DigitsMLP", "jobs.digits:DigitsLogistic")
+JOBS = ("jobs.digits:DigitsMLP", "jobs.digits:DigitsLogistic", "jobs.digits:DigitsRidge")
 
 __all__ = ["JOBS"]

@@ -383,3 +383,46 @@ class DigitsLogistic(_DigitsJob):
         return {"W": pen}
 
 
+
+
+class DigitsRidge(_DigitsJob):
+    """One-vs-rest ridge regression on the digits, in closed form: the least-squares job.
+
+    Model ``b`` solves ``(X_bᵀX_b + l2·D)β = X_bᵀY_b`` over its subset, ``X`` the 64 pixel
+    features and a ones column (``D`` = identity with 0 for the intercept: unpenalised),
+    ``Y`` the one-hot labels coded ±1; logits ``[x, 1] @ β``. Deterministic given the mask;
+    ``seeds`` are ignored. Its :meth:`least_squares` hook lets ``loo_exact`` compute every
+    leave-one-out model from one factorisation (REFERENCE §5.1).
+    """
+
+    preferred_block_size = 64
+
+    def __init__(self, l2: float = 1.0, train_targets: int = 0, threads: int | None = None):
+        super().__init__(train_targets=train_targets, threads=threads)
+        if not float(l2) > 0:
+            raise ValueError(f"l2 must be > 0, got {l2}")
+        self.l2 = float(l2)
+
+    def least_squares(self) -> dict:
+        """The problem every model solves on its rows: ``x_train`` [n, 65] and ``x_target``
+        [m, 65] (ones column last), regression targets ``y_train`` [n, 10] and the per-column
+        ``penalty`` [65] of ``(XᵀX + diag(penalty))β = XᵀY``; logits are ``x @ β``."""
+        s = self.split
+        one = np.ones((s.x_train.shape[0], 1))
+        pen = np.full(s.x_train.shape[1] + 1, self.l2)
+        pen[-1] = 0.0
+        return {"x_train": np.hstack([s.x_train, one]),
+                "x_target": np.hstack([self.x_target, np.ones((self.n_target, 1))]),
+                "y_train": 2.0 * np.eye(N_CLASSES)[s.y_train] - 1.0, "penalty": pen}
+
+    def train_block(self, masks, seeds, train_labels=None) -> np.ndarray:
+        masks, _, labels = self._check(masks, seeds, train_labels)
+        ls = self.least_squares()
+        X, Xt, pen = ls["x_train"], ls["x_target"], np.diag(ls["penalty"])
+        out = np.empty((masks.shape[0], self.n_target), np.float32)
+        for b in range(masks.shape[0]):
+            Y = 2.0 * np.eye(N_CLASSES)[labels[b]] - 1.0
+            a = X[masks[b]]
+            beta = np.linalg.solve(a.T @ a + pen, a.T @ Y[masks[b]])
+            out[b] = margins_from_logits((Xt @ beta)[None], self.y_target)[0]
+        return out

@@ -24,7 +24,10 @@ from dmdask.errors import InputError, JobError
 NAMES = sorted(n for n in estimators.ESTIMATORS if n not in estimators.MODEL_BASED)
 MODEL_NAMES = sorted(estimators.MODEL_BASED)
 # small settings keep the model-based contract cheap (a 64-16-10 MLP, 2 epochs)
-MODEL_OPTS = {"trak": {"n_models": 2, "proj_dim": 64}}
+MODEL_OPTS = {"trak": {"n_models": 2, "proj_dim": 64}, "shapley": {"n_models": 200}}
+# the job a model-based estimator's contract runs on where the MLP is not one it takes
+MODEL_JOBS = {"loo_exact": "jobs.digits:DigitsRidge", "loo_retrain": "jobs.digits:DigitsRidge",
+              "loo_newton": "jobs.digits:DigitsLogistic", "shapley": "jobs.digits:DigitsRidge"}
 
 
 class ScaledRidge(RegressorMixin, BaseEstimator):
@@ -276,15 +279,34 @@ def mlp_store(tmp_path_factory):
     return str(p)
 
 
+@pytest.fixture(scope="module")
+def job_store(tmp_path_factory, mlp_store):
+    """The store (path) estimator ``name``'s contract runs on, made once per job."""
+    made = {}
+
+    def get(name):
+        job = MODEL_JOBS.get(name)
+        if job is None:
+            return mlp_store
+        if job not in made:
+            p = tmp_path_factory.mktemp("jc") / (job.split(":")[1] + ".zarr")
+            dmdask.create_store(p, job, 0, 0.5)
+            made[job] = str(p)
+        return made[job]
+
+    return get
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_model_schema_and_sign(name, mlp_store):
+def test_model_schema_and_sign(name, job_store):
     """Schema as for the store estimators (no bias: calibrated by evaluate), a target subset
     keeps its coordinates and values, and the sign convention: on the digits, training
     examples of the target's own class score higher on average than the others."""
     if name == "trak":
         pytest.importorskip("trak")  # the `model` extra
-    ds = dmdask.open_store(mlp_store)
+    store = job_store(name)
+    ds = dmdask.open_store(store)
     est = estimators.ESTIMATORS[name]
     opts = MODEL_OPTS.get(name, {})
     tg = np.arange(0, 500, 10)
@@ -297,7 +319,7 @@ def test_model_schema_and_sign(name, mlp_store):
     assert sc.attrs["estimator"] == name and sc.attrs["output"] == est.output == "margin"
     assert "bias" not in sc.coords and not est.has_bias and not est.eq9
     assert sc.attrs["n_models"] == opts.get("n_models", 1 if name != "trak" else 10)
-    sub = estimators.compute(mlp_store, name, targets=tg[[3, 0]], **opts)
+    sub = estimators.compute(store, name, targets=tg[[3, 0]], **opts)
     np.testing.assert_array_equal(sub["target"], tg[[3, 0]])
     np.testing.assert_allclose(sub.values, sc.values[[3, 0]], rtol=1e-5,
                                atol=1e-6 * np.abs(sc.values).max())

@@ -379,6 +379,8 @@ def test_errors(mlp_store, logistic_store, tmp_path):
     p = str(tmp_path / "ridge.zarr")
     dmdask.create_store(p, "testjobs:RidgeDigits", 0, 0.5)
     for name in estimators.MODEL_BASED:
+        if estimators.ESTIMATORS[name].hooks is not None:
+            continue  # needs other hooks, or none (tests/test_loo.py, tests/test_values.py)
         with pytest.raises(JobError, match="lacks the model hook"):
             estimators.compute(p, name)
     q = str(tmp_path / "jobless.zarr")

@@ -107,7 +107,7 @@ def default_rows(ds, *, include_model_based: bool = True,
                  ("ridge", m, "margin")]
     if include_model_based:
         for name, est in ESTIMATORS.items():
-            if not _is_model_based(name) or not _job_supports(ds, name):
+            if not _is_model_based(name) or not est.default_row or not _job_supports(ds, name):
                 continue
             rows.append((name, int(model_based_models or _default_models(name)), est.output))
     return rows
@@ -145,7 +145,11 @@ def _job_supports(ds, name: str) -> bool:
         return False
     except Exception:
         return False
-    hooks = MODEL_HOOKS + (("train_checkpoints",) if name == "tracincp" else ())
+    from .estimators import ESTIMATORS
+
+    hooks = ESTIMATORS[name].hooks
+    if hooks is None:
+        hooks = MODEL_HOOKS + (("train_checkpoints",) if name == "tracincp" else ())
     if name in _NEEDS and not optional.has(_NEEDS[name]):
         return False  # its optional library is not installed (the `model` extra)
     return all(getattr(cls, h, None) is not None for h in hooks)

@@ -591,10 +591,14 @@ def lemma(store, output, sizes, groups, control_scale):
               help="Saved `dmdask mislabel --out`.")
 @click.option("--selection", "sel", type=click.Path(exists=True), default=None,
               help="Saved `dmdask select --out`.")
+@click.option("--values", "values_path", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask values --out`: adds a data-values section.")
+@click.option("--alpha-sim", "alpha_sim", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask alpha-sim --out`: adds the App. B figure.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
 def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf, sup, mis, sel,
-           progress):
+           values_path, alpha_sim, progress):
     """Write one self-contained HTML report on STORE's datamodels.
 
     Predicted vs actual margins on held-out models, LDS and per-target correlation
@@ -606,7 +610,8 @@ def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf,
     path = _report(store, out, datamodels=datamodels, evaluation=evaluation,
                    comparison=comparison, complexity=complexity, fast=fast, progress=progress,
                    counterfactuals=_load_result(cf), support=_load_result(sup),
-                   mislabel=_load_result(mis), selection=_load_result(sel))
+                   mislabel=_load_result(mis), selection=_load_result(sel),
+                   values=_load_result(values_path), alpha_sim=_load_result(alpha_sim))
     click.echo(f"report    {path}")
 
 
@@ -857,3 +862,133 @@ def _quickstart_fit(store: str, out: str, progress: bool):
     for line in _fit_summary(dm):
         click.echo("      " + line)
     return dm
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--method", type=click.Choice(["banzhaf", "shapley", "beta"]), default="banzhaf",
+              show_default=True, help="Semivalue: Data Banzhaf (MSR), Data Shapley or "
+                                      "Beta-Shapley, from the store's runs (docs/values.md).")
+@click.option("--utility", default=None, metavar="NAME[@TARGETS]",
+              help="Scalar utility: mean_margin or accuracy, over TARGETS (0,5,9 or 0-99 or "
+                   "label=K; default all); then value(train). Default: each target's own "
+                   "margin, value(train, target).")
+@click.option("--a", "beta_a", type=float, default=1.0, show_default=True,
+              help="beta: Beta(a, b) on q (Kwon & Zou's Beta(alpha, beta) is a=beta, b=alpha).")
+@click.option("--b", "beta_b", type=float, default=1.0, show_default=True, help="beta: see --a.")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="banzhaf: where the point mass sits (0.5: Banzhaf; another α: the "
+                   "semivalue a single-α datamodel estimates).")
+@click.option("--nodes", type=int, default=None,
+              help="shapley/beta: Gauss quadrature nodes over α (default 5).")
+@click.option("--runs", type=int, default=None,
+              help="Runs per node (default: as many as the store's fitting models); missing "
+                   "runs are added and trained.")
+@click.option("--workers", type=int, default=None, help="Workers of the training cluster.")
+@click.option("--out", type=click.Path(), default=None, help="Save the values (Zarr, or .nc).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def values(store, method, utility, beta_a, beta_b, alpha, nodes, runs, workers, out, progress):
+    """Data values of the training examples from the run store's subset runs: Banzhaf,
+    Shapley or Beta-Shapley, with standard errors and the number of utility evaluations
+    (runs) used; runs the method needs and the store lacks are trained first."""
+    import numpy as np
+
+    from ..values.api import values as compute_values
+
+    v = compute_values(store, method, utility, a=beta_a, b=beta_b, alpha=alpha, nodes=nodes,
+                       runs=runs, workers=workers, progress=progress,
+                       say=(lambda m: click.echo(m, err=True)) if progress else None)
+    a = v.attrs
+    val, se = v["value"].values, v["value_se"].values
+    click.echo(f"{a['method']} values, utility {a['utility']}: {'x'.join(map(str, val.shape))} "
+               f"({', '.join(v['value'].dims)}); {a['n_evaluations']} utility evaluations "
+               f"(runs) at {v.sizes['node']} α node(s), {a['n_trained_now']} trained now; "
+               f"sampling {a['sampling']}")
+    flat = val if val.ndim == 1 else val.mean(1)
+    top = np.argsort(-flat)[:5]
+    click.echo("top training examples: " + ", ".join(
+        f"{int(i)} ({flat[i]:.4g})" for i in top))
+    click.echo(f"median standard error {np.nanmedian(se):.3g}")
+    _save_result(v, out)
+
+
+@main.command("alpha-sim")
+@click.option("-n", "n_train", type=int, default=500, show_default=True,
+              help="Training points (an equally sized held-out set is drawn).")
+@click.option("-d", "n_features", type=int, default=1000, show_default=True,
+              help="Bernoulli features (d > n: the learner is underdetermined).")
+@click.option("--levels", type=int, default=8, show_default=True,
+              help="Log-spaced frequency levels in [0.005, 0.5].")
+@click.option("--alpha", "alphas", type=float, multiple=True,
+              help="Subsampling fractions (repeatable; default 0.1 0.2 0.5 0.75 0.9).")
+@click.option("--runs-per-n", type=float, default=20.0, show_default=True,
+              help="Datamodel runs per α, as a multiple of n (the paper's m = 20n).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(), default=None, help="Save the result (Zarr, or .nc).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def alpha_sim(n_train, n_features, levels, alphas, runs_per_n, seed, out, progress):
+    """The paper's App. B simulation (Fig. 16): how well OLS datamodels at each α predict the
+    effect of removing a feature's subpopulation, by the feature's frequency."""
+    from ..values.alpha_sim import alpha_simulation
+
+    def tick(a, sec):
+        if progress:
+            click.echo(f"alpha {a:g} done ({sec:.0f} s)", err=True)
+
+    r = alpha_simulation(n=n_train, d=n_features, levels=levels,
+                         alphas=alphas or (0.1, 0.2, 0.5, 0.75, 0.9), m_per_n=runs_per_n,
+                         seed=seed, on_alpha=tick)
+    al = r["alpha"].values
+    click.echo("frequency " + "".join(f"{f'a={x:g}':>9}" for x in al) + "   best a")
+    for k, p in enumerate(r["frequency"].values):
+        click.echo(f"{p:<10.4g}" + "".join(f"{c:>9.3f}" for c in r["corr"].values[k])
+                   + f"{r['best_alpha'].values[k]:>9g}")
+    _save_result(r, out)
+
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True))
+@click.option("--method", type=click.Choice(["exact", "newton", "retrain"]), default="newton",
+              show_default=True,
+              help="exact: Sherman–Morrison (least-squares jobs); newton: one Newton step with "
+                   "leverage (cross-entropy jobs with the model hooks); retrain: train the "
+                   "N + 1 sets through the store (any job).")
+@click.option("--runs", type=int, default=1, show_default=True,
+              help="newton: full-data models averaged; retrain: runs of each set.")
+@click.option("--targets", default=None, metavar="0,5,9|0-99|label=K",
+              help="Targets to attribute (default all).")
+@click.option("--workers", type=int, default=None, help="retrain: workers of the cluster.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Save the effects as a score Dataset (Zarr, or .nc); `dmdask evaluate` "
+                   "reads it.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@_refusals
+def loo(store, method, runs, targets, workers, out, progress):
+    """Leave-one-out effects f(x; D) − f(x; D∖i) of every training example on the targets'
+    margins: exact, by one Newton step, or by retraining (docs/values.md)."""
+    import numpy as np
+
+    from ..analysis.estimators import compute
+    from ..store.runstore import open_store
+    from ..values.utility import parse_utility
+
+    ds = open_store(store)
+    tpos = None
+    if targets:
+        labels = ds["target_label"].values if "target_label" in ds.variables else None
+        tpos = parse_utility(f"output@{targets}", ds.sizes["target"], labels).targets
+    kw = {"workers": workers, "progress": progress} if method == "retrain" else {}
+    sc = compute(ds, f"loo_{method}", n_models=runs, targets=tpos, **kw)
+    a = sc.attrs
+    v = sc.values
+    click.echo(f"loo_{method}: {v.shape[0]} targets x {v.shape[1]} training examples; "
+               f"{a.get('n_trainings')} trainings used"
+               + (f", {a['n_trained_now']} trained now" if "n_trained_now" in a else "")
+               + f"; {a.get('seconds', float('nan')):.1f} s")
+    mean = np.nanmean(v, 0)
+    top = np.argsort(-mean)[:5]
+    click.echo("largest mean effects: " + ", ".join(f"{int(i)} ({mean[i]:.4g})" for i in top))
+    _save_result(sc.to_dataset(), out)

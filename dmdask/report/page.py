@@ -632,7 +632,7 @@ def _no_heldout(ds) -> str | None:
 def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
                   sample_complexity=None, images: ImagesArg = None, title: str | None = None,
                   n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
-                  mislabel=None, selection=None) -> str:
+                  mislabel=None, selection=None, values=None, alpha_sim=None) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     from .counterfactual import sec_counterfactuals, sec_selection, sec_support
 
@@ -663,6 +663,14 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
          lambda: sec_support(sup, mis)),
         ("sec-selection", "Datamodel-guided data selection", lambda: sec_selection(sel)),
     ]
+    # data values and the α simulation appear only when given (docs/values.md)
+    vals = _as_dataset(values, "values")
+    sim = _as_dataset(alpha_sim, "alpha_sim")
+    if vals is not None:
+        sections.append(("sec-values", "Data values", lambda: _sec_values(vals)))
+    if sim is not None:
+        sections.append(("sec-alpha-sim", "The role of α (App. B simulation)",
+                         lambda: _sec_alpha_sim(sim)))
     no_heldout = _no_heldout(ds)
     given = {"sec-evaluation": ev, "sec-comparison": cmp, "sec-sample-complexity": sc}
     body = []
@@ -688,7 +696,7 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
 def write_report(out, *, store, datamodels=None, evaluation=None, comparison=None,
                  sample_complexity=None, images: ImagesArg = None, title: str | None = None,
                  n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
-                 mislabel=None, selection=None) -> Path:
+                 mislabel=None, selection=None, values=None, alpha_sim=None) -> Path:
     """Write the report page to ``out`` (an ``.html`` path; parent folders are created) and
     return its path.
 
@@ -702,8 +710,10 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     lds, spearman, r2`` and the scalar ``opt``. ``images``: see :func:`resolve_images`.
     ``n_examples``: targets shown with their images and λ paths; ``top_k``: positive and
     negative training images per target. ``counterfactuals``, ``support``, ``mislabel``,
-    ``selection``: the Datasets of :mod:`dmdask.counterfactual` (or Zarr paths). Any input may
-    be None: its section then says what is missing and how to produce it. Needs matplotlib
+    ``selection``: the Datasets of :mod:`dmdask.counterfactual` (or Zarr paths). ``values``
+    (:func:`dmdask.values.api.values`) and ``alpha_sim``
+    (:func:`dmdask.values.alpha_sim.alpha_simulation`) add their sections when given. Any input
+    may be None: its section then says what is missing and how to produce it. Needs matplotlib
     (the ``viz`` extra).
     """
     from ..optional import require
@@ -713,11 +723,75 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
                          comparison=comparison, sample_complexity=sample_complexity,
                          images=images, title=title, n_examples=n_examples, top_k=top_k,
                          counterfactuals=counterfactuals, support=support, mislabel=mislabel,
-                         selection=selection)
+                         selection=selection, values=values, alpha_sim=alpha_sim)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)  # a reader never sees half a page
     return out
+
+
+# --------------------------------------------------------------------------- data values
+def _sec_values(v) -> str:
+    """Values with their standard errors (sorted), and the training examples valued most and
+    least (mean over targets for per-target values)."""
+    bad = _malformed(v, "train", ("value", "value_se"), "values Dataset")
+    if bad:
+        return bad
+    val = np.asarray(v["value"].values, np.float64)
+    se = np.asarray(v["value_se"].values, np.float64)
+    if val.ndim == 2:
+        val, se = np.nanmean(val, 1), np.sqrt(np.nanmean(se ** 2, 1)) / np.sqrt(val.shape[1])
+    order = np.argsort(val)
+    fig = _new_fig(8, 3.2)
+    ax = fig.subplots()
+    x = np.arange(val.size)
+    ax.fill_between(x, (val - 1.96 * se)[order], (val + 1.96 * se)[order], color="#1f6feb",
+                    alpha=0.25, lw=0, label="±1.96 se")
+    ax.plot(x, val[order], color="#1f6feb", lw=1.2, label="value")
+    ax.axhline(0, color="#57606a", lw=0.8)
+    ax.set_xlabel("training examples, sorted by value")
+    ax.set_ylabel("value")
+    ax.legend(frameon=False, fontsize=8)
+    a = v.attrs
+    per = " (mean over targets)" if v["value"].ndim == 2 else ""
+    cap = (f"{_esc(a.get('method', '?'))} values{per} for the utility "
+           f"{_esc(a.get('utility', '?'))}: {_esc(a.get('n_evaluations', '?'))} utility "
+           f"evaluations (runs) at {v.sizes.get('node', 1)} α node(s), sampling "
+           f"{_esc(a.get('sampling', '?'))}.")
+    top, low = order[::-1][:5], order[:5]
+    rows = "".join(f"<tr><td>{int(v['train'].values[i])}</td><td>{_fmt(val[i], 4)}</td>"
+                   f"<td>{_fmt(se[i], 3)}</td></tr>" for i in np.concatenate([top, low]))
+    tab = ("<table><thead><tr><th>train</th><th>value</th><th>se</th></tr></thead>"
+           f"<tbody>{rows}</tbody></table><p>The five highest, then the five lowest.</p>")
+    return _figure("fig-values", fig, cap, "sorted data values with intervals") + tab
+
+
+def _sec_alpha_sim(sim) -> str:
+    """The paper's Fig. 16: correlation of actual vs predicted subpopulation-removal effects
+    against α, one curve per feature frequency."""
+    bad = _malformed(sim, "frequency", ("corr", "best_alpha"), "α-simulation Dataset")
+    if bad:
+        return bad
+    al = np.asarray(sim["alpha"].values, np.float64)
+    fig = _new_fig(7, 3.6)
+    ax = fig.subplots()
+    freqs = np.asarray(sim["frequency"].values, np.float64)
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    for k, p in enumerate(freqs):
+        ax.plot(al, sim["corr"].values[k], "o-", color=cmap(k / max(1, freqs.size - 1)),
+                label=f"p = {p:.3g}")
+    ax.set_xlabel("α (subsampling fraction of the datamodels)")
+    ax.set_ylabel("Pearson(actual, predicted)")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    best = ", ".join(f"{b:g}" for b in sim["best_alpha"].values)
+    cap = ("Paper App. B, Fig. 16: how well OLS datamodels at each α predict the effect of "
+           "removing a feature's subpopulation, by the feature's frequency p (rare = local). "
+           f"Best α by increasing p: {best}. n = {_esc(sim.attrs.get('n'))}, d = "
+           f"{_esc(sim.attrs.get('d'))}, m = {_esc(sim.attrs.get('m'))} runs per α.")
+    return _figure("fig-alpha-sim", fig, cap, "correlation against alpha by frequency")
 

@@ -15,6 +15,10 @@ representation_similarity  −‖φ(x) − φ(z_j)‖ in the penultimate layer (
 influence_last_layer       −I_up,loss on the last layer, exact Hessian + ``damping``   no      no
 tracincp                   Σ_c η_c ∇ℓ(w_c, z_j)·∇ℓ(w_c, x) over epoch checkpoints      no      no
 trak                       TRAK via ``traker`` (``proj_dim="auto"``, ``lambda_reg=``)  no      no
+loo_exact                  exact leave-one-out, Sherman–Morrison (least-squares jobs)  no      no
+loo_newton                 one-Newton-step leave-one-out with leverage (cross-entropy)  no      no
+loo_retrain                leave-one-out by retraining N + 1 sets through the store    no      no
+shapley                    Data Shapley per target from runs at Gauss nodes over α     no      no
 =========================  ==========================================================  ======  =====
 
 \\* predicts correctness, not the margin: :func:`dmdask.evaluate` scores it against correctness.
@@ -23,6 +27,9 @@ The first four are computed from the store's fitting models (``kind == "random"`
 the store's job through its optional model hooks (:mod:`dmdask.store.jobspec`) and take
 ``n_models=``, ``seed=`` and ``models="full"|"subsets"|"store"``; without a bias they are
 calibrated by :func:`dmdask.evaluate` (affine fit). ``docs/estimators.md`` has the formulas.
+The three leave-one-out estimators (:mod:`dmdask.analysis.estimators.loo`, ``docs/values.md``)
+need their own job hooks (``Estimator.hooks``); ``loo_retrain`` trains N + 1 models through the
+store, so it is not among :func:`dmdask.analysis.compare.default_rows` (name it as a row).
 """
 
 from __future__ import annotations
@@ -32,18 +39,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import InputError
+from .loo import LOO_HOOKS, loo_exact, loo_newton, loo_retrain
 from .model import influence_last_layer, representation_similarity, tracincp, trak
+from .semivalue import shapley
 from .store import StoreStats, difference_of_means, ols, ridge, store_statistics
 
 __all__ = ["ESTIMATORS", "MODEL_BASED", "Estimator", "StoreStats", "compute",
-           "difference_of_means", "influence_last_layer", "ols", "register",
-           "representation_similarity", "ridge", "store_statistics", "tracincp", "trak"]
+           "difference_of_means", "influence_last_layer", "loo_exact", "loo_newton",
+           "loo_retrain", "ols", "register", "representation_similarity", "ridge", "shapley",
+           "store_statistics", "tracincp", "trak"]
 
 
 @dataclass(frozen=True)
 class Estimator:
     """A registered estimator: ``fn(ds, **opts) -> DataArray``, the output it models, whether
-    it returns a bias, and whether it honours paper eq. 9 for training-example targets."""
+    it returns a bias, and whether it honours paper eq. 9 for training-example targets;
+    ``hooks``: the job hooks a model-based estimator needs (None: the model hooks), and
+    ``default_row``: whether :func:`dmdask.analysis.compare.default_rows` includes it."""
 
     name: str
     fn: Callable[..., Any]
@@ -51,6 +63,8 @@ class Estimator:
     has_bias: bool
     eq9: bool
     description: str
+    hooks: tuple[str, ...] | None = None
+    default_row: bool = True
 
 
 ESTIMATORS: dict[str, Estimator] = {}
@@ -95,8 +109,22 @@ register(Estimator("tracincp", tracincp, "margin", False, False,
 register(Estimator("trak", trak, "margin", False, False,
                    "TRAK (MadryLab traker 0.3.2) over models on alpha-subsets"))
 
+register(Estimator("loo_exact", loo_exact, "margin", False, False,
+                   "exact leave-one-out by Sherman-Morrison (least-squares jobs)",
+                   hooks=LOO_HOOKS["loo_exact"]))
+register(Estimator("loo_newton", loo_newton, "margin", False, False,
+                   "one-Newton-step leave-one-out with the leverage term",
+                   hooks=LOO_HOOKS["loo_newton"]))
+register(Estimator("loo_retrain", loo_retrain, "margin", False, False,
+                   "leave-one-out by retraining the N + 1 sets through the store",
+                   hooks=LOO_HOOKS["loo_retrain"], default_row=False))
+register(Estimator("shapley", shapley, "margin", False, False,
+                   "Data Shapley per target from runs at Gauss-Legendre nodes over alpha",
+                   hooks=(), default_row=False))
+
 #: estimators that train models of the store's job (need its model hooks)
-MODEL_BASED = ("influence_last_layer", "representation_similarity", "tracincp", "trak")
+MODEL_BASED = ("influence_last_layer", "representation_similarity", "tracincp", "trak",
+               "loo_exact", "loo_newton", "loo_retrain", "shapley")
 
 
 def compute(ds, name: str, **opts):
