@@ -35,7 +35,7 @@ from ..errors import InputError
 from . import residual
 
 __all__ = ["Challenge", "CheckEquiv", "Plan", "ProverMessage", "Secret", "Trainer", "Verdict",
-           "challenge", "interactive", "make_plan", "non_interactive", "settle"]
+           "challenge", "interactive", "make_plan", "naive", "non_interactive", "settle"]
 
 PROTOCOLS = ("interactive", "non-interactive")
 
@@ -289,15 +289,18 @@ def _estimate(outputs: np.ndarray, secret: Secret, rho: float) -> np.ndarray:
 
 def settle(protocol: str, mse_hat, b_ge2_hat, intercept, plan: Plan, *, trainings: int,
            inferences: int, prover_trainings: int, failed_checks: int = 0,
-           extra: dict | None = None) -> Verdict:
-    """The one-sided rule: abort iff mse_hat > B̂_{≥2} + ε/2 for some target."""
-    ok = np.asarray(mse_hat) <= np.asarray(b_ge2_hat) + plan.threshold
+           extra: dict | None = None, reference=None, slack: float | None = None) -> Verdict:
+    """The one-sided rule: abort iff mse_hat > B̂_{≥2} + ε/2 for some target (the naive check:
+    ``reference`` t and ``slack`` ε instead)."""
+    ref = np.asarray(b_ge2_hat if reference is None else reference, float)
+    ok = np.asarray(mse_hat) <= ref + (plan.threshold if slack is None else slack)
     if failed_checks:
         reason, accepted = f"abort: {failed_checks} spot-checked model(s) failed CHECKEQUIV", False
     elif ok.all():
         reason, accepted = "accept", True
     else:
-        reason = (f"abort: mse_hat > B̂_≥2 + ε/2 on {int((~ok).sum())} of {ok.size} target(s)")
+        rule = "B̂_≥2 + ε/2" if reference is None else "t + ε"
+        reason = f"abort: mse_hat > {rule} on {int((~ok).sum())} of {ok.size} target(s)"
         accepted = False
     return Verdict(protocol=protocol, accepted=accepted, reason=reason,
                    mse_hat=np.asarray(mse_hat, float), b_ge2_hat=np.asarray(b_ge2_hat, float),
@@ -368,3 +371,16 @@ def interactive(trainer: Trainer, prover, plan: Plan, *, seed: int = 0,
     return settle("interactive", mse_hat, b_hat, icpt, plan,
                   trainings=plan.n_checks + plan.n_mse,
                   inferences=plan.n_challenge - plan.n_checks, prover_trainings=msg.trainings)
+
+
+def naive(trainer: Trainer, scores, plan: Plan, *, t: float, seed: int = 0) -> Verdict:
+    """The naive check (REFERENCE.md §6.4): accept iff mse_hat ≤ t + ε for a preset t, on the
+    verifier's own fresh-seed sample M. It never estimates the optimum, so scores whose MSE is
+    merely plausible (a*/2) pass: the baseline the protocols are compared against."""
+    a = _scores(scores, trainer.n_train, plan.n_targets)
+    rng = np.random.default_rng([seed, 1])
+    mse_hat, icpt = _mse_sample(trainer, a, _views(trainer, a)[1], plan, rng)
+    tt = np.broadcast_to(np.asarray(t, float), mse_hat.shape)
+    return settle("naive", mse_hat, np.full(mse_hat.shape, np.nan), icpt, plan,
+                  trainings=plan.n_mse, inferences=0, prover_trainings=0, reference=tt,
+                  slack=plan.epsilon, extra={"t": tt.tolist()})
