@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import runstore
+from .sampling import model_seeds
 
 __all__ = ["ensure_models", "model_margins", "set_keys"]
 
@@ -131,7 +132,8 @@ def ensure_models(path: str | os.PathLike, masks, *, kind: str, runs: int,
     if seeds is not None:
         return _ensure_seeded(path, group, meta, masks, labels, base, kind, runs, seeds, alpha)
     keys = set_keys(kind, masks, labels, base)
-    found = _existing(path, group, runstore.KIND_CODE[kind], int(meta["n_models"]))
+    found = _own_seeded(group, meta, _existing(path, group, runstore.KIND_CODE[kind],
+                                               int(meta["n_models"])))
     add_rows: list[int] = []
     for key in dict.fromkeys(keys):  # each distinct set once, in first-asked order
         have = len(found.get(key, ()))
@@ -148,6 +150,18 @@ def ensure_models(path: str | os.PathLike, masks, *, kind: str, runs: int,
     for i, key in enumerate(keys):
         out[i] = sorted(found[key])[:runs]
     return out
+
+
+def _own_seeded(group, meta, found: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Only the models that train with the store's own seed: one added with a given seed (a
+    prover's, retrained by a verifier) never stands in for a fresh one."""
+    rows = sorted({m for ms in found.values() for m in ms})
+    if not rows:
+        return found
+    have = group["seed"].get_orthogonal_selection(np.asarray(rows, np.int64))
+    own = {r for r, s, o in zip(rows, have, model_seeds(meta["seed"], np.asarray(rows)),
+                                strict=True) if s == o}
+    return {k: [m for m in ms if m in own] for k, ms in found.items()}
 
 
 def _ensure_seeded(path, group, meta, masks, labels, base, kind, runs, seeds, alpha):

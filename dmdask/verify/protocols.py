@@ -105,6 +105,17 @@ def _constants(constants: dict[str, float] | None) -> dict[str, float]:
     return c
 
 
+def check_tolerances(epsilon: float, delta: float) -> None:
+    """Refuse ε ≤ 0 (or not a number) and δ outside (0, 1)."""
+    for name, v in (("epsilon", epsilon), ("delta", delta)):
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"{name} must be a finite number, got {v!r}")
+    if not epsilon > 0:
+        raise InputError(f"epsilon must be > 0, got {epsilon!r}")
+    if not 0.0 < delta < 1.0:
+        raise InputError(f"delta must be in (0, 1), got {delta!r}")
+
+
 def make_plan(epsilon: float, delta: float, p: float, *, bound: float = 1.0,
               n_targets: int = 1, constants: dict[str, float] | None = None) -> Plan:
     """The sizes for ε (MSE units), δ, subset fraction p and output bound b_f (|f| ≤ bound)."""
@@ -112,6 +123,7 @@ def make_plan(epsilon: float, delta: float, p: float, *, bound: float = 1.0,
         epsilon, delta, p, bound = float(epsilon), float(delta), float(p), float(bound)
     except (TypeError, ValueError) as e:
         raise InputError(f"epsilon, delta, p and bound must be numbers ({e})") from None
+    check_tolerances(epsilon, delta)
     if not (bound > 0 and math.isfinite(bound)):
         raise InputError(f"bound must be a positive number, got {bound!r}")
     if not (0.0 < epsilon <= bound ** 2):
