@@ -21,7 +21,19 @@ from dmdask.verify import protocols, training
 RIDGE = "testjobs:RidgeDigits"
 N, T = 40, 3
 EPS_U, DELTA = 0.5, 0.2   # ε = 0.5·bound²: a few thousand cheap closed-form trainings
-TRAIN = {"workers": 1, "threads_per_worker": 1, "progress": False}
+TRAIN = {"progress": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cluster():
+    """One real local cluster for the module (each dmdask.train joins it)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as c, \
+            Client(c) as client:
+        TRAIN["client"] = client
+        yield
+        TRAIN.pop("client")
 
 
 @pytest.fixture(scope="module")
