@@ -239,3 +239,16 @@ def test_bad_input_is_refused_in_one_line():
     for err in (InputError,):
         with pytest.raises(err, match="scores have shape"):
             protocols.interactive(ver, provers.Honest(pro, np.zeros((2, 50))), plan)
+
+
+def test_the_rule_is_one_sided_at_half_epsilon():
+    """Pinned choice (the algorithm box, not the main text's two-sided sketch): abort iff
+    mse_hat > B̂_≥2 + ε/2; an MSE far *below* the estimated optimum is accepted."""
+    plan = protocols.make_plan(EPS, DELTA, P)
+    b = np.array([0.3])
+    kw = dict(trainings=0, inferences=0, prover_trainings=0)
+    assert protocols.settle("x", b + EPS / 2, b, [0.0], plan, **kw).accepted
+    assert not protocols.settle("x", b + EPS / 2 + 1e-9, b, [0.0], plan, **kw).accepted
+    assert protocols.settle("x", b - 10 * EPS, b, [0.0], plan, **kw).accepted
+    two = protocols.settle("x", np.array([0.0, 1.0]), np.zeros(2), [0, 0], plan, **kw)
+    assert not two.accepted and two.target_accepted.tolist() == [True, False]

@@ -183,3 +183,23 @@ def test_cli_refuses_bad_input_in_one_line(source, tmp_path, args, match):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], r.stderr
+
+
+def test_report_section_lists_each_verdict(tmp_path):
+    pytest.importorskip("matplotlib")
+    from dmdask.report import write_report
+    from dmdask.verify.learners import make_learner
+
+    lrn = make_learner("mixed", 50, 0.3, seed=1)
+    w, _ = lrn.optimal()
+    plan = protocols.make_plan(0.4, 0.1, 0.3)
+    good = protocols.non_interactive(lrn, w, plan, seed=0)
+    bad = protocols.non_interactive(lrn, 0 * w + 3.0, plan, seed=0)
+    page = write_report(tmp_path / "r.html", store=None,
+                        verification=[good, json.loads(json.dumps(bad.to_dict()))]).read_text()
+    sec = page[page.index('id="sec-verification"'):]
+    assert sec.count("<tr>") == 3  # header + one row per verdict (one target each)
+    assert "accept" in sec and "abort" in sec
+    assert str(good.verifier_trainings) in sec
+    plain = write_report(tmp_path / "p.html", store=None).read_text()
+    assert "sec-verification" not in plain

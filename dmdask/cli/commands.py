@@ -583,9 +583,12 @@ def lemma(store, output, sizes, groups, control_scale):
               help="Saved `dmdask sample-complexity --out` (computed if not given).")
 @click.option("--fast", is_flag=True,
               help="Skip what is not given rather than computing it (comparison, curves).")
+@click.option("--verification", type=click.Path(exists=True), default=None,
+              help="Verdicts of `dmdask verify --json` (one per line) for a section.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def report(store, out, datamodels, evaluation, comparison, complexity, fast, progress):
+def report(store, out, datamodels, evaluation, comparison, complexity, fast, verification,
+           progress):
     """Write one self-contained HTML report on STORE's datamodels.
 
     Predicted vs actual margins on held-out models, LDS and per-target correlation
@@ -594,12 +597,13 @@ def report(store, out, datamodels, evaluation, comparison, complexity, fast, pro
     images with the largest positive and negative weights for a few targets.
     """
     path = _report(store, out, datamodels=datamodels, evaluation=evaluation,
-                   comparison=comparison, complexity=complexity, fast=fast, progress=progress)
+                   comparison=comparison, complexity=complexity, fast=fast, progress=progress,
+                   verification=_load_verdicts(verification))
     click.echo(f"report    {path}")
 
 
 def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
-            complexity=None, fast=False, progress=False, echo=click.echo):
+            complexity=None, fast=False, progress=False, echo=click.echo, verification=None):
     import xarray as xr
 
     from ..analysis.evaluate import evaluation_runs
@@ -640,7 +644,7 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
         echo("          sample-complexity curves")
         sc = run_sc(store)
     return write_report(out, store=store, datamodels=dm, evaluation=ev, comparison=cmp,
-                        sample_complexity=sc)
+                        sample_complexity=sc, verification=verification)
 
 
 @main.command()
@@ -867,3 +871,19 @@ def verify(store, scores, epsilon, delta, protocol, targets, bound, scale, atol,
     click.echo(f"prover trainings    {v.prover_trainings}")
     click.echo(f"plan                bound {p.bound:.4g}, rho {p.rho:.3g}, |E| {p.n_challenge}, "
                f"|C| {p.n_checks}, |M| {p.n_mse}, m* {p.m_star:.1f}")
+
+
+def _load_verdicts(path: str | None):
+    """Verdicts written by `dmdask verify --json` (one JSON object per line)."""
+    if not path:
+        return None
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DmdaskError(f"{path}:{i}: not a verdict of `dmdask verify --json` "
+                                      f"({e.msg})") from None
+    return out

@@ -701,7 +701,7 @@ def _no_heldout(ds) -> str | None:
 
 def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
                   sample_complexity=None, images: ImagesArg = None, title: str | None = None,
-                  n_examples: int = 4, top_k: int = 5) -> str:
+                  n_examples: int = 4, top_k: int = 5, verification=None) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     ds, path = _open_store(store)
     dm = _open_datamodels(datamodels)
@@ -721,6 +721,9 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
         ("sec-images", "Training images with the largest weights",
          lambda: _sec_images(ds, dm, images, n_examples, top_k)),
     ]
+    if verification is not None:  # only when given: most reports verify nothing
+        sections.append(("sec-verification", "Verification of attribution scores (KPN)",
+                         lambda: _sec_verification(verification)))
     no_heldout = _no_heldout(ds)
     given = {"sec-evaluation": ev, "sec-comparison": cmp, "sec-sample-complexity": sc}
     body = []
@@ -745,7 +748,7 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
 
 def write_report(out, *, store, datamodels=None, evaluation=None, comparison=None,
                  sample_complexity=None, images: ImagesArg = None, title: str | None = None,
-                 n_examples: int = 4, top_k: int = 5) -> Path:
+                 n_examples: int = 4, top_k: int = 5, verification=None) -> Path:
     """Write the report page to ``out`` (an ``.html`` path; parent folders are created) and
     return its path.
 
@@ -759,14 +762,17 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     lds, spearman, r2`` and the scalar ``opt``. ``images``: see :func:`resolve_images`.
     ``n_examples``: targets shown with their images and λ paths; ``top_k``: positive and
     negative training images per target. Any input may be None: its section then says what
-    is missing and how to produce it. Needs matplotlib (the ``viz`` extra).
+    is missing and how to produce it. ``verification``: verdicts of ``dmdask verify`` (a
+    :class:`dmdask.verify.Verdict`, its ``to_dict()``, or a list of them) for a section of
+    their own. Needs matplotlib (the ``viz`` extra).
     """
     from ..optional import require
 
     require("matplotlib")  # fail before any work, naming the extra
     page = render_report(store=store, datamodels=datamodels, evaluation=evaluation,
                          comparison=comparison, sample_complexity=sample_complexity,
-                         images=images, title=title, n_examples=n_examples, top_k=top_k)
+                         images=images, title=title, n_examples=n_examples, top_k=top_k,
+                         verification=verification)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -774,3 +780,33 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     os.replace(tmp, out)  # a reader never sees half a page
     return out
 
+
+# --------------------------------------------------------------------------- verification
+
+
+def _sec_verification(verification) -> str:
+    """One row per verdict and target: decision, mse_hat, B̂_≥2, gap against ε/2, and the
+    trainings each side spent (issue 19)."""
+    items = verification if isinstance(verification, (list, tuple)) else [verification]
+    rows = []
+    for v in items:
+        d = v.to_dict() if hasattr(v, "to_dict") else dict(v)
+        if "plan" not in d or "mse_hat" not in d:
+            raise DmdaskError("a verification must be a verdict of `dmdask verify --json`")
+        plan = d["plan"]
+        targets = d.get("targets", list(range(len(d["mse_hat"]))))
+        for i, t in enumerate(targets):
+            cells = [d.get("protocol", ""), t, d["decision"], _fmt(d["mse_hat"][i], 4),
+                     _fmt(d["b_ge2_hat"][i], 4), _fmt(d["gap_hat"][i], 4),
+                     _fmt(plan["threshold"], 4), plan["epsilon"], plan["delta"],
+                     d["verifier_trainings"], d["prover_trainings"]]
+            rows.append("<tr>" + "".join(
+                f"<td class='l'>{_esc(c)}</td>" if j < 3 else f"<td>{_esc(c)}</td>"
+                for j, c in enumerate(cells)) + "</tr>")
+    head = ["protocol", "target", "decision", "mse_hat", "B̂_≥2 (optimal error)", "gap",
+            "accept iff gap ≤", "ε", "δ", "verifier trainings", "prover trainings"]
+    return ("<p>Claimed scores checked against the best linear attribution (Karchmer, "
+            "Pawelczyk and Neel; docs/verify.md): accepted iff mse_hat ≤ B̂_≥2 + ε/2 on every "
+            "target and every spot-checked model matched.</p><table><tr>"
+            + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>" + "".join(rows)
+            + "</table>")
