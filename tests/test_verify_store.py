@@ -203,3 +203,25 @@ def test_report_section_lists_each_verdict(tmp_path):
     assert str(good.verifier_trainings) in sec
     plain = write_report(tmp_path / "p.html", store=None).read_text()
     assert "sec-verification" not in plain
+
+
+def test_scores_load_from_npy_or_a_datamodels_result(tmp_path):
+    import xarray as xr
+
+    from dmdask.outputs import write_zarr
+
+    w = np.arange(2 * N, dtype=np.float32).reshape(2, N)
+    p = str(tmp_path / "dm.zarr")
+    write_zarr(xr.Dataset({"weight": (("target", "train"), w), "bias": ("target", [0, 1])},
+                          coords={"target": [4, 7]}), p)
+    a, targets = training.load_scores(p, N)
+    np.testing.assert_array_equal(a, w)
+    assert targets.tolist() == [4, 7]
+    f = str(tmp_path / "a.npy")
+    np.save(f, w[0])
+    a, targets = training.load_scores(f, N)
+    assert a.shape == (1, N) and targets is None
+    with pytest.raises(InputError, match=r"expected \(targets, 41\)"):
+        training.load_scores(f, N + 1)
+    with pytest.raises(InputError, match="no such scores"):
+        training.load_scores(str(tmp_path / "nope.npy"), N)
