@@ -190,6 +190,8 @@ def _plot(eps, counts, slopes):
         lab = {"interactive": "verifier, interactive", "non-interactive":
                "verifier, non-interactive", "prover": "prover (interactive)"}[k]
         ax.loglog(eps, counts[k], mk, label=f"{lab} (slope {slopes[k]:.2f})")
+    ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.minorticks_off()
     ax.set_xlabel("ε")
     ax.set_ylabel("trainings")
     ax.set_title(f"KPN verification cost (δ = {DELTA})")
