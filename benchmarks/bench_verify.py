@@ -236,6 +236,7 @@ def calibrate(reps: int) -> tuple[str, list[dict]]:
                          "sd": round(float(eb.std(ddof=1)), 4),
                          "mse_hat − mse: sd": round(float(em.std(ddof=1)), 4),
                          "honest accepted": ci(acc_h, reps),
+                         "err(a*/4)/ε": round(ver.gap(a) / eps, 2),
                          "targeted ρ (a*/4) accepted": ci(acc_t, reps),
                          "its models / m*": round(float(np.mean(corr)) / plan.m_star, 2),
                          "V trainings": plan.verifier_trainings("interactive"),
@@ -243,8 +244,9 @@ def calibrate(reps: int) -> tuple[str, list[dict]]:
             print(rows[-1], flush=True)
     head = (f"ε = {eps} (ε/4 = {eps / 4}), δ = {DELTA}, c-mse = 4, interactive protocol, "
             f"{reps} repetitions per row; B_≥2 includes Var ξ. The targeted prover sends a*/4 "
-            "(err > ε for every learner here) and corrupts ρ-level models, the cheapest attack "
-            "per model.")
+            "and corrupts ρ-level models, the cheapest attack per model; soundness asks its "
+            "acceptance ≤ δ only where err(a*/4) > ε (`strong`); elsewhere accepting is "
+            "correct.")
     return head, rows
 
 
