@@ -80,6 +80,7 @@ def _run(source, workdir, scores, protocol, seed=0):
                                  seed=seed, train_options=TRAIN)
 
 
+@pytest.mark.slow
 def test_interactive_verification_of_a_real_job_resumes_and_counts(source, tmp_path):
     a = _ols_scores(source, 0)
     v = _run(source, tmp_path / "w", a, "interactive")
@@ -144,25 +145,40 @@ def _cli(*args):
                           text=True, env=os.environ.copy())
 
 
+@pytest.mark.slow
 def test_cli_verify_prints_the_decision_and_both_sides_trainings(source, tmp_path):
     a = _ols_scores(source, 0)
     f = str(tmp_path / "a.npy")
     np.save(f, a)
     _, bound = training.scale_of(source, np.array([0]))
     eps = bound ** 2  # the coarsest ε: the CLI's plumbing, not the statistics, is tested here
-    r = _cli("verify", "--store", source, "--scores", f, "--targets", "0", "--epsilon",
-             str(eps), "--delta", str(DELTA), "--protocol", "non-interactive", "--workers", "1",
-             "--workdir", str(tmp_path / "w"), "--no-progress", "--json")
+    args = ["verify", "--store", source, "--scores", f, "--targets", "0", "--epsilon", str(eps),
+            "--delta", str(DELTA), "--workers", "1", "--workdir", str(tmp_path / "w"),
+            "--no-progress"]
+    r = _cli(*args, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["decision"] in ("accept", "abort")
-    assert out["verifier_trainings"] == out["plan"]["n_challenge"] + out["plan"]["n_mse"]
-    r = _cli("verify", "--store", source, "--scores", f, "--targets", "0", "--epsilon",
-             str(eps), "--delta", str(DELTA), "--workers", "1", "--workdir",
-             str(tmp_path / "w"), "--no-progress")
+    assert out["verifier_trainings"] == out["plan"]["n_checks"] + out["plan"]["n_mse"]
+    assert out["prover_trainings"] == out["plan"]["n_challenge"]
+    # the same command again (as after a kill): every model is found trained, nothing new
+    r = _cli(*args)
     assert r.returncode == 0, r.stderr
     assert "verifier trainings" in r.stdout and "prover trainings" in r.stdout
-    assert ("accept" in r.stdout) or ("abort" in r.stdout)
+    assert f"{out['verifier_trainings']} (0 trained now)" in r.stdout
+    assert out["decision"] in r.stdout
+
+
+def test_non_interactive_verification_trains_everything_on_the_verifier_side(source, tmp_path):
+    a = _ols_scores(source, 1)
+    c, bound = training.scale_of(source, np.array([1]))
+    v = training.verify_store(source, a[None], bound ** 2, DELTA, protocol="non-interactive",
+                              targets=[1], workdir=str(tmp_path / "w"), train_options=TRAIN)
+    assert v.verifier_trainings == v.plan.n_challenge + v.plan.n_mse
+    assert v.prover_trainings == 0 and "challenge_store" not in v.extra
+    vs = dmdask.open_store(v.extra["verifier_store"])
+    assert v.extra["verifier_trained_now"] == int((vs.kind.values == "verify").sum()) > 0
+    assert np.isfinite(v.b_ge2_hat).all() and np.isfinite(v.mse_hat).all()
 
 
 @pytest.mark.parametrize("args,match", [
@@ -185,8 +201,8 @@ def test_cli_refuses_bad_input_in_one_line(source, tmp_path, args, match):
     assert len(lines) == 1 and match in lines[0], r.stderr
 
 
+@pytest.mark.viz
 def test_report_section_lists_each_verdict(tmp_path):
-    pytest.importorskip("matplotlib")
     from dmdask.report import write_report
     from dmdask.verify.learners import make_learner
 
