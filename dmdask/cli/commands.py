@@ -595,10 +595,12 @@ def lemma(store, output, sizes, groups, control_scale):
               help="Saved `dmdask values --out`: adds a data-values section.")
 @click.option("--alpha-sim", "alpha_sim", type=click.Path(exists=True), default=None,
               help="Saved `dmdask alpha-sim --out`: adds the App. B figure.")
+@click.option("--verification", type=click.Path(exists=True), default=None,
+              help="Verdicts of `dmdask verify --json` (one per line) for a section.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
 def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf, sup, mis, sel,
-           values_path, alpha_sim, progress):
+           values_path, alpha_sim, verification, progress):
     """Write one self-contained HTML report on STORE's datamodels.
 
     Predicted vs actual margins on held-out models, LDS and per-target correlation
@@ -611,12 +613,13 @@ def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf,
                    comparison=comparison, complexity=complexity, fast=fast, progress=progress,
                    counterfactuals=_load_result(cf), support=_load_result(sup),
                    mislabel=_load_result(mis), selection=_load_result(sel),
-                   values=_load_result(values_path), alpha_sim=_load_result(alpha_sim))
+                   values=_load_result(values_path), alpha_sim=_load_result(alpha_sim),
+                   verification=_load_verdicts(verification))
     click.echo(f"report    {path}")
 
 
 def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
-            complexity=None, fast=False, progress=False, echo=click.echo, **counterfactual):
+            complexity=None, fast=False, progress=False, echo=click.echo, **sections):
     import xarray as xr
 
     from ..analysis.evaluate import evaluation_runs
@@ -657,7 +660,7 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
         echo("          sample-complexity curves")
         sc = run_sc(store)
     return write_report(out, store=store, datamodels=dm, evaluation=ev, comparison=cmp,
-                        sample_complexity=sc, **counterfactual)
+                        sample_complexity=sc, **sections)
 
 
 @main.command()
@@ -992,3 +995,112 @@ def loo(store, method, runs, targets, workers, out, progress):
     top = np.argsort(-mean)[:5]
     click.echo("largest mean effects: " + ", ".join(f"{int(i)} ({mean[i]:.4g})" for i in top))
     _save_result(sc.to_dataset(), out)
+
+
+# --------------------------------------------------------------------------- verify (issue 19)
+
+
+def _parse_targets(spec: str | None):
+    """``"3"``, ``"0:10"`` or ``"1,4,9"`` -> indices (None: the scores' own)."""
+    if not spec:
+        return None
+    import numpy as np
+
+    try:
+        if ":" in spec:
+            a, b = spec.split(":", 1)
+            return np.arange(int(a or 0), int(b))
+        return np.array([int(t) for t in spec.split(",")])
+    except ValueError:
+        raise DmdaskError(f"--targets must be N, START:STOP or N,N,..., got {spec!r}") from None
+
+
+@main.command()
+@click.option("--store", required=True, type=click.Path(exists=True),
+              help="Run store of the job whose attributions are verified (its job trains the "
+                   "verifier's models).")
+@click.option("--scores", required=True, type=click.Path(),
+              help="Claimed scores: a .npy [N] or [targets, N] (datamodel weights: "
+                   "prediction = intercept + scores . mask) or a datamodels result (its weight).")
+@click.option("--epsilon", type=float, required=True,
+              help="Tolerated excess MSE over the best linear attribution (margin² units).")
+@click.option("--delta", type=float, required=True, help="Failure probability, in (0, 1).")
+@click.option("--protocol", type=click.Choice(["interactive", "non-interactive"]),
+              default="interactive", show_default=True,
+              help="interactive: Algorithm 1 (dmdask trains the challenge as the prover, the "
+                   "verifier spot-checks it: O(1/ε²) verifier trainings); non-interactive: "
+                   "the verifier trains everything itself (O(1/ε³)).")
+@click.option("--targets", default=None, metavar="N|START:STOP|N,N,...",
+              help="Store targets the score rows are for (default: the datamodels' targets, "
+                   "or all the store's).")
+@click.option("--bound", type=float, default=None,
+              help="Output scale b_f (default: 2 standard deviations of the store's margins).")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply the scores first (0.5: the a*/2 attack on the naive check).")
+@click.option("--atol", type=float, default=0.0, show_default=True,
+              help="CHECKEQUIV tolerance on spot-checked margins (0: bitwise).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The verifier's randomness; rerun with the same seed to resume.")
+@click.option("--workdir", type=click.Path(), default=None,
+              help="Where the verifier's and the challenge's stores go (default STORE.verify).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Train on a running cluster (tcp://host:port).")
+@click.option("--workers", type=int, default=None, help="Local cluster: worker processes.")
+@click.option("--trust-job", "trust_job", multiple=True, metavar="MODULE",
+              help="Trust job module MODULE on this machine (as for `dmdask train`).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@_refusals
+def verify(store, scores, epsilon, delta, protocol, targets, bound, scale, atol, seed, workdir,
+           scheduler, workers, trust_job, progress, as_json):
+    """Verify claimed attribution scores against the best linear attribution (KPN protocols).
+
+    Prints accept or abort, the estimated optimal error B_≥2 and gap per target, and the
+    trainings each side spent. All models are `verify` models of run stores under --workdir,
+    trained by the store's job on the cluster; rerun after an interruption to resume.
+    """
+    from ..store.runstore import read_meta
+    from ..verify.protocols import check_tolerances
+    from ..verify.training import load_scores, verify_store
+
+    check_tolerances(epsilon, delta)
+    meta = read_meta(store)
+    a, dm_targets = load_scores(scores, int(meta["n_train"]))
+    tsel = _parse_targets(targets)
+    tsel = dm_targets if tsel is None else tsel
+    opts = {"scheduler": scheduler, "workers": workers, "progress": progress,
+            "trust_job": trust_job}
+    if not as_json:
+        click.echo(f"verifying {a.shape[0]} target(s) of {store} ({protocol}, ε={epsilon:g}, "
+                   f"δ={delta:g})", err=True)
+    v = verify_store(store, a * scale, epsilon, delta, protocol=protocol, targets=tsel,
+                     bound=bound, workdir=workdir, seed=seed, atol=atol, train_options=opts)
+    if as_json:
+        click.echo(json.dumps(v.to_dict(), default=float))
+        return
+    p = v.plan
+    click.echo(f"decision            {'accept' if v.accepted else 'abort'} ({v.reason})")
+    for t, m, b, g in zip(v.extra["targets"], v.mse_hat, v.b_ge2_hat, v.gap_hat, strict=True):
+        click.echo(f"target {t:<6}       mse_hat {m:.4g}  B_>=2 (opt. error) {b:.4g}  "
+                   f"gap {g:.4g}  (accept iff gap <= {p.threshold:.4g})")
+    click.echo(f"verifier trainings  {v.verifier_trainings} ({v.extra['verifier_trained_now']} "
+               f"trained now); inferences {v.verifier_inferences}")
+    click.echo(f"prover trainings    {v.prover_trainings}")
+    click.echo(f"plan                bound {p.bound:.4g}, rho {p.rho:.3g}, |E| {p.n_challenge}, "
+               f"|C| {p.n_checks}, |M| {p.n_mse}, m* {p.m_star:.1f}")
+
+
+def _load_verdicts(path: str | None):
+    """Verdicts written by `dmdask verify --json` (one JSON object per line)."""
+    if not path:
+        return None
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DmdaskError(f"{path}:{i}: not a verdict of `dmdask verify --json` "
+                                      f"({e.msg})") from None
+    return out

@@ -632,7 +632,8 @@ def _no_heldout(ds) -> str | None:
 def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
                   sample_complexity=None, images: ImagesArg = None, title: str | None = None,
                   n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
-                  mislabel=None, selection=None, values=None, alpha_sim=None) -> str:
+                  mislabel=None, selection=None, values=None, alpha_sim=None,
+                  verification=None) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     from .counterfactual import sec_counterfactuals, sec_selection, sec_support
 
@@ -671,6 +672,9 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
     if sim is not None:
         sections.append(("sec-alpha-sim", "The role of α (App. B simulation)",
                          lambda: _sec_alpha_sim(sim)))
+    if verification is not None:  # only when given: most reports verify nothing
+        sections.append(("sec-verification", "Verification of attribution scores (KPN)",
+                         lambda: _sec_verification(verification)))
     no_heldout = _no_heldout(ds)
     given = {"sec-evaluation": ev, "sec-comparison": cmp, "sec-sample-complexity": sc}
     body = []
@@ -696,7 +700,8 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
 def write_report(out, *, store, datamodels=None, evaluation=None, comparison=None,
                  sample_complexity=None, images: ImagesArg = None, title: str | None = None,
                  n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
-                 mislabel=None, selection=None, values=None, alpha_sim=None) -> Path:
+                 mislabel=None, selection=None, values=None, alpha_sim=None,
+                 verification=None) -> Path:
     """Write the report page to ``out`` (an ``.html`` path; parent folders are created) and
     return its path.
 
@@ -713,8 +718,10 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     ``selection``: the Datasets of :mod:`dmdask.counterfactual` (or Zarr paths). ``values``
     (:func:`dmdask.values.api.values`) and ``alpha_sim``
     (:func:`dmdask.values.alpha_sim.alpha_simulation`) add their sections when given. Any input
-    may be None: its section then says what is missing and how to produce it. Needs matplotlib
-    (the ``viz`` extra).
+    may be None: its section then says what is missing and how to produce it.
+    ``verification``: verdicts of ``dmdask verify`` (a :class:`dmdask.verify.Verdict`, its
+    ``to_dict()``, or a list of them) for a section of their own. Needs matplotlib (the
+    ``viz`` extra).
     """
     from ..optional import require
 
@@ -723,7 +730,8 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
                          comparison=comparison, sample_complexity=sample_complexity,
                          images=images, title=title, n_examples=n_examples, top_k=top_k,
                          counterfactuals=counterfactuals, support=support, mislabel=mislabel,
-                         selection=selection, values=values, alpha_sim=alpha_sim)
+                         selection=selection, values=values, alpha_sim=alpha_sim,
+                         verification=verification)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -795,3 +803,33 @@ def _sec_alpha_sim(sim) -> str:
            f"{_esc(sim.attrs.get('d'))}, m = {_esc(sim.attrs.get('m'))} runs per α.")
     return _figure("fig-alpha-sim", fig, cap, "correlation against alpha by frequency")
 
+
+# --------------------------------------------------------------------------- verification
+
+
+def _sec_verification(verification) -> str:
+    """One row per verdict and target: decision, mse_hat, B̂_≥2, gap against ε/2, and the
+    trainings each side spent (issue 19)."""
+    items = verification if isinstance(verification, (list, tuple)) else [verification]
+    rows = []
+    for v in items:
+        d = v.to_dict() if hasattr(v, "to_dict") else dict(v)
+        if "plan" not in d or "mse_hat" not in d:
+            raise DmdaskError("a verification must be a verdict of `dmdask verify --json`")
+        plan = d["plan"]
+        targets = d.get("targets", list(range(len(d["mse_hat"]))))
+        for i, t in enumerate(targets):
+            cells = [d.get("protocol", ""), t, d["decision"], _fmt(d["mse_hat"][i], 4),
+                     _fmt(d["b_ge2_hat"][i], 4), _fmt(d["gap_hat"][i], 4),
+                     _fmt(plan["threshold"], 4), plan["epsilon"], plan["delta"],
+                     d["verifier_trainings"], d["prover_trainings"]]
+            rows.append("<tr>" + "".join(
+                f"<td class='l'>{_esc(c)}</td>" if j < 3 else f"<td>{_esc(c)}</td>"
+                for j, c in enumerate(cells)) + "</tr>")
+    head = ["protocol", "target", "decision", "mse_hat", "B̂_≥2 (optimal error)", "gap",
+            "accept iff gap ≤", "ε", "δ", "verifier trainings", "prover trainings"]
+    return ("<p>Claimed scores checked against the best linear attribution (Karchmer, "
+            "Pawelczyk and Neel; docs/verify.md): accepted iff mse_hat ≤ B̂_≥2 + ε/2 on every "
+            "target and every spot-checked model matched.</p><table><tr>"
+            + "".join(f"<th>{_esc(h)}</th>" for h in head) + "</tr>" + "".join(rows)
+            + "</table>")

@@ -431,6 +431,7 @@ def add_models(
     masks: np.ndarray | None = None,
     replicate_of: np.ndarray | list[int] | None = None,
     train_labels: np.ndarray | None = None,
+    seeds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Append models of ``kind`` to the store and return their model indices.
 
@@ -445,7 +446,8 @@ def add_models(
       their ``alpha`` is NaN).
 
     ``train_labels`` (int ``[m, n_train]`` or ``[n_train]``) replaces the labels these models
-    train on. Safe beside a running :func:`dmdask.train` (growth never writes margins); two
+    train on. ``seeds`` (uint64 ``[m]``, with ``masks``) gives their training seeds instead of
+    the store's (a verifier retraining a prover's models with the prover's seeds). Safe beside a running :func:`dmdask.train` (growth never writes margins); two
     growths of one store do not run at once (the second is refused, naming the first).
     """
     path = _path(path)
@@ -455,7 +457,8 @@ def add_models(
     _meta_of(group, path)
     with lease.hold(path, "grow", f"adding {kind} models", refuse="cannot add models"):
         return _add_models(path, group, _meta_of(group, path), kind, n=n, alpha=alpha,
-                           masks=masks, replicate_of=replicate_of, train_labels=train_labels)
+                           masks=masks, replicate_of=replicate_of, train_labels=train_labels,
+                           seeds=seeds)
 
 
 # zarr's LocalStore writes ``<key>`` as ``<key with its suffix replaced by .<uuid4 hex>.partial>``
@@ -497,7 +500,7 @@ def _remove_torn_metadata(path: str) -> None:
 
 
 def _add_models(path, group, meta, kind, *, n=None, alpha=None, masks=None, replicate_of=None,
-                train_labels=None) -> np.ndarray:
+                train_labels=None, seeds=None) -> np.ndarray:
     _remove_torn_metadata(path)
     remove_stale_partials(path)
     n_train, block = meta["n_train"], meta["block_size"]
@@ -550,6 +553,15 @@ def _add_models(path, group, meta, kind, *, n=None, alpha=None, masks=None, repl
             a.resize((start, n_train))
     else:
         tl = None
+    if seeds is not None:
+        if masks is None:
+            raise InputError("seeds are given only with hand-made masks")
+        seeds = np.asarray(seeds)
+        if seeds.shape != (m,) or not np.issubdtype(seeds.dtype, np.integer) or (
+                seeds.size and seeds.min() < 0):
+            raise InputError(f"{path}: seeds must be {m} non-negative integers, got "
+                             f"{seeds.dtype} {seeds.shape}")
+        seeds = seeds.astype(np.uint64)
     if m == 0:
         return np.zeros(0, np.int64)
 
@@ -569,7 +581,7 @@ def _add_models(path, group, meta, kind, *, n=None, alpha=None, masks=None, repl
         else:
             mk = sample_masks(meta["seed"], idx, n_train, alpha, meta["sampling"])
         group["mask"][s:e] = mk
-        group["seed"][s:e] = model_seeds(meta["seed"], idx)
+        group["seed"][s:e] = seeds[r] if seeds is not None else model_seeds(meta["seed"], idx)
         group["alpha"][s:e] = alphas[r]
         group["replicate_of"][s:e] = rep[r] if rep is not None else -1
         if has_override:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import runstore
+from .sampling import model_seeds
 
 __all__ = ["ensure_models", "model_margins", "set_keys"]
 
@@ -102,7 +103,7 @@ def _existing(path: str, group, kind_code: int, n_models: int) -> dict[str, list
 
 
 def ensure_models(path: str | os.PathLike, masks, *, kind: str, runs: int,
-                  labels=None, alpha: float | None = None) -> np.ndarray:
+                  labels=None, alpha: float | None = None, seeds=None) -> np.ndarray:
     """Make the store at ``path`` hold ``runs`` models of ``kind`` for each training set and
     return their model indices, int64 ``[m, runs]`` (row i: set i's models, oldest first).
 
@@ -111,6 +112,9 @@ def ensure_models(path: str | os.PathLike, masks, *, kind: str, runs: int,
     store's labels are plain sets). ``alpha``: recorded for sets drawn at random (an α-control),
     else NaN. Models already in the store with the same kind and content are reused; only the
     missing replicates are added (one growth), so reruns are free and deterministic.
+
+    ``seeds`` (uint64 ``[m]``, only with ``runs=1``): each set's model trains with that seed
+    (a verifier retraining a prover's model); such a model is found again only with its seed.
     """
     path = runstore._path(path)
     if kind not in runstore.KIND_CODE:
@@ -125,8 +129,11 @@ def ensure_models(path: str | os.PathLike, masks, *, kind: str, runs: int,
     masks, labels = _check(path, masks, labels, n_train, base)
     if labels is not None and meta.get("job") is None:
         raise InputError(f"{path}: the store has no job, so it cannot train relabelled sets")
+    if seeds is not None:
+        return _ensure_seeded(path, group, meta, masks, labels, base, kind, runs, seeds, alpha)
     keys = set_keys(kind, masks, labels, base)
-    found = _existing(path, group, runstore.KIND_CODE[kind], int(meta["n_models"]))
+    found = _own_seeded(group, meta, _existing(path, group, runstore.KIND_CODE[kind],
+                                               int(meta["n_models"])))
     add_rows: list[int] = []
     for key in dict.fromkeys(keys):  # each distinct set once, in first-asked order
         have = len(found.get(key, ()))
@@ -143,6 +150,53 @@ def ensure_models(path: str | os.PathLike, masks, *, kind: str, runs: int,
     for i, key in enumerate(keys):
         out[i] = sorted(found[key])[:runs]
     return out
+
+
+def _own_seeded(group, meta, found: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Only the models that train with the store's own seed: one added with a given seed (a
+    prover's, retrained by a verifier) never stands in for a fresh one."""
+    rows = sorted({m for ms in found.values() for m in ms})
+    if not rows:
+        return found
+    have = group["seed"].get_orthogonal_selection(np.asarray(rows, np.int64))
+    own = {r for r, s, o in zip(rows, have, model_seeds(meta["seed"], np.asarray(rows)),
+                                strict=True) if s == o}
+    return {k: [m for m in ms if m in own] for k, ms in found.items()}
+
+
+def _ensure_seeded(path, group, meta, masks, labels, base, kind, runs, seeds, alpha):
+    if runs != 1:
+        raise InputError(f"seeds are given for one model per set (runs=1), got runs={runs}")
+    seeds = np.asarray(seeds)
+    if seeds.shape != (masks.shape[0],) or not np.issubdtype(seeds.dtype, np.integer):
+        raise InputError(f"{path}: seeds must be {masks.shape[0]} integers, got {seeds.dtype} "
+                         f"{seeds.shape}")
+    seeds = seeds.astype(np.uint64)
+    keys = set_keys(kind, masks, labels, base)
+    found = _existing(path, group, runstore.KIND_CODE[kind], int(meta["n_models"]))
+    keys_of = {m: k for k in set(keys) for m in found.get(k, ())}
+    cand = sorted(keys_of)
+    have_seed = dict(zip(cand, group["seed"].get_orthogonal_selection(np.asarray(cand, np.int64))
+                         if cand else [], strict=True))
+    table: dict[tuple[str, int], int] = {}
+    for m in cand:
+        table.setdefault((keys_of[m], int(have_seed[m])), m)
+    add_rows: list[int] = []
+    pending: set[tuple[str, int]] = set()
+    for i, k in enumerate(keys):
+        key = (k, int(seeds[i]))
+        if key not in table and key not in pending:
+            pending.add(key)
+            add_rows.append(i)
+    if add_rows:
+        sel = np.asarray(add_rows)
+        new = runstore.add_models(
+            path, kind, masks=masks[sel], alpha=alpha, seeds=seeds[sel],
+            train_labels=None if labels is None else np.ascontiguousarray(labels[sel]))
+        for r, m in zip(add_rows, new, strict=True):
+            table[(keys[r], int(seeds[r]))] = int(m)
+    out = np.array([table[(k, int(seeds[i]))] for i, k in enumerate(keys)], np.int64)
+    return out[:, None]
 
 
 def model_margins(path: str | os.PathLike, models, targets=None) -> np.ndarray:
