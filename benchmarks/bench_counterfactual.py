@@ -185,7 +185,7 @@ def main() -> None:
                                                  s.spearman_high.item()),
                      "mean predicted": float(np.nanmean(s.predicted)),
                      "mean actual": float(np.nanmean(s.actual)),
-                     "share |actual| < 2 se": float((np.abs(z) < 2).mean())})
+                     "share within 2 se of 0": float((np.abs(z) < 2).mean())})
     md += [table(rows, list(rows[0])), ""]
     if "estimator" in cf.coords:
         er = [{"estimator": e, "Pearson": cf.estimator_pearson.sel(estimator=e).item(),

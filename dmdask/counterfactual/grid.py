@@ -26,6 +26,7 @@ from ..outputs import portable_attrs
 from .inputs import (
     baseline_scores,
     check_estimators,
+    check_runs,
     choose_targets,
     job_class,
     open_inputs,
@@ -95,12 +96,7 @@ def counterfactuals(store, datamodels, *, targets: int | None = 10, indices=None
     heur = parse_heuristics(heuristics, estimators)
     n_train = inp.ds.sizes["train"]
     ks = check_k(k, n_train)
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be >= 1, got {runs}")
-    control_runs = max(runs, 10) if control_runs is None else int(control_runs)
-    if control_runs < 1:
-        raise InputError(f"control_runs must be >= 1, got {control_runs}")
+    runs, control_runs = check_runs(runs, control_runs)
     tpos = choose_targets(inp, targets, indices, seed)
     job_class(inp)  # a store that can train
     alpha = float(inp.meta.get("alpha") or 0.5)

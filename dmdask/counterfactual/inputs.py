@@ -11,7 +11,8 @@ import xarray as xr
 
 from ..errors import InputError
 
-__all__ = ["Inputs", "baseline_scores", "check_estimators", "choose_targets", "job_class",
+__all__ = ["Inputs", "baseline_scores", "check_estimators", "check_runs", "choose_targets",
+           "job_class",
            "open_inputs", "weights_of"]
 
 
@@ -110,6 +111,16 @@ def weights_of(inp: Inputs, tpos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(inp.dm["weight"].isel(target=sel).values, np.float64)
     b = np.asarray(inp.dm["bias"].isel(target=sel).values, np.float64)
     return w, b
+
+
+def check_runs(runs, control_runs=None) -> tuple[int, int]:
+    """(runs, control runs): models per counterfactual set (>= 1) and full-data controls
+    (default max(runs, 10))."""
+    runs = int(runs)
+    control = max(runs, 10) if control_runs is None else int(control_runs)
+    if runs < 1 or control < 1:
+        raise InputError(f"runs and control runs must be >= 1, got {runs} and {control}")
+    return runs, control
 
 
 def check_estimators(names) -> list[str]:

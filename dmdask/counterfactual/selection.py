@@ -27,7 +27,14 @@ import xarray as xr
 from ..errors import InputError
 from ..outputs import portable_attrs
 from .grid import check_k
-from .inputs import baseline_scores, check_estimators, job_class, open_inputs, weights_of
+from .inputs import (
+    baseline_scores,
+    check_estimators,
+    check_runs,
+    job_class,
+    open_inputs,
+    weights_of,
+)
 from .removal import top_k
 from .summary import run_stats
 from .training import Trainer
@@ -88,9 +95,7 @@ def select(store, datamodels, *, target_class: int | None = None, indices=None,
     inp = open_inputs(store, datamodels)
     n_train = inp.ds.sizes["train"]
     ks = check_k(k, n_train)
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be >= 1, got {runs}")
+    runs, _ = check_runs(runs)
     estimators = check_estimators(estimators)
     job_class(inp)
     sel, ev = split_targets(inp, target_class, indices, seed)

@@ -22,7 +22,7 @@ import xarray as xr
 from ..errors import InputError
 from ..outputs import portable_attrs
 from .grid import control_models
-from .inputs import choose_targets, job_class, open_inputs, weights_of
+from .inputs import check_runs, choose_targets, job_class, open_inputs, weights_of
 from .removal import check_indices
 from .summary import correlation, run_stats
 from .training import Trainer, full_mask
@@ -76,10 +76,7 @@ def measure(store, datamodels, counterfactuals: Sequence[Counterfactual], *, run
     cfs = list(counterfactuals)
     if not cfs:
         raise InputError("no counterfactuals given")
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be >= 1, got {runs}")
-    control_runs = max(runs, 10) if control_runs is None else int(control_runs)
+    runs, control_runs = check_runs(runs, control_runs)
     n_train = inp.ds.sizes["train"]
     trl = np.asarray(inp.ds["train_label"].values, np.int64)
     n_classes = int(max(trl.max(), np.asarray(inp.ds["target_label"].values).max())) + 1

@@ -39,6 +39,7 @@ from .grid import check_k, control_models
 from .inputs import (
     baseline_scores,
     check_estimators,
+    check_runs,
     choose_targets,
     job_class,
     open_inputs,
@@ -109,10 +110,7 @@ def support(store, datamodels, *, targets: int | None = 10, indices=None, k=None
     ks = check_k(default_grid(n_train) if k is None else k, n_train)
     if not inflation >= 1.0:
         raise InputError(f"inflation must be >= 1, got {inflation}")
-    runs = int(runs)
-    if runs < 1:
-        raise InputError(f"runs must be >= 1, got {runs}")
-    control_runs = max(runs, 10) if control_runs is None else int(control_runs)
+    runs, control_runs = check_runs(runs, control_runs)
     estimators = check_estimators(estimators)
     guides = ["datamodels"] + estimators + [g for g in (guides or ()) if g == "random_class"]
     bad = [g for g in (guides[1:]) if g != "random_class" and g not in estimators]
