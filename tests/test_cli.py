@@ -15,7 +15,7 @@ from dmdask.cli import main
 
 COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart", "evaluate",
             "compare", "sample-complexity", "lemma", "report", "counterfactual", "support",
-            "mislabel", "select", "values", "alpha-sim", "loo"]
+            "mislabel", "select", "neighbors", "values", "alpha-sim", "loo"]
 
 
 def run(*args, timeout=300):
