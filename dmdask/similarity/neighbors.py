@@ -82,8 +82,9 @@ def neighbors(datamodels, k: int = 10, *, store=None, representation: bool = Fal
     if representation and store is None:
         raise InputError("the representation baseline needs the run store (store=)")
     w = dask_to_backend(w.rechunk({1: -1}))
-    def block(b):  # NaN weights compare false: never a neighbour
-        return tuple(to_numpy(x) for s in (1, -1) for x in top_k_rows(b, k, sign=s))
+    def block(b):  # NaN weights compare false: never a neighbour; counts in the same pass
+        return (*(to_numpy(x) for s in (1, -1) for x in top_k_rows(b, k, sign=s)),
+                to_numpy((b > 0).sum(axis=1)), to_numpy((b < 0).sum(axis=1)))
 
     results = compute([dask.delayed(block)(b) for b in w.to_delayed().ravel()], client=client)
     pos_i = np.concatenate([r[0] for r in results])
@@ -99,8 +100,8 @@ def neighbors(datamodels, k: int = 10, *, store=None, representation: bool = Fal
         "negative": (("target", "rank"), neg_i,
                      {"description": "training indices, most negative weight first; -1: none"}),
         "negative_weight": (("target", "rank"), neg_w),
-        "n_positive": ("target", (to_numpy((w > 0).sum(axis=1).compute())).astype(np.int64)),
-        "n_negative": ("target", (to_numpy((w < 0).sum(axis=1).compute())).astype(np.int64)),
+        "n_positive": ("target", np.concatenate([r[4] for r in results]).astype(np.int64)),
+        "n_negative": ("target", np.concatenate([r[5] for r in results]).astype(np.int64)),
     }
     if tl is not None:
         data["positive_label"] = (("target", "rank"), np.where(pos_i >= 0, tl[pos_i], -1))
