@@ -1,6 +1,7 @@
 """Stage 5 — similarity from datamodels: which training examples drive each target
 (``neighbors``), next to the nearest examples in a trained model's representation."""
 
+from .embeddings import Embeddings, embeddings
 from .neighbors import neighbors
 
-__all__ = ["neighbors"]
+__all__ = ["Embeddings", "embeddings", "neighbors"]
