@@ -597,10 +597,21 @@ def lemma(store, output, sizes, groups, control_scale):
               help="Saved `dmdask alpha-sim --out`: adds the App. B figure.")
 @click.option("--verification", type=click.Path(exists=True), default=None,
               help="Verdicts of `dmdask verify --json` (one per line) for a section.")
+@click.option("--neighbors", "nn", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask neighbors --out`: image grids, datamodels beside the "
+                   "representation.")
+@click.option("--leakage", "leak", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask leakage --out`: candidates and recall curves.")
+@click.option("--embeddings", "emb", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask embed --out`: spectrum and components.")
+@click.option("--clusters", "clu", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask cluster --out`: purity and cluster grids.")
+@click.option("--faithfulness", "faith", type=click.Path(exists=True), default=None,
+              help="Saved `dmdask faithfulness --out`: component removal effects.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
 def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf, sup, mis, sel,
-           values_path, alpha_sim, verification, progress):
+           values_path, alpha_sim, verification, nn, leak, emb, clu, faith, progress):
     """Write one self-contained HTML report on STORE's datamodels.
 
     Predicted vs actual margins on held-out models, LDS and per-target correlation
@@ -614,7 +625,9 @@ def report(store, out, datamodels, evaluation, comparison, complexity, fast, cf,
                    counterfactuals=_load_result(cf), support=_load_result(sup),
                    mislabel=_load_result(mis), selection=_load_result(sel),
                    values=_load_result(values_path), alpha_sim=_load_result(alpha_sim),
-                   verification=_load_verdicts(verification))
+                   verification=_load_verdicts(verification), neighbors=_load_result(nn),
+                   leakage=_load_result(leak), embeddings=_load_result(emb),
+                   clusters=_load_result(clu), faithfulness=_load_result(faith))
     click.echo(f"report    {path}")
 
 

@@ -604,6 +604,32 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
 
 
 # --------------------------------------------------------------------------- page
+# (section id, title, module of dmdask.report, function, render_report argument): the function
+# takes (Dataset, store Dataset or None, images argument) and returns the section's HTML.
+SIMILARITY_SECTIONS = (
+    ("sec-neighbors", "Nearest neighbours: datamodels beside the representation",
+     "neighbors", "sec_neighbors", "neighbors"),
+    ("sec-leakage", "Train–test leakage candidates", "neighbors", "sec_leakage", "leakage"),
+    ("sec-embeddings", "Datamodel embeddings: principal components", "embeddings",
+     "sec_embeddings", "embeddings"),
+    ("sec-faithfulness", "Faithfulness of principal components", "embeddings",
+     "sec_faithfulness", "faithfulness"),
+    ("sec-clusters", "Spectral clusters of datamodel embeddings", "clusters", "sec_clusters",
+     "clusters"),
+)
+
+
+def _similarity_section(module: str, func: str, arg, what: str, ds, images):
+    import importlib
+
+    def make():
+        obj = _as_dataset(arg, what)
+        f = getattr(importlib.import_module(f"{__package__}.{module}"), func)
+        return f(obj, ds, images)
+
+    return make
+
+
 def _as_dataset(obj, what: str) -> xr.Dataset | None:
     if obj is None or isinstance(obj, xr.Dataset):
         return obj
@@ -633,7 +659,8 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
                   sample_complexity=None, images: ImagesArg = None, title: str | None = None,
                   n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
                   mislabel=None, selection=None, values=None, alpha_sim=None,
-                  verification=None) -> str:
+                  verification=None, neighbors=None, leakage=None, embeddings=None,
+                  clusters=None, faithfulness=None) -> str:
     """The report page as an HTML string (see :func:`write_report`)."""
     from .counterfactual import sec_counterfactuals, sec_selection, sec_support
 
@@ -675,6 +702,14 @@ def render_report(*, store, datamodels=None, evaluation=None, comparison=None,
     if verification is not None:  # only when given: most reports verify nothing
         sections.append(("sec-verification", "Verification of attribution scores (KPN)",
                          lambda: _sec_verification(verification)))
+    # similarity and embeddings (issue 17): each section only when its Dataset is given
+    similarity = {"neighbors": neighbors, "leakage": leakage, "embeddings": embeddings,
+                  "clusters": clusters, "faithfulness": faithfulness}
+    for sid, name, module, func, obj in SIMILARITY_SECTIONS:
+        arg = similarity[obj]
+        if arg is not None:
+            sections.append((sid, name, _similarity_section(module, func, arg, obj, ds,
+                                                            images)))
     no_heldout = _no_heldout(ds)
     given = {"sec-evaluation": ev, "sec-comparison": cmp, "sec-sample-complexity": sc}
     body = []
@@ -701,7 +736,8 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
                  sample_complexity=None, images: ImagesArg = None, title: str | None = None,
                  n_examples: int = 4, top_k: int = 5, counterfactuals=None, support=None,
                  mislabel=None, selection=None, values=None, alpha_sim=None,
-                 verification=None) -> Path:
+                 verification=None, neighbors=None, leakage=None, embeddings=None,
+                 clusters=None, faithfulness=None) -> Path:
     """Write the report page to ``out`` (an ``.html`` path; parent folders are created) and
     return its path.
 
@@ -720,7 +756,9 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
     (:func:`dmdask.values.alpha_sim.alpha_simulation`) add their sections when given. Any input
     may be None: its section then says what is missing and how to produce it.
     ``verification``: verdicts of ``dmdask verify`` (a :class:`dmdask.verify.Verdict`, its
-    ``to_dict()``, or a list of them) for a section of their own. Needs matplotlib (the
+    ``to_dict()``, or a list of them) for a section of their own. ``neighbors``, ``leakage``,
+    ``embeddings``, ``clusters``, ``faithfulness``: the Datasets of :mod:`dmdask.similarity`
+    (or Zarr paths), each adding its section when given. Needs matplotlib (the
     ``viz`` extra).
     """
     from ..optional import require
@@ -731,7 +769,8 @@ def write_report(out, *, store, datamodels=None, evaluation=None, comparison=Non
                          images=images, title=title, n_examples=n_examples, top_k=top_k,
                          counterfactuals=counterfactuals, support=support, mislabel=mislabel,
                          selection=selection, values=values, alpha_sim=alpha_sim,
-                         verification=verification)
+                         verification=verification, neighbors=neighbors, leakage=leakage,
+                         embeddings=embeddings, clusters=clusters, faithfulness=faithfulness)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
