@@ -22,7 +22,7 @@ import xarray as xr
 from ..errors import InputError
 from ..outputs import portable_attrs
 
-__all__ = ["neighbors", "top_k_rows"]
+__all__ = ["neighbors", "representation_nearest", "top_k_rows"]
 
 
 def top_k_rows(w, k: int, *, sign: int = 1):
@@ -112,22 +112,32 @@ def neighbors(datamodels, k: int = 10, *, store=None, representation: bool = Fal
             coords[c] = ("target", np.asarray(dm[c].values))
     attrs = {"dmdask_neighbors": 1, "k": k}
     if representation:
-        from ..analysis.estimators import compute as estimate
-        from ..counterfactual.inputs import open_inputs
-
-        inp = open_inputs(store, dm)  # the datamodels must belong to the store
-        tpos = np.array(dm["target"].values, np.int64)  # a writable copy (torch indexes with it)
-        sc = estimate(inp.ds, "representation_similarity", targets=tpos, n_models=n_models,
-                      seed=seed)
-        s = np.asarray(sc.transpose("target", "train").values, np.float64)  # -distance
-        order = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)
-        near = order[:, :k]
-        data["nearest"] = (("target", "rank"), near.astype(np.int64),
+        near, dist, path = representation_nearest(store, dm, k, n_models=n_models, seed=seed)
+        data["nearest"] = (("target", "rank"), near,
                            {"description": "training indices nearest in the penultimate layer"})
-        data["nearest_distance"] = (("target", "rank"), -np.take_along_axis(s, near, axis=1))
+        data["nearest_distance"] = (("target", "rank"), dist)
         if tl is not None:
             data["nearest_label"] = (("target", "rank"), tl[near])
-        attrs.update({"representation_models": n_models, "store": inp.path})
+        attrs.update({"representation_models": n_models, "store": path})
     ds = xr.Dataset(data, coords=coords)
     ds.attrs.update(portable_attrs(attrs))
     return ds
+
+
+def representation_nearest(store, datamodels: xr.Dataset, k: int, *, n_models: int = 1,
+                           seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(nearest, distance, store path)``: per target of ``datamodels`` the ``k`` training
+    examples nearest in the penultimate layer of the store's job (the
+    ``representation_similarity`` estimator, ``n_models`` models averaged), smallest L2
+    distance first, ties by the lower index; refuses datamodels of another store."""
+    from ..analysis.estimators import compute as estimate
+    from ..counterfactual.inputs import open_inputs
+
+    inp = open_inputs(store, datamodels)  # the datamodels must belong to the store
+    tpos = np.array(datamodels["target"].values, np.int64)  # a writable copy (torch indexes it)
+    sc = estimate(inp.ds, "representation_similarity", targets=tpos, n_models=n_models,
+                  seed=seed)
+    s = np.asarray(sc.transpose("target", "train").values, np.float64)  # -distance
+    order = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)
+    near = order[:, :k].astype(np.int64)
+    return near, -np.take_along_axis(s, near, axis=1), inp.path
