@@ -39,26 +39,53 @@ def build(path: str, models: int, planted: int, noise: float, workers: int | Non
     return rep.models, time.perf_counter() - t0
 
 
-def by_shift(lk, planted: int, noise: float) -> str:
+def by_shift(runs: dict, planted: int, noise: float) -> str:
     """Recall at C = 1, 5 and the largest, split by whether the copy was shifted."""
     from jobs.digits_leaky import DigitsLeakyMLP
 
     job = DigitsLeakyMLP(n_planted=planted, noise=noise)
     pairs, shifted = job.planted_pairs(), (job.split.shifts != 0).any(axis=1)
-    row = {int(t): i for i, t in enumerate(lk.target.values)}
-    C = lk.sizes["rank"]
+    any_lk = next(iter(runs.values()))[0]
+    row = {int(t): i for i, t in enumerate(any_lk.target.values)}
+    C = any_lk.sizes["rank"]
     cs = sorted({1, min(5, C), C})
-    rows = []
+    rows, cols = [], ["planted copies"]
     for name, sel in (("no shift", ~shifted), ("one-pixel shift", shifted)):
         r = {"planted copies": f"{name} ({int(sel.sum())})"}
-        for var, short in (("planted", "DM"), ("rep_planted", "rep.")):
+        for label, (lk, var) in runs.items():
             hit = lk[var].values
             for c in cs:
                 found = [hit[row[int(t)], :c].any() for t in pairs[sel, 0] if int(t) in row]
-                r[f"{short} @{c}"] = float(np.mean(found)) if found else float("nan")
+                r[f"{label} @{c}"] = float(np.mean(found)) if found else float("nan")
+                if f"{label} @{c}" not in cols:
+                    cols.append(f"{label} @{c}")
         rows.append(r)
-    cols = ["planted copies"] + [f"{s} @{c}" for s in ("DM", "rep.") for c in cs]
     return "Recall by kind of copy:\n\n" + table(rows, cols)
+
+
+def top_pairs(runs: dict, planted: int, noise: float, n: int = 50) -> str:
+    """Of each global ranking's top ``n`` pairs: the share planted, and the share whose
+    candidate is the target's nearest training image in pixel space (L2) — the digits have
+    natural near-duplicates (the same writers in train and test) that no ground truth lists."""
+    from jobs.digits_leaky import DigitsLeakyMLP
+
+    job = DigitsLeakyMLP(n_planted=planted, noise=noise)
+    d = ((job.x_target[:, None, :] - job.split.x_train[None]) ** 2).sum(axis=2)
+    nearest = d.argmin(axis=1)
+    rows = []
+    for label, (lk, src, _) in runs.items():
+        pfx = "" if src == "datamodels" else "rep_"
+        k = min(n, lk.sizes[f"{pfx}pair"])
+        t = lk[f"{pfx}pair_target"].values[:k]
+        c = lk[f"{pfx}pair_candidate"].values[:k]
+        rows.append({"ranking": label, "pairs": k,
+                     "planted": float(lk[f"{pfx}pair_planted"].values[:k].mean()),
+                     "pixel-nearest": float((nearest[t] == c).mean()),
+                     "either": float((lk[f"{pfx}pair_planted"].values[:k]
+                                      | (nearest[t] == c)).mean())})
+    return (f"Top {n} pairs of each global ranking: share planted, share whose candidate is "
+            "the target's nearest training image in pixel space (L2), either:\n\n"
+            + table(rows, ["ranking", "pairs", "planted", "pixel-nearest", "either"]))
 
 
 def main(argv=None):
@@ -93,18 +120,22 @@ def main(argv=None):
     t0 = time.perf_counter()
     lk = leakage(store, dmp, a.candidates, representation=True, n_models=a.rep_models)
     t_leak = time.perf_counter() - t0
+    mag = leakage(store, dmp, a.candidates, by="magnitude")
+    # (Dataset, source, "planted" variable) per column: DM by weight, DM by |w|, representation
+    runs = {"DM w": (lk, "datamodels", "planted"), "DM abs": (mag, "datamodels", "planted"),
+            "rep.": (lk, "representation", "rep_planted")}
     C = a.candidates
     rows = []
     for c in range(1, C + 1):
         r = {"C": c}
-        for m, short in (("datamodels", "DM"), ("representation", "rep.")):
-            s = lk.sel(source=m, n_candidates=c)
+        for short, (ds_, src, _) in runs.items():
+            s = ds_.sel(source=src, n_candidates=c)
             r[f"recall {short}"] = float(s.recall)
             r[f"precision {short}"] = float(s.precision)
         rows.append(r)
-    text = table(rows, ["C", "recall DM", "recall rep.", "precision DM", "precision rep."])
-    ap_dm = float(lk.average_precision.sel(source="datamodels"))
-    ap_rep = float(lk.average_precision.sel(source="representation"))
+    text = table(rows, ["C"] + [f"{m} {k}" for m in ("recall", "precision") for k in runs])
+    aps = ", ".join(f"{k} {float(d.average_precision.sel(source=src)):.3f}"
+                    for k, (d, src, _) in runs.items())
     dm = dmdask.open_store(store)
     first = lk.candidate.values[:, 0]
     has = first >= 0
@@ -116,17 +147,20 @@ def main(argv=None):
             f"with probability ½; 1,297 + {a.planted} training examples); {a.models:,} models "
             f"at α = 0.5 trained in {t_train:.0f} s ({trained} this run), LASSO datamodels "
             f"on all 500 targets {fitted}, candidates scored in {t_leak:.1f} s "
-            f"(representation baseline: penultimate ReLU layer of {a.rep_models} full-data "
+            "(DM w: the largest positive weights, DM abs: the largest |weight|; rep.: the "
+            f"representation baseline, penultimate ReLU layer of {a.rep_models} full-data "
             f"model(s), L2 distance). Recall = share of the {lk.attrs['n_planted_covered']} "
             "planted pairs whose copy is among its target's top C candidates; precision = "
             "share of all candidates issued (every target's top C) that are planted pairs.\n\n"
             f"{text}\n\n"
-            f"- average precision of the global ranking of pairs: datamodels (score = weight / "
-            f"‖w‖₂) {ap_dm:.3f}, representation (L2 distance) {ap_rep:.3f}\n"
+            "- average precision of the global ranking of pairs (DM: score = w / ‖w‖₂ or "
+            f"|w| / ‖w‖₂; rep.: L2 distance): {aps}\n"
             f"- datamodel top candidate shares the target's label for {same:.3f} of the "
             f"{int(has.sum())} targets with a positive weight; {n_pos} of 500 datamodels "
             "non-zero")
-    body += "\n\n" + by_shift(lk, a.planted, a.noise)
+    body += "\n\n" + by_shift({k: (d, v) for k, (d, _, v) in runs.items()}, a.planted,
+                                a.noise)
+    body += "\n\n" + top_pairs(runs, a.planted, a.noise)
     print(body)
     if a.record:
         record("Train–test leakage on planted duplicates (DigitsLeakyMLP)", body)

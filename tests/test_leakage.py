@@ -33,7 +33,8 @@ def _dm(w, target=None, train_label=None):
 # ------------------------------------------------------------ candidates and their ranking
 
 
-def test_candidates_on_a_planted_additive_learner_equal_the_brute_force_top_c(tmp_path):
+@pytest.mark.parametrize("by", ["weight", "magnitude"])
+def test_candidates_on_a_planted_additive_learner_equal_the_brute_force_top_c(tmp_path, by):
     from testjobs import Additive
 
     params = {"n_train": 40, "n_target": 7, "zeros": 25, "seed": 3}
@@ -46,25 +47,26 @@ def test_candidates_on_a_planted_additive_learner_equal_the_brute_force_top_c(tm
     w[4] = 0.0  # a target with no candidates at all
     planted = np.array([[0, int(np.argmax(w[0]))], [3, 5], [6, 39]])
     C = 6
-    lk = leakage(p, _dm(da.from_array(w, chunks=(3, 11))), C, planted=planted)
+    lk = leakage(p, _dm(da.from_array(w, chunks=(3, 11))), C, by=by, planted=planted)
+    key = w if by == "weight" else np.abs(w)
     pairs = []
     for t in range(w.shape[0]):
         norm = np.sqrt((w[t] ** 2).sum())
-        pos = sorted((j for j in range(w.shape[1]) if w[t, j] > 0),
-                     key=lambda j: (-w[t, j], j))[:C]
+        pos = sorted((j for j in range(w.shape[1]) if key[t, j] > 0),
+                     key=lambda j, t=t: (-key[t, j], j))[:C]
         want = pos + [-1] * (C - len(pos))
         np.testing.assert_array_equal(lk.candidate.values[t], want)
         got = lk.score.values[t, :len(pos)]
-        np.testing.assert_allclose(got, [w[t, j] / norm for j in pos], rtol=1e-12)
+        np.testing.assert_allclose(got, [key[t, j] / norm for j in pos], rtol=1e-12)
         np.testing.assert_allclose(lk.weight.values[t, :len(pos)], w[t, pos], rtol=1e-12)
         assert np.isnan(lk.score.values[t, len(pos):]).all()
-        pairs += [(-w[t, j] / norm, t, r, j) for r, j in enumerate(pos)]
+        pairs += [(-key[t, j] / norm, t, r, j) for r, j in enumerate(pos)]
     pairs.sort()
     np.testing.assert_array_equal(lk.pair_target.values, [q[1] for q in pairs])
     np.testing.assert_array_equal(lk.pair_candidate.values, [q[3] for q in pairs])
     # the scaled target's scores are those it had before scaling
     np.testing.assert_allclose(lk.score.values[2][lk.candidate.values[2] >= 0],
-                               leakage(p, _dm(job.weights()), C).score.values[2][
+                               leakage(p, _dm(job.weights()), C, by=by).score.values[2][
                                    lk.candidate.values[2] >= 0], rtol=1e-12)
     # the ground truth was given: recall over c by direct count
     hits = [sum(int(j in lk.candidate.values[t, :c]) for t, j in planted)
@@ -297,6 +299,8 @@ def test_bad_input(tmp_path):
     w = np.random.default_rng(0).normal(size=(3, 40))
     with pytest.raises(InputError, match="candidates must be >= 1"):
         leakage(None, _dm(w), 0)
+    with pytest.raises(InputError, match="by must be one of weight, magnitude"):
+        leakage(None, _dm(w), 2, by="abs")
     with pytest.raises(InputError, match="needs the run store"):
         leakage(None, _dm(w), 2, representation=True)
     bad = w.copy()

@@ -13,6 +13,9 @@ from .commands import _refusals, _save_result, main
 @click.argument("datamodels", type=click.Path(exists=True))
 @click.option("--candidates", "candidates", type=int, default=10, show_default=True,
               help="Candidate training examples per target (C).")
+@click.option("--by", type=click.Choice(["weight", "magnitude"]), default="weight",
+              show_default=True,
+              help="Rank by the largest positive weights, or by the largest |weight|.")
 @click.option("--representation", is_flag=True,
               help="Also the C nearest training examples in the penultimate layer of the "
                    "store's job (the baseline).")
@@ -22,7 +25,7 @@ from .commands import _refusals, _save_result, main
               help="Top-ranked candidate pairs to print.")
 @click.option("--out", type=click.Path(), default=None, help="Save the Dataset (Zarr or .nc).")
 @_refusals
-def leakage_(store, datamodels, candidates, representation, n_models, top, out):
+def leakage_(store, datamodels, candidates, by, representation, n_models, top, out):
     """Train–test leakage candidates: per target the C training examples with the largest
     weights, scored by weight / L2 norm of the target's weights (comparable across targets)
     and ranked globally; with --representation the C nearest examples in a trained model's
@@ -35,7 +38,7 @@ def leakage_(store, datamodels, candidates, representation, n_models, top, out):
 
     if representation:  # the long part: training the baseline's model(s)
         click.echo(f"training  {n_models} model(s) of the store's job for the representation")
-    lk = leakage(store, datamodels, candidates, representation=representation,
+    lk = leakage(store, datamodels, candidates, by=by, representation=representation,
                  n_models=n_models)
     click.echo(f"{lk.sizes['target']} targets, {lk.sizes['pair']} candidate pairs")
     for i in range(min(int(top), lk.sizes["pair"])):

@@ -16,6 +16,7 @@ __all__ = ["sec_leakage", "sec_neighbors"]
 
 _POS, _NEG, _NEAR, _TGT = "#1a7f37", "#d1242f", "#1f6feb", "#0b3d91"
 _METHOD_COLORS = {"datamodels": "#bc4c00", "representation": "#1f6feb"}
+_SHORT = {"datamodels": "DM", "representation": "rep."}
 
 
 def _spread(n: int, k: int) -> np.ndarray:
@@ -242,7 +243,7 @@ def _top_pairs(leak, src, n_pairs: int) -> str:
                 _show_image(top, tg[int(ts[i])])
             else:
                 _blank(top, "no image")
-            top.set_title(f"{m[:4]} #{i + 1}\ntarget {ts[i]}", fontsize=7, color=_TGT)
+            top.set_title(f"{_SHORT[m]} #{i + 1}\ntarget {ts[i]}", fontsize=7, color=_TGT)
             _show_image(bot, tr[int(js[i])])
             mark = "\nplanted" if hit is not None and hit[i] else ""
             bot.set_title(f"{short} {vals[i]:.3g}{mark}", fontsize=7,

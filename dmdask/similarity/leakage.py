@@ -2,12 +2,15 @@
 beside the same number from a representation baseline; measured against planted pairs.
 
 **Candidates.** Per target the ``C`` training examples with the largest positive weights
-(ties by the lower index; fewer where the target has fewer positive weights: padded with
-index −1 and score NaN), as ``candidate(target, rank)``.
+(``by="weight"``, the paper's "ten largest coordinates") or the largest ``|weight|``
+(``by="magnitude"``: REFERENCE §4's "highest |w| = nearest neighbours", App. H showed the
+top and the bottom weights), ties by the lower index, fewer where the target has fewer
+positive (non-zero) weights: padded with index −1 and score NaN; as ``candidate(target,
+rank)`` with the signed ``weight(target, rank)``.
 
-**Score.** ``score = w_tj / ‖w_t‖₂``: the weight divided by the L2 norm of the target's whole
-weight vector, i.e. the candidate's coordinate in the target's normalised datamodel embedding
-(REFERENCE §4). Raw weights are in margin units and their scale varies from target to target
+**Score.** ``score = w_tj / ‖w_t‖₂`` (``|w_tj| / ‖w_t‖₂`` by magnitude): the weight divided
+by the L2 norm of the target's whole weight vector, i.e. the candidate's coordinate in the
+target's normalised datamodel embedding (REFERENCE §4). Raw weights are in margin units and their scale varies from target to target
 (a confidently classified target has small weights everywhere), so they cannot rank pairs
 *across* targets; the normalised weight can: it lies in [−1, 1], equals 1 exactly when the
 target's datamodel is that one example alone, and a near-duplicate, which explains most of
@@ -43,10 +46,11 @@ from .neighbors import _weights, representation_nearest, top_k_rows
 
 __all__ = ["candidate_curves", "leakage", "planted_pairs_of", "ranking_curve"]
 
-METHODS = ("datamodels", "representation")
+BY = ("weight", "magnitude")
+SCORES = {"weight": "weight", "magnitude": "|weight|"}
 
 
-def _block_candidates(b, c: int):
+def _block_candidates(b, c: int, by: str):
     from ..backend import get_namespace, to_numpy
 
     xp = get_namespace(b)
@@ -54,8 +58,11 @@ def _block_candidates(b, c: int):
     bad = xp.isnan(b).any(axis=1)
     norm = xp.sqrt((xp.where(xp.isnan(b), 0.0, b) ** 2).sum(axis=1, keepdims=True))
     # an all-zero target has no candidates: divide by 1 and let top_k_rows pad it
-    idx, s = top_k_rows(b / xp.where(norm > 0, norm, 1.0), c, sign=1)
-    return to_numpy(idx), to_numpy(s), to_numpy(norm[:, 0]), to_numpy(bad)
+    v = b / xp.where(norm > 0, norm, 1.0)
+    idx, s = top_k_rows(v if by == "weight" else xp.abs(v), c, sign=1)
+    signed = xp.where(idx >= 0, xp.take_along_axis(b, xp.where(idx >= 0, idx, 0), axis=1),
+                      xp.nan)
+    return to_numpy(idx), to_numpy(s), to_numpy(signed), to_numpy(norm[:, 0]), to_numpy(bad)
 
 
 def candidate_curves(candidates: np.ndarray, targets: np.ndarray, pairs: np.ndarray
@@ -143,11 +150,13 @@ def _global(cand: np.ndarray, key: np.ndarray) -> np.ndarray:
     return rows[order], ranks[order]
 
 
-def leakage(store, datamodels, candidates: int = 10, *, representation: bool = False,
-            n_models: int = 1, seed: int = 0, planted=None, client=None) -> xr.Dataset:
+def leakage(store, datamodels, candidates: int = 10, *, by: str = "weight",
+            representation: bool = False, n_models: int = 1, seed: int = 0, planted=None,
+            client=None) -> xr.Dataset:
     """Leakage candidates per target of ``datamodels`` (a Dataset or Zarr path with
     ``weight(target, train)``) fitted on the run store ``store`` (a path, or None for
-    datamodels alone): ``candidate``, ``score``, ``weight`` over ``(target, rank)`` and the
+    datamodels alone), ranked ``by`` ``"weight"`` (largest positive) or ``"magnitude"``
+    (largest ``|w|``): ``candidate``, ``score``, ``weight`` over ``(target, rank)`` and the
     global ranking over ``pair``; with ``representation`` the baseline's ``rep_*``; with a
     ground truth (``planted`` pairs, else the store job's ``planted_pairs()``) the recall and
     precision curves. See the module docstring."""
@@ -159,6 +168,8 @@ def leakage(store, datamodels, candidates: int = 10, *, representation: bool = F
     c = int(candidates)
     if c < 1:
         raise InputError(f"candidates must be >= 1, got {c}")
+    if by not in BY:
+        raise InputError(f"by must be one of {', '.join(BY)}, got {by!r}")
     if representation and store is None:
         raise InputError("the representation baseline needs the run store (store=)")
     dm, w = _weights(datamodels)
@@ -169,24 +180,20 @@ def leakage(store, datamodels, candidates: int = 10, *, representation: bool = F
         inp = open_inputs(store, dm)  # refuses datamodels of another store
         ds, dm = inp.ds, inp.dm
     w = dask_to_backend(w.rechunk({1: -1}))
-    parts = compute([dask.delayed(_block_candidates)(b, c) for b in w.to_delayed().ravel()],
-                    client=client)
-    cand = np.concatenate([p[0] for p in parts])
-    score = np.concatenate([p[1] for p in parts])
-    norm = np.concatenate([p[2] for p in parts])
-    bad = np.concatenate([p[3] for p in parts])
+    parts = compute([dask.delayed(_block_candidates)(b, c, by)
+                     for b in w.to_delayed().ravel()], client=client)
+    cand, score, weight, norm, bad = (np.concatenate([p[i] for p in parts]) for i in range(5))
     tnames = np.asarray(dm["target"].values, np.int64)
     if bad.any():
         raise InputError(f"the datamodels have NaN weights for {int(bad.sum())} of "
                          f"{bad.size} targets (first: target {tnames[np.argmax(bad)]})")
-    weight = score * norm[:, None]
     tl = np.asarray(dm["train_label"].values) if "train_label" in dm.coords else None
     data = {
         "candidate": (("target", "rank"), cand,
-                      {"description": "training indices, largest positive weight first; -1: "
-                                      "fewer positive weights than candidates"}),
+                      {"description": "training indices, highest score first; -1: fewer "
+                                      "weights of the kind ranked than candidates"}),
         "score": (("target", "rank"), score,
-                  {"description": "weight / L2 norm of the target's weights"}),
+                  {"description": f"{SCORES[by]} / L2 norm of the target's weights"}),
         "weight": (("target", "rank"), weight),
         "weight_norm": ("target", norm),
     }
@@ -200,8 +207,8 @@ def leakage(store, datamodels, candidates: int = 10, *, representation: bool = F
     for name in ("target_label", "target_train_index"):
         if name in dm.coords:
             coords[name] = ("target", np.asarray(dm[name].values))
-    attrs = {"dmdask_leakage": 1, "candidates": c,
-             "score": "weight / L2 norm of the target's weight vector"}
+    attrs = {"dmdask_leakage": 1, "candidates": c, "by": by,
+             "score": f"{SCORES[by]} / L2 norm of the target's weight vector"}
     rep = None
     if representation:
         near, dist, path = representation_nearest(store, dm, c, n_models=n_models, seed=seed)
