@@ -276,6 +276,9 @@ def test_cli_leakage_writes_the_dataset(leaky_store, tmp_path):
 
     from dmdask.cli import main
 
+    r = CliRunner().invoke(main, ["leakage", "--help"])
+    doc, opts = r.output.split("Options:")
+    assert r.exit_code == 0 and len(doc.split()) > 12 and "--candidates" in opts
     dm, *_ = _leaky_dm(leaky_store)
     dmp = str(tmp_path / "dm.zarr")
     dm.to_zarr(dmp)
