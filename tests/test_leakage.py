@@ -177,9 +177,15 @@ def test_planted_pairs_are_valid_and_deterministic_for_a_seed():
                                           * 255 / 16).astype(np.uint8))
     np.testing.assert_array_equal(job.y_target, load_digits().target[desc["target_id"]])
     # deterministic for a seed, different for another; the MLP variant plants the same
-    again = DigitsLeakyMLP(n_planted=30, copies=2, noise=1.5, shift=0.5, plant_seed=4)
+    again = DigitsLeakyMLP(n_planted=30, copies=2, noise=1.5, shift=0.5, plant_seed=4,
+                           epochs=1)
     np.testing.assert_array_equal(again.planted_pairs(), pairs)
     np.testing.assert_array_equal(again.split.x, job.split.x)
+    # the models (and the representation baseline) see the copies
+    assert again.model_inputs()["x_train"].shape == (1357, 64)
+    masks = np.ones((2, 1357), bool)
+    masks[1, 1297:] = False
+    assert again.train_block(masks, np.arange(2)).shape == (2, 500)
     other = DigitsLeakyLogistic(n_planted=30, copies=2, noise=1.5, shift=0.5, plant_seed=5)
     assert not np.array_equal(other.planted_pairs(), pairs)
     with pytest.raises(ValueError, match="n_planted"):
