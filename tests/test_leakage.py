@@ -329,3 +329,19 @@ def test_bad_input(tmp_path):
     # a store whose job plants nothing: no curves, no error
     lk = leakage(p, _dm(np.abs(w[:, :30])), 2)
     assert "recall" not in lk and "candidate" in lk
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("by", ["weight", "magnitude"])
+def test_leakage_on_cupy_chunks_matches_numpy(by):
+    import dask
+
+    rng = np.random.default_rng(3)
+    w = np.round(rng.normal(size=(50, 400)), 2)
+    w[7] = 0.0
+    pairs = np.stack([np.arange(0, 50, 5), rng.integers(0, 400, 10)], axis=1)
+    want = leakage(None, _dm(w), 8, by=by, planted=pairs)
+    with dask.config.set({"dmdask.array.backend": "cupy"}):
+        got = leakage(None, _dm(da.from_array(w, chunks=(16, 100))), 8, by=by, planted=pairs)
+    for v in ("candidate", "score", "weight", "pair_target", "pair_candidate", "recall"):
+        np.testing.assert_array_equal(got[v].values, want[v].values)
