@@ -160,12 +160,17 @@ def _curves(leak) -> str:
             ap = float(leak["average_precision"].sel(source=m))
             ax3.plot(leak[f"{pfx}pair_recall"].values, leak[f"{pfx}pair_precision"].values,
                      color=col, label=f"{m} (AP {_fmt(ap)})")
+    # precision over C is at most (planted pairs) / (targets): its own scale, or it is a flat
+    # line at 0; recall and the PR curve live on [0, 1]
+    top = np.nanmax(np.concatenate([[1e-3], np.ravel(leak["precision"].values)]))
+    ax2.set_ylim(0, 1.15 * top)
+    ax1.set_ylim(-0.02, 1.02)
+    ax3.set_ylim(-0.02, 1.02)
     for ax, xl, yl in ((ax1, "candidates per target", "recall of planted pairs"),
                        (ax2, "candidates per target", "precision"),
                        (ax3, "recall (global ranking)", "precision (global ranking)")):
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
-        ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)
     at = leak.attrs
