@@ -50,7 +50,7 @@ _JPG, _RAW = 0, 1  # FFCV's RGBImageField modes
 
 
 def _ffcv():
-    return optional.require("ffcv")
+    return optional.ffcv()
 
 
 class BetonFile:
