@@ -142,12 +142,12 @@ class BetonFile:
             raise InputError(f"{self.path}: sample {row}'s {name} has unknown image mode {mode}")
         buf = np.empty(self._size_at(int(m["data_ptr"])), np.uint8)
         self._read_at(m["data_ptr"], buf, f"sample {row}'s {name}")
-        import cv2  # installed with ffcv (its JPEG encoder)
+        from ffcv.libffcv import imdecode  # FFCV's own (libjpeg-turbo) decoder, as its loader
 
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        if bgr is None or bgr.shape != (h, w, 3):
+        img = np.empty((h, w, 3), np.uint8)
+        if imdecode(buf, img, h, w, h, w, 0, 0, 1, 1, False, False) != 0:
             raise InputError(f"{self.path}: sample {row}'s {name} is not a decodable JPEG")
-        return bgr[:, :, ::-1]
+        return img
 
 
 def _need_fields(bf: BetonFile, want: dict[str, str], what: str) -> None:
@@ -394,7 +394,7 @@ def read_image_beton(path: str | os.PathLike, *, image: str = "image", label: st
                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of an FFCV image ``.beton`` (FFCV's CIFAR example layout):
     ``(x uint8 [n, 3, H, W], y int64 [n])``. Every image must have the same size; raw and
-    JPEG samples are both read (JPEG decoded with OpenCV, which FFCV installs)."""
+    JPEG samples are both read (JPEG by FFCV's own libjpeg-turbo decoder)."""
     with BetonFile(path) as bf:
         _need_fields(bf, {image: "RGBImageField", label: "IntField"},
                      f"an image .beton (fields {image!r}: RGBImageField and {label!r}: "
