@@ -11,9 +11,9 @@
   or ``.npy``, float32 by default.
 
 The sign is dmdask's, TRAK's and dattri's: a positive score means the training example's
-presence raises the target's output. Columns are the Dataset's targets in its order. A
-datamodels Dataset (or Zarr) is copied one block of targets at a time, so the weight matrix is
-never whole in memory.
+presence raises the target's output. Columns are the Dataset's targets in its order. The TRAK
+memmap is filled from a datamodels Dataset (or Zarr) one block of targets at a time, so the
+weight matrix is never whole in memory; dattri's tensor is built whole (``torch.save`` needs it).
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ SPACES = ("auto", "raw", "standardised")
 
 
 def load_released(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``weight [n_train, n_targets]``, ``bias [n_targets]``, ``lam [n_targets]`` (float64)
-    from a ``datamodels.pt`` or a fast_l1 output directory holding one; shapes checked."""
+    """``weight [n_train, n_targets]`` (float32, as saved), ``bias [n_targets]``, ``lam
+    [n_targets]`` (float64) from a ``datamodels.pt`` or a fast_l1 output directory holding
+    one; shapes checked."""
     p = Path(path)
     if p.is_dir():
         p = p / "datamodels.pt"
@@ -61,14 +62,14 @@ def load_released(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{p}: expected a dict with 'weight', 'bias', 'lam' (fast_l1's "
                          f"datamodels.pt), got {keys}")
 
-    def arr(k, default=None):
-        v = d.get(k, default)
+    def arr(k, dtype=np.float64):
+        v = d.get(k)
         if v is None:
             return None
         v = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-        return np.asarray(v, np.float64)
+        return np.asarray(v, dtype)
 
-    w = arr("weight")
+    w = arr("weight", np.float32)  # the release's 50,000 x 10,000 is 2 GB already
     if w.ndim != 2:
         raise InputError(f"{p}: weight must be 2-d [n_train, n_targets], got shape {w.shape}")
     nt = w.shape[1]
@@ -95,11 +96,19 @@ def _store_moments(ds: xr.Dataset, fit_rows: np.ndarray, block: int) -> np.ndarr
     return total / max(fit_rows.size, 1)
 
 
-def _to_raw(w: np.ndarray, b: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _inv_sigma(mu: np.ndarray) -> np.ndarray:
+    """1/σ of 0/1 mask columns with mean μ (σ = sqrt(μ(1−μ))); 0 where σ = 0."""
     sigma = np.sqrt(np.clip(mu * (1 - mu), 0, None))
-    inv = np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > 0)
-    w_raw = w * inv[:, None]
-    return w_raw, b - (mu * inv) @ w
+    return np.divide(1.0, sigma, out=np.zeros_like(sigma), where=sigma > 0)
+
+
+def _std_bias(w: np.ndarray, b: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """The raw-space bias of standardised weights: ``b − (μ/σ) @ w``."""
+    return b - (mu * _inv_sigma(mu)) @ w.astype(np.float64)
+
+
+def _to_raw(w: np.ndarray, b: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return w * _inv_sigma(mu).astype(w.dtype)[:, None], _std_bias(w, b, mu)
 
 
 def space_evidence(w, b, ds: xr.Dataset, mu: np.ndarray, held: np.ndarray,
@@ -108,14 +117,16 @@ def space_evidence(w, b, ds: xr.Dataset, mu: np.ndarray, held: np.ndarray,
     sign test between them (see the module docstring)."""
     from scipy.stats import binomtest
 
-    w_std, b_std = _to_raw(w, b, mu)
+    # the standardised reading is (mask/σ) @ w + (b − (μ/σ) @ w): no second weight matrix
+    inv = _inv_sigma(mu).astype(w.dtype)
+    b_std = _std_bias(w, b, mu)
     sse = {"raw": np.zeros(w.shape[1]), "standardised": np.zeros(w.shape[1])}
     for s in range(0, held.size, block):
         rows = held[s:s + block]
-        m = np.asarray(ds["mask"][rows].values, np.float64)
+        m = np.asarray(ds["mask"][rows].values, w.dtype)  # w's dtype: no upcast copy of w
         y = np.asarray(ds["margin"][rows].values, np.float64)
         sse["raw"] += ((m @ w + b - y) ** 2).sum(axis=0)
-        sse["standardised"] += ((m @ w_std + b_std - y) ** 2).sum(axis=0)
+        sse["standardised"] += (((m * inv) @ w + b_std - y) ** 2).sum(axis=0)
     diff = sse["standardised"] - sse["raw"]
     tied = np.abs(diff) <= 1e-9 * (sse["raw"] + sse["standardised"]) + 1e-300
     n_std = int(((diff < 0) & ~tied).sum())
@@ -218,8 +229,11 @@ def import_datamodels(
     if "train_label" in ds.coords:
         coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
     meta = ds.attrs.get("dmdask", {}) if isinstance(ds.attrs.get("dmdask"), dict) else {}
+    h = hashlib.sha1()
     with open(rel["path"], "rb") as f:
-        sha1 = hashlib.sha1(f.read()).hexdigest()
+        for piece in iter(lambda: f.read(1 << 24), b""):
+            h.update(piece)
+    sha1 = h.hexdigest()
     attrs = {
         "dmdask_datamodels": 1,
         "store": str(meta.get("path", "")),
