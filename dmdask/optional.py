@@ -1,8 +1,8 @@
 """Optional dependencies, imported lazily in this one place.
 
 Core dmdask needs only numpy/dask/xarray/zarr. ``torch`` (jobs), ``cupy`` and ``dask_cuda``
-(GPU path), ``matplotlib`` (reports) and ``trak`` (the ``traker`` package: the TRAK
-estimator) are imported through these helpers so that a missing
+(GPU path), ``matplotlib`` (reports), ``trak`` (the ``traker`` package: the TRAK
+estimator) and ``ffcv`` (``.beton`` files) are imported through these helpers so that a missing
 extra gives one clear error naming the extra to install.
 """
 
@@ -14,7 +14,7 @@ from types import ModuleType
 from .errors import DmdaskError
 
 _EXTRA = {"torch": "torch", "cupy": "gpu", "dask_cuda": "gpu", "matplotlib": "viz",
-          "trak": "model"}
+          "trak": "model", "ffcv": "ffcv"}
 
 
 def has(name: str) -> bool:
@@ -39,6 +39,10 @@ def require(name: str) -> ModuleType:
 
 def torch() -> ModuleType:
     return require("torch")
+
+
+def ffcv() -> ModuleType:
+    return require("ffcv")
 
 
 def cupy() -> ModuleType:

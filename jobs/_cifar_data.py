@@ -4,7 +4,10 @@ and batched on-device augmentation (no torchvision).
 * :func:`load_cifar10` reads the standard "CIFAR-10 python version" directory
   (``data_batch_1`` .. ``data_batch_5`` and ``test_batch``: pickled dicts whose ``data`` is
   uint8 ``[10000, 3072]``, each row the 1024 red, then green, then blue pixels of a 32x32 image
-  in row-major order, and ``labels`` a list of ints). Nothing is ever downloaded.
+  in row-major order, and ``labels`` a list of ints), or FFCV's ``cifar_train.beton`` and
+  ``cifar_test.beton`` as FFCV's (and MadryLab's) CIFAR example writes them (``image``:
+  ``RGBImageField``, HWC uint8, raw or JPEG; ``label``: ``IntField``), read with
+  :func:`dmdask.store.beton.read_image_beton` (the ``ffcv`` extra). Nothing is ever downloaded.
 * :func:`synthetic_cifar` makes a deterministic CIFAR-shaped dataset with class structure that
   a small convnet learns in a few epochs (a class colour, a class grating, random shifts and
   noise), for CPU tests and for GPU throughput runs where the real data is absent.
@@ -22,6 +25,7 @@ import numpy as np
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
+BETON_FILES = ("cifar_train.beton", "cifar_test.beton")
 # Per-channel mean/std of the CIFAR-10 training images, on the 0..255 scale.
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32) * 255
 STD = np.array([0.2470, 0.2435, 0.2616], np.float32) * 255
@@ -41,16 +45,39 @@ def _read_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32), y
 
 
+def load_cifar10_beton(data_dir: str):
+    """``(x_train, y_train, x_test, y_test)`` from FFCV's ``cifar_train.beton`` and
+    ``cifar_test.beton`` in ``data_dir``."""
+    from dmdask.store.beton import read_image_beton
+
+    out = []
+    for name in BETON_FILES:
+        x, y = read_image_beton(os.path.join(data_dir, name))
+        if x.shape[1:] != (3, 32, 32):
+            raise ValueError(f"{os.path.join(data_dir, name)}: images are {x.shape[2:]}, "
+                             "not CIFAR-10's 32x32")
+        out += [x, y]
+    for y in (out[1], out[3]):
+        if y.size and (y.min() < 0 or y.max() > 9):
+            raise ValueError(f"{data_dir}: labels outside 0..9")
+    return tuple(out)
+
+
 def load_cifar10(data_dir: str):
-    """``(x_train uint8 [n,3,32,32], y_train int64 [n], x_test, y_test)`` from ``data_dir``."""
+    """``(x_train uint8 [n,3,32,32], y_train int64 [n], x_test, y_test)`` from ``data_dir``:
+    the python batches, else FFCV's ``cifar_train.beton`` + ``cifar_test.beton``."""
     data_dir = os.path.expanduser(str(data_dir))
     if os.path.isdir(os.path.join(data_dir, "cifar-10-batches-py")):
         data_dir = os.path.join(data_dir, "cifar-10-batches-py")
+    has_batches = any(os.path.isfile(os.path.join(data_dir, f)) for f in TRAIN_FILES)
+    if not has_batches and all(os.path.isfile(os.path.join(data_dir, f)) for f in BETON_FILES):
+        return load_cifar10_beton(data_dir)
     missing = [f for f in TRAIN_FILES + (TEST_FILE,) if not os.path.isfile(os.path.join(data_dir, f))]
     if missing:
         raise FileNotFoundError(
             f"{data_dir!r} is not a CIFAR-10 python directory: missing {', '.join(missing)} "
-            "(dmdask never downloads data; point data_dir at an extracted cifar-10-python.tar.gz)")
+            "(dmdask never downloads data; point data_dir at an extracted cifar-10-python.tar.gz, "
+            f"or at a directory with FFCV's {' and '.join(BETON_FILES)})")
     parts = [_read_batch(os.path.join(data_dir, f)) for f in TRAIN_FILES]
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])

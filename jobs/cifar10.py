@@ -10,8 +10,8 @@ reflection-padded images, horizontal flips, 8x8 Cutout, and test-time flip avera
 logits of an image and its mirror image are averaged before the margin is taken).
 
 Data
-    ``data_dir`` names a local directory with the CIFAR-10 python batches (nothing is ever
-    downloaded), or ``synthetic={"n_train": .., "n_test": .., "seed": ..}`` makes a
+    ``data_dir`` names a local directory with the CIFAR-10 python batches or FFCV's
+    ``cifar_train.beton`` + ``cifar_test.beton`` (nothing is ever downloaded), or ``synthetic={"n_train": .., "n_test": .., "seed": ..}`` makes a
     deterministic CIFAR-shaped stand-in (:func:`jobs._cifar_data.synthetic_cifar`). The images
     live on the device as one uint8 tensor (the training set reflection-padded once), and every
     minibatch is gathered, cropped, flipped, Cut out and normalised there in one batched pass.
@@ -81,7 +81,7 @@ class CIFAR10ResNet9:
 
     Parameters (all JSON-serialisable):
 
-    ``data_dir``            directory of the CIFAR-10 python batches, or
+    ``data_dir``            directory of the CIFAR-10 python batches or FFCV betons, or
     ``synthetic``           ``{"n_train", "n_test", "seed"}`` for a synthetic stand-in;
     ``epochs``, ``batch_size``, ``lr`` (peak), ``lr_peak_epoch``, ``momentum``, ``nesterov``,
     ``weight_decay``, ``label_smoothing``          the optimiser (paper defaults);

@@ -38,6 +38,11 @@ def pytest_collection_modifyitems(config, items):
         "browser": (not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     "no chromium/chromium-browser binary (apt-get install chromium)"),
     }
+    # importing ffcv costs seconds (numba, OpenCV): only when a collected test needs it
+    if any("ffcv" in item.keywords for item in items):
+        skips["ffcv"] = (not optional.has("ffcv"),
+                         "ffcv not installed (pip install 'dmdask[ffcv]'; needs pkg-config "
+                         "libturbojpeg0-dev libopencv-dev to build)")
     for item in items:
         for mark, (skip, why) in skips.items():
             if skip and mark in item.keywords:

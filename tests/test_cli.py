@@ -15,7 +15,8 @@ from dmdask.cli import main
 
 COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart", "evaluate",
             "compare", "sample-complexity", "lemma", "report", "counterfactual", "support",
-            "mislabel", "select", "neighbors", "values", "alpha-sim", "loo"]
+            "mislabel", "select", "neighbors", "values", "alpha-sim", "loo", "import-datamodels",
+            "export-scores"]
 
 
 def run(*args, timeout=300):

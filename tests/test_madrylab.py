@@ -427,3 +427,28 @@ def test_peak_memory_independent_of_models(tmp_path):
     print({f"{op} {n}": f"{mb:.0f} MB" for (op, n), mb in peaks.items()})
     out, src = tmp_path / "out80000", tmp_path / "src80000"
     assert_same_layout(src, out)
+
+
+def test_import_heldout_rows(tmp_path):
+    """--heldout-rows N: the release's trailing evaluation models become 'heldout'."""
+    from click.testing import CliRunner
+
+    from dmdask.cli import main
+    from dmdask.store import open_store
+
+    rng = np.random.default_rng(7)
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "masks.npy", rng.random((10, 6)) < 0.5)
+    np.save(src / "margins.npy", rng.standard_normal((10, 3)).astype(np.float32))
+    np.save(src / "_completed.npy", np.ones(10, bool))
+    r = CliRunner().invoke(main, ["import", str(src), str(tmp_path / "s"), "--heldout-rows",
+                                  "4", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    ds = open_store(tmp_path / "s")
+    assert list(ds.kind.values) == ["random"] * 6 + ["heldout"] * 4
+    for bad in ("10", "-1"):
+        r = CliRunner().invoke(main, ["import", str(src), str(tmp_path / f"b{bad}"),
+                                      "--heldout-rows", bad])
+        assert r.exit_code == 2 and "heldout_rows" in r.output
+        assert not (tmp_path / f"b{bad}").exists()

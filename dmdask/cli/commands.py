@@ -211,37 +211,65 @@ def info(store, as_json):
 
 
 @main.command("import")
-@click.argument("src_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("src_dir", type=click.Path(exists=True))
 @click.argument("store", type=click.Path())
 @click.option("--alpha", type=float, default=None,
               help="Subset fraction to record (default: the masks' density).")
 @click.option("--block-size", type=int, default=None, help="Models per block in the new store.")
 @click.option("--margins-key", default="margins", show_default=True,
               help="Which <key>.npy holds the margins.")
+@click.option("--heldout-rows", type=int, default=0, show_default=True,
+              help="Mark the last N rows as 'heldout' models (MadryLab's releases append "
+                   "their evaluation models to every matrix), so the store can be evaluated.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def import_(src_dir, store, alpha, block_size, margins_key, progress):
-    """Import a MadryLab datamodels directory (masks.npy, margins.npy, _completed.npy) into STORE.
+def import_(src_dir, store, alpha, block_size, margins_key, heldout_rows, progress):
+    """Import MadryLab data into STORE: a datamodels directory (masks.npy, margins.npy,
+    _completed.npy) or a regression .beton (FFCV; fields mask, targets, idx).
 
-    Streams blocks from the memmaps, so any size fits in memory. Imported models are
-    `random` models; rows not completed stay incomplete. The store has no job.
+    Streams blocks of rows, so any size fits in memory. Imported models are `random`
+    models (the last --heldout-rows `heldout`); rows not completed stay incomplete. The store
+    has no job. A .beton needs the `ffcv` extra.
     """
-    from ..store.madrylab import import_madrylab
+    if os.path.isfile(src_dir):
+        from ..store.beton import import_beton
 
-    path = import_madrylab(src_dir, store, alpha=alpha, block_size=block_size,
-                           margins_key=margins_key, progress=progress)
+        path = import_beton(src_dir, store, alpha=alpha, block_size=block_size,
+                            heldout_rows=heldout_rows, progress=progress)
+    else:
+        from ..store.madrylab import import_madrylab
+
+        path = import_madrylab(src_dir, store, alpha=alpha, block_size=block_size,
+                               margins_key=margins_key, heldout_rows=heldout_rows,
+                               progress=progress)
     click.echo(f"imported {src_dir} into {path}")
 
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True))
 @click.argument("dst_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["madrylab", "beton"]), default="madrylab",
+              show_default=True,
+              help="madrylab: a directory of .npy files; beton: one FFCV .beton with the "
+                   "fields compute_datamodels.py reads (needs the `ffcv` extra).")
 @click.option("--margins-key", default=None,
               help="Name of the margins file (default: the key recorded at import, else 'margins').")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="beton: export only completed models of this kind (repeatable; default all).")
+@click.option("--overwrite", is_flag=True, help="beton: replace an existing file.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
-def export(store, dst_dir, margins_key, progress):
-    """Write STORE back in the MadryLab layout (masks.npy, margins.npy, _completed.npy)."""
+def export(store, dst_dir, fmt, margins_key, kinds, overwrite, progress):
+    """Write STORE in MadryLab's formats: the .npy layout (masks.npy, margins.npy,
+    _completed.npy) in DST_DIR, or with --format beton the regression .beton DST_DIR."""
+    if fmt == "beton":
+        from ..store.beton import export_beton
+
+        info = export_beton(store, dst_dir, kinds=tuple(kinds) or None, overwrite=overwrite,
+                            progress=progress)
+        kinds_s = ", ".join(f"{c} {k}" for k, c in info["kinds"].items())
+        click.echo(f"exported {info['n_models']} models ({kinds_s}) of {store} to {info['path']}")
+        return
     from ..store.madrylab import export_madrylab
 
     path = export_madrylab(store, dst_dir, margins_key=margins_key, progress=progress)

@@ -181,6 +181,7 @@ def import_madrylab(
     alpha: float | None = None,
     block_size: int | None = None,
     margins_key: str = "margins",
+    heldout_rows: int = 0,
     progress: bool = True,
 ) -> str:
     """Turn a MadryLab datamodels directory into a run store without a job; return its path.
@@ -194,6 +195,8 @@ def import_madrylab(
     false stay incomplete (``completed`` false, margins NaN); completed rows' margins are stored
     as float32. Seeds are 0 (unknown). ``source`` in the store's attributes records the
     directory, the margins key and their dtype (so :func:`export_madrylab` restores it).
+    ``heldout_rows = N`` marks the last N rows as ``"heldout"`` models (MadryLab's releases
+    append their evaluation models to every matrix), so the store can be evaluated.
 
     Refuses (:class:`InputError`, before or instead of leaving any store behind): a missing
     directory or file, masks that are not 2-d bool/0-1, margins that are not 2-d float, row
@@ -212,6 +215,12 @@ def import_madrylab(
         raise InputError(f"block_size must be positive, got {block}")
     masks, margins, completed = _open_source(src, margins_key)
     n, n_train = masks.shape
+    try:
+        heldout_rows = check_heldout_rows(heldout_rows, n, src)
+    except InputError:
+        for arr in (masks, margins, completed):
+            arr.close()
+        raise
     n_target = margins.shape[1]
     source = {"format": "madrylab", "dir": src, "margin_dtype": margins.dtype.name,
               "margins_key": margins_key}
@@ -222,17 +231,35 @@ def import_madrylab(
                          sampling="fixed", alpha=alpha, block=block, source=source,
                          creation=None)
             _fill(draft, masks, margins, completed, alpha=alpha, block=block, source=source,
-                  progress=progress)
+                  progress=progress, heldout_rows=heldout_rows)
     finally:
         for arr in (masks, margins, completed):
             arr.close()
     return path
 
 
-def _fill(draft: str, masks: _NpyRows, margins: _NpyRows, completed: _NpyRows, *,
-          alpha: float | None, block: int, source: dict[str, Any], progress: bool) -> None:
-    """Copy the layout's rows into the empty store ``draft``, then commit its models."""
+def check_heldout_rows(heldout_rows, n: int, where: str) -> int:
+    """``heldout_rows`` as an int in ``[0, n)``, or an InputError naming ``where``."""
+    try:
+        h = int(heldout_rows or 0)
+    except (TypeError, ValueError):
+        raise InputError(f"heldout_rows must be an integer, got {heldout_rows!r}") from None
+    if h < 0 or (h and h >= n):
+        raise InputError(f"{where}: heldout_rows={h} must be >= 0 and leave at least one of "
+                         f"the {n} rows as a fitting ('random') model")
+    return h
+
+
+def _fill(draft: str, masks, margins, completed, *,
+          alpha: float | None, block: int, source: dict[str, Any], progress: bool,
+          heldout_rows: int = 0) -> None:
+    """Copy the layout's rows into the empty store ``draft``, then commit its models.
+
+    ``masks``/``margins``/``completed`` are row sources like :class:`_NpyRows` (``shape``,
+    ``dtype``, ``path``, ``read(start, stop)``); the last ``heldout_rows`` rows become
+    ``"heldout"`` models, the others ``"random"``."""
     n, n_train = masks.shape
+    first_heldout = n - heldout_rows
     group = _open_group(draft, "r+")
     meta = _meta_of(group, draft)
     _resize_models(group, n)
@@ -267,7 +294,8 @@ def _fill(draft: str, masks: _NpyRows, margins: _NpyRows, completed: _NpyRows, *
             m = e - s
             arrays["mask"][s:e] = mk
             arrays["seed"][s:e] = np.zeros(m, np.uint64)
-            arrays["kind"][s:e] = np.full(m, KIND_CODE["random"], np.int8)
+            arrays["kind"][s:e] = np.where(np.arange(s, e) >= first_heldout,
+                                           KIND_CODE["heldout"], KIND_CODE["random"]).astype(np.int8)
             arrays["replicate_of"][s:e] = np.full(m, -1, np.int64)
             if alpha is not None:
                 arrays["alpha"][s:e] = np.full(m, alpha, np.float32)
@@ -283,8 +311,11 @@ def _fill(draft: str, masks: _NpyRows, margins: _NpyRows, completed: _NpyRows, *
     meta["sampling"] = "fixed" if n == 0 or row_min == row_max else "bernoulli"
     meta["source"] = {**source, "density": density}
     meta["n_models"] = n
-    meta["additions"] = [{"kind": "random", "start": 0, "stop": n,
-                          "alpha": None if a is None else float(a), "source": "madrylab"}]
+    fmt = source.get("format", "madrylab")
+    meta["additions"] = [{"kind": k, "start": s, "stop": e,
+                          "alpha": None if a is None else float(a), "source": fmt}
+                         for k, s, e in (("random", 0, first_heldout), ("heldout", first_heldout, n))
+                         if e > s or (k == "random" and n == 0)]
     _set_meta(group, meta)
 
 
