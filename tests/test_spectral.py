@@ -263,3 +263,19 @@ def test_nystrom_on_cupy_chunks_matches_numpy():
             got = nystrom_embedding(xc, 3, n_landmarks=50)
     np.testing.assert_allclose(got.eigenvalues, want.eigenvalues, rtol=1e-8)
     np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-8)
+
+
+# ------------------------------------------------------------------ report
+@pytest.mark.viz
+def test_report_section():
+    from dmdask.report.clusters import sec_clusters
+
+    x, lab = _planted(40, 6, 2, 0.1, seed=12)
+    clu = cluster(_dm(x, lab), 2, method="exact")
+    imgs = np.random.default_rng(13).integers(0, 255, size=(40, 8, 8), dtype=np.uint8)
+    html = sec_clusters(clu, None, (imgs[:5], imgs))
+    for fid in ("fig-clusters-purity", "fig-clusters-embedding", "fig-clusters-images"):
+        assert f'id="{fid}"' in html
+    assert html.count("<tr>") == 1 + 2 and "purity 1.000" in html
+    assert "No clusters given" in sec_clusters(None)
+    assert "switched off" in sec_clusters(clu, None, False)
