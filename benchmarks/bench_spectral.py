@@ -95,18 +95,20 @@ def run_child(args, method: str, n: int) -> dict:
     return r
 
 
-def digits(store: str, datamodels: str, clusters: int, per_class: int) -> str:
+def digits(store: str, datamodels: str, clusters: int, per_class: int,
+           gammas: list[float]) -> str:
     import numpy as np
 
     from dmdask.similarity import cluster
 
     rows = []
-    for mode, k in (("all targets", clusters), ("per class", per_class)):
+    runs = [("all targets", clusters, g) for g in gammas] + [("per class", per_class, 1.0)]
+    for mode, k, g in runs:
         t0 = time.perf_counter()
-        clu = cluster(datamodels, k, method="exact", per_class=mode == "per class",
+        clu = cluster(datamodels, k, method="exact", gamma=g, per_class=mode == "per class",
                       store=store, representation=True)
         at = clu.attrs
-        row = {"clustering": mode, "clusters": k, "targets": clu.sizes["target"],
+        row = {"clustering": mode, "clusters": k, "γ": g, "targets": clu.sizes["target"],
                "seconds": time.perf_counter() - t0,
                "ARI (datamodels vs representation)": at["ari"],
                "NMI (datamodels vs representation)": at["nmi"],
@@ -117,8 +119,25 @@ def digits(store: str, datamodels: str, clusters: int, per_class: int) -> str:
             row["label purity: representation"] = at["representation_purity_overall"]
             row["largest cluster share"] = float(clu["size"].max() / clu.sizes["target"])
         rows.append(row)
+        print(row, flush=True)
     cols = list(dict.fromkeys(c for r in rows for c in r))
     return results.table(rows, cols)
+
+
+def record_digits(args) -> None:
+    if not (os.path.exists(args.store) and os.path.exists(args.datamodels)):
+        print(f"no digits store at {args.store} / {args.datamodels}: skipped")
+        return
+    tab = digits(args.store, args.datamodels, 10, 3, [0.5, 1.0, 2.0, 5.0])
+    body = (f"Spectral clusters (exact) of the unit-normalised datamodel embeddings of "
+            f"`{args.datamodels}` and of the store's job's penultimate-layer features (one "
+            "model on the full training set, the same clustering), as `dmdask cluster "
+            f"{args.datamodels} --clusters 10 --gamma G --store {args.store} "
+            "--representation` (and `--clusters 3 --per-class`). Label purity: the share of "
+            "each cluster's majority label, over all targets.\n\n" + tab)
+    print(body)
+    if args.record:
+        results.record("Spectral clustering on digits", body)
 
 
 def main() -> None:
@@ -135,12 +154,16 @@ def main() -> None:
     ap.add_argument("--datamodels", default=os.path.join(CF3, "datamodels.zarr"))
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--digits-only", action="store_true", help="only the digits purity table")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--zarr", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
+        return
+    if args.digits_only:
+        record_digits(args)
         return
     import tempfile
 
@@ -175,17 +198,10 @@ def main() -> None:
                 f"{args.gamma}, {args.clusters} clusters; each run a separate process, peak "
                 "RSS its `ru_maxrss`.\n\n" + results.table(rows, list(rows[0])) + "\n\n"
                 + ratio)
-        if os.path.exists(args.store) and os.path.exists(args.datamodels):
-            print("digits:", args.store, args.datamodels, flush=True)
-            tab = digits(args.store, args.datamodels, 10, 3)
-            body += (f"\n\nDigits ({args.datamodels}): spectral clusters (exact, γ = 1) of "
-                     "the unit-normalised datamodel embeddings and of the job's penultimate-"
-                     "layer features (one model on the full training set), `dmdask cluster "
-                     f"{args.datamodels} --clusters 10 --store {args.store} --representation`"
-                     " (and `--clusters 3 --per-class`).\n\n" + tab)
         print(body)
         if args.record:
             results.record("Spectral clustering", body)
+        record_digits(args)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -81,6 +81,19 @@ def test_nystrom_with_every_point_a_landmark_is_exact():
     np.testing.assert_allclose(r.degrees, rbf_kernel(x, gamma=0.5).sum(1), rtol=1e-8)
 
 
+@pytest.mark.parametrize("chunks", [(50, 3), (17, 7), (230, 7)])
+def test_blockwise_neighbours_equal_sklearns(chunks):
+    from sklearn.neighbors import NearestNeighbors
+
+    from dmdask.similarity.knn_graph import nearest_k
+
+    x = np.random.default_rng(14).normal(size=(230, 7))
+    idx, d2 = nearest_k(da.from_array(x, chunks=chunks), 6)
+    dist, want = NearestNeighbors(n_neighbors=6).fit(x).kneighbors(x)
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(d2, dist ** 2, atol=1e-12)
+
+
 # ------------------------------------------------------------------ out of core
 class MaterialisationCheck(Callback):
     """Fails a computation whose task returns an n × n array (the affinity) or one holding
@@ -125,7 +138,9 @@ def test_runs_out_of_core_without_the_affinity_or_the_input_whole(chunked):
             chk = MaterialisationCheck(*x.shape)
             with chk:
                 r = spectral_clusters(x, 3, method=m, gamma=1.0, **kw)
-            assert chk.tasks > 20 and 0 < chk.largest <= 80 * 400  # one row block × n
+            # the largest: a block of d² or C (80 × 80), or kNN's candidates of one row block
+            # (80 rows × 5 column blocks × k indices and k distances)
+            assert chk.tasks > 20 and 0 < chk.largest <= max(80 * 80, 80 * 5 * 2 * 10)
             assert ari(lab, r.labels) == 1.0, m
 
 

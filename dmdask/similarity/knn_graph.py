@@ -1,8 +1,9 @@
 """A sparse symmetric k-nearest-neighbour graph of points, exact, computed blockwise.
 
-Each row block of the points (a dask chunk, NumPy or CuPy) meets all the points through dask's
-matrix product (the sum over feature chunks in dask), giving one (rows × n) block of squared
-distances at a time, never n × n; only its ``k`` nearest indices and distances come back. The
+Each pair of row blocks of the points (dask chunks, NumPy or CuPy) gives one (rows_i × rows_j)
+block of squared distances through dask's matrix product (the sum over feature chunks in dask),
+never n × n nor a row block against all points; each block keeps its rows' ``k`` nearest, and
+a second step merges them per row block: only n × k indices and distances come back. The
 graph is scikit-learn's ``kneighbors_graph(X, k, include_self=True)`` symmetrised as
 ``SpectralClustering(affinity="nearest_neighbors")`` does, ½(A + Aᵀ), with connectivity (1) or
 RBF (exp(−γ d²)) weights on the edges.
@@ -15,28 +16,62 @@ import numpy as np
 __all__ = ["knn_graph", "nearest_k"]
 
 
-def _top_k_block(d2, row0: int, k: int):
-    """The ``k`` smallest squared distances per row (the point itself first: its own
-    distance is forced below every other, as ``include_self=True`` means)."""
+def _top_k(d2, cols, k: int):
+    """Per row the ``k`` smallest of ``d2`` (ties: the lower column) as
+    (global column indices, values), both float64 on the host, side by side (rows × 2k)."""
     from ..backend import get_namespace, to_numpy
 
     xp = get_namespace(d2)
-    d2 = xp.maximum(d2, 0.0)
-    r = xp.arange(d2.shape[0])
-    own = row0 + r
-    d2[r, own] = -1.0
-    part = xp.argpartition(d2, k - 1, axis=1)[:, :k]
+    kk = min(k, d2.shape[1])
+    part = xp.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < d2.shape[1] else \
+        xp.broadcast_to(xp.arange(d2.shape[1]), d2.shape)
     vals = xp.take_along_axis(d2, part, axis=1)
     order = xp.argsort(vals, axis=1, kind="stable")
     idx = xp.take_along_axis(part, order, axis=1)
-    vals = xp.maximum(xp.take_along_axis(vals, order, axis=1), 0.0)
-    return np.concatenate([to_numpy(idx).astype(np.float64), to_numpy(vals)], axis=1)
+    vals = xp.take_along_axis(vals, order, axis=1)
+    idx, vals = to_numpy(idx), to_numpy(vals).astype(np.float64)
+    out = np.full((d2.shape[0], 2 * k), np.inf)
+    out[:, :kk] = np.asarray(cols)[idx]
+    out[:, k:k + kk] = vals
+    return out
+
+
+def _block_candidates(gb, sa, sb, k: int, block_info=None):
+    """One (rows_i × rows_j) block of squared distances from its inner products, reduced to
+    each row's ``k`` nearest in the block; the point itself is forced first (−1), as
+    ``include_self=True`` means."""
+    from ..backend import get_namespace
+
+    xp = get_namespace(gb)
+    (r0, r1), (c0, c1) = block_info[0]["array-location"]
+    d2 = xp.maximum(sa + sb - 2.0 * gb, 0.0)  # sa (rows × 1), sb (1 × cols)
+    lo, hi = max(r0, c0), min(r1, c1)
+    if lo < hi:  # this block holds part of the diagonal
+        g = xp.arange(lo, hi)
+        d2[g - r0, g - c0] = -1.0
+    return _top_k(d2, np.arange(c0, c1), k)
+
+
+def _merge(cand, k: int):
+    """The ``k`` best of every row's candidates from all column blocks."""
+    nb = cand.shape[1] // (2 * k)
+    blocks = cand.reshape(cand.shape[0], nb, 2, k)
+    cols = blocks[:, :, 0, :].reshape(cand.shape[0], -1)
+    vals = blocks[:, :, 1, :].reshape(cand.shape[0], -1)
+    order = np.lexsort((cols, vals), axis=1)[:, :k]
+    out = np.empty((cand.shape[0], 2 * k))
+    out[:, :k] = np.take_along_axis(cols, order, axis=1)
+    out[:, k:] = np.maximum(np.take_along_axis(vals, order, axis=1), 0.0)
+    return out
 
 
 def nearest_k(x, k: int, *, client=None) -> tuple[np.ndarray, np.ndarray]:
     """(indices, squared distances), each (n × k), of the ``k`` nearest points of every row
-    of ``x`` (dask or NumPy, points × features), itself included first."""
-    import dask
+    of ``x`` (dask or NumPy, points × features), itself included first. Each task sees one
+    (rows_i × rows_j) block of distances (summed over feature chunks by dask) and keeps its
+    rows' k best; a second step merges them per row block."""
+    import warnings
+
     import dask.array as da
 
     from ..scheduling import compute
@@ -44,17 +79,17 @@ def nearest_k(x, k: int, *, client=None) -> tuple[np.ndarray, np.ndarray]:
 
     x = _as_dask(x).astype(np.float64)
     n = x.shape[0]
-    sq = (x * x).sum(axis=1)
-    g = (x @ x.T).rechunk({1: -1})  # one (rows × n) block per row block of x
-    d2 = da.blockwise(lambda gb, sa, sb: sa[:, None] + sb[None, :] - 2.0 * gb, "ij",
-                      g, "ij", sq, "i", sq.rechunk(-1), "j", dtype=np.float64,
-                      meta=x._meta)
-    starts = np.cumsum((0,) + d2.chunks[0][:-1])
     kk = int(min(k, n))
-    top = dask.delayed(_top_k_block, pure=True)
-    res = compute([top(b, int(s0), kk) for b, s0 in zip(d2.to_delayed().ravel(), starts,
-                                                       strict=True)], client=client)
-    blk = np.concatenate(res, axis=0)
+    sq = (x * x).sum(axis=1)
+    with warnings.catch_warnings():  # (n / rows)² blocks are the point here, not a mistake
+        warnings.simplefilter("ignore", da.PerformanceWarning)
+        g = x @ x.T  # blocks (rows_i × rows_j): never rechunked whole along j
+    cand = da.map_blocks(_block_candidates, g, sq[:, None], sq[None, :], k=kk,
+                         dtype=np.float64, meta=np.empty((0, 0)),
+                         chunks=(g.chunks[0], (2 * kk,) * g.numblocks[1]))
+    best = cand.rechunk({1: -1}).map_blocks(_merge, kk, dtype=np.float64,
+                                             chunks=(cand.chunks[0], (2 * kk,)))
+    blk = compute([best], client=client)[0]
     if not np.isfinite(blk).all():
         from ..errors import InputError
 

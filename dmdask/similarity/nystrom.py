@@ -89,7 +89,7 @@ def nystrom_embedding(x, n_components: int, *, gamma: float = 1.0, n_landmarks: 
     x = x.astype(np.float64)
     land = np.sort(np.random.default_rng(seed).choice(n, size=L, replace=False))
     sq = (x * x).sum(axis=1)
-    xl = x[land]  # lazy: L rows, chunked along the features as x
+    xl = x[land].rechunk({0: -1})  # lazy: the L rows in one block per feature chunk
     # one row block of C per row block of x: the sum over feature chunks happens in dask
     gram = (x @ xl.T).rechunk({1: -1})
     c = da.blockwise(rbf_from_gram, "ij", gram, "ij", sq, "i", sq[land].rechunk(-1), "j",
