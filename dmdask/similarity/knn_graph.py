@@ -74,6 +74,8 @@ def nearest_k(x, k: int, *, client=None) -> tuple[np.ndarray, np.ndarray]:
     of ``x`` (dask or NumPy, points × features), itself included first. Each task sees one
     (rows_i × rows_j) block of distances (summed over feature chunks by dask) and keeps its
     rows' k best; a second step merges them per row block."""
+    import warnings
+
     import dask.array as da
 
     from ..scheduling import compute
@@ -86,9 +88,11 @@ def nearest_k(x, k: int, *, client=None) -> tuple[np.ndarray, np.ndarray]:
     # one task per (row block, row block): the feature chunks summed inside it, so no partial
     # product waits in memory for the others
     pos = da.arange(n, chunks=(x.chunks[0],))  # global row numbers, for the diagonal
-    cand = da.blockwise(_block_candidates, "ij", x, "ik", x, "jk", sq, "i", sq, "j", pos, "i",
-                        pos, "j", k=kk, concatenate=False, dtype=np.float64,
-                        meta=np.empty((0, 0)), adjust_chunks={"j": lambda _: 2 * kk})
+    with warnings.catch_warnings():  # (n / rows)² blocks are the point here, not a mistake
+        warnings.simplefilter("ignore", da.PerformanceWarning)
+        cand = da.blockwise(_block_candidates, "ij", x, "ik", x, "jk", sq, "i", sq, "j", pos, "i",
+                            pos, "j", k=kk, concatenate=False, dtype=np.float64,
+                            meta=np.empty((0, 0)), adjust_chunks={"j": lambda _: 2 * kk})
     best = cand.rechunk({1: -1}).map_blocks(_merge, kk, dtype=np.float64,
                                              chunks=(cand.chunks[0], (2 * kk,)))
     blk = compute([best], client=client)[0]
