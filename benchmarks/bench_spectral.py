@@ -128,16 +128,22 @@ def record_digits(args) -> None:
     if not (os.path.exists(args.store) and os.path.exists(args.datamodels)):
         print(f"no digits store at {args.store} / {args.datamodels}: skipped")
         return
+    start_load = load()
     tab = digits(args.store, args.datamodels, 10, 3, [0.5, 1.0, 2.0, 5.0])
     body = (f"Spectral clusters (exact) of the unit-normalised datamodel embeddings of "
             f"`{args.datamodels}` and of the store's job's penultimate-layer features (one "
             "model on the full training set, the same clustering), as `dmdask cluster "
             f"{args.datamodels} --clusters 10 --gamma G --store {args.store} "
             "--representation` (and `--clusters 3 --per-class`). Label purity: the share of "
-            "each cluster's majority label, over all targets.\n\n" + tab)
+            f"each cluster's majority label, over all targets; {start_load}.\n\n" + tab)
     print(body)
     if args.record:
         results.record("Spectral clustering on digits", body)
+
+
+def load() -> str:
+    return "load average at the start {:.2f}, {:.2f}, {:.2f} (1, 5, 15 min)".format(
+        *os.getloadavg())
 
 
 def main() -> None:
@@ -170,6 +176,7 @@ def main() -> None:
     work = args.workdir or tempfile.mkdtemp(prefix="dmdask-spectral-")
     os.makedirs(work, exist_ok=True)
     args.zarr = os.path.join(work, f"emb-{args.points}x{args.dim}.zarr")
+    start_load = load()
     try:
         t0 = time.perf_counter()
         make(args.zarr, args.points, args.dim, args.clusters, args.noise, 0)
@@ -196,8 +203,8 @@ def main() -> None:
                 f"{args.clusters} planted clusters (noise norm {args.noise} per point around "
                 "unit centres), read from a Zarr store chunked (4000, 128); γ = "
                 f"{args.gamma}, {args.clusters} clusters; each run a separate process, peak "
-                "RSS its `ru_maxrss`.\n\n" + results.table(rows, list(rows[0])) + "\n\n"
-                + ratio)
+                f"RSS its `ru_maxrss`; {start_load}.\n\n"
+                + results.table(rows, list(rows[0])) + "\n\n" + ratio)
         print(body)
         if args.record:
             results.record("Spectral clustering", body)
