@@ -345,3 +345,25 @@ def test_leakage_on_cupy_chunks_matches_numpy(by):
         got = leakage(None, _dm(da.from_array(w, chunks=(16, 100))), 8, by=by, planted=pairs)
     for v in ("candidate", "score", "weight", "pair_target", "pair_candidate", "recall"):
         np.testing.assert_array_equal(got[v].values, want[v].values)
+
+
+def test_cli_refuses_an_out_that_is_an_input(leaky_store, tmp_path):
+    # `--out` over the datamodels (or the store) used to replace them with the result
+    from click.testing import CliRunner
+
+    from dmdask.cli import main
+
+    dm, *_ = _leaky_dm(leaky_store)
+    dmp = str(tmp_path / "dm.zarr")
+    dm.to_zarr(dmp)
+    for cmd in (["leakage", leaky_store, dmp, "--candidates", "2"],
+                ["neighbors", dmp, "--k", "2"]):
+        res = CliRunner().invoke(main, cmd + ["--out", dmp])
+        assert res.exit_code == 2, res.output
+        assert res.output.strip().splitlines()[-1] == (
+            f"dmdask: error: --out {dmp} is the input {dmp}: refusing to overwrite it; "
+            "choose another path for the result")
+    np.testing.assert_array_equal(xr.open_zarr(dmp).weight.values, dm.weight.values)
+    res = CliRunner().invoke(main, ["leakage", leaky_store, dmp, "--out", leaky_store])
+    assert res.exit_code == 2 and "is the input" in res.output
+    assert dmdask.open_store(leaky_store).sizes["model"] == 8

@@ -309,3 +309,21 @@ def test_report_section():
     assert html.count("<tr>") == 1 + 2 and "purity 1.000" in html
     assert "No clusters given" in sec_clusters(None)
     assert "switched off" in sec_clusters(clu, None, False)
+
+
+# ------------------------------------------------------------------ review fixes
+def test_cli_refuses_an_out_that_is_its_input(tmp_path, monkeypatch):
+    # `--out` over PATH used to replace the datamodels with the clusters (the result is
+    # computed in memory first, then written with overwrite)
+    from dmdask.cli import main
+
+    x, lab = _planted(30, 6, 3, 0.1, seed=16)
+    p = tmp_path / "dm.zarr"
+    _dm(x, lab).to_zarr(p)
+    monkeypatch.chdir(tmp_path)
+    for out in (str(p), "dm.zarr", "./dm.zarr/"):
+        r = CliRunner().invoke(main, ["cluster", str(p), "--clusters", "3", "--out", out])
+        assert r.exit_code == 2, r.output
+        assert r.output.strip().splitlines()[-1].startswith(
+            f"dmdask: error: --out {out} is the input")
+    np.testing.assert_array_equal(xr.open_zarr(p, consolidated=False).weight.values, x)

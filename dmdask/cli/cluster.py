@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import _refusals, _save_result, main
+from .commands import _refusals, _refuse_out_over_input, _save_result, main
 
 
 @main.command("cluster")
@@ -47,6 +47,8 @@ def cluster_(path, n_clusters, method, gamma, n_landmarks, n_neighbors, per_clas
     """
     from ..scheduling import TqdmCallback
     from ..similarity import cluster
+
+    _refuse_out_over_input(out, path, store)
 
     # one bar per pass over the rows (Nyström: three; kNN: one; exact: the read)
     with TqdmCallback("cluster"):

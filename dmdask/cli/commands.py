@@ -1145,3 +1145,15 @@ def _load_verdicts(path: str | None):
                     raise DmdaskError(f"{path}:{i}: not a verdict of `dmdask verify --json` "
                                       f"({e.msg})") from None
     return out
+
+
+def _refuse_out_over_input(out: str | None, *inputs: str | None) -> None:
+    """Refuse an ``--out`` that names one of the command's inputs: ``_save_result``
+    overwrites, and would replace the datamodels or run store the result came from."""
+    if not out:
+        return
+    o = os.path.realpath(out)
+    for p in inputs:
+        if p and os.path.realpath(p) == o:
+            raise DmdaskError(f"--out {out} is the input {p}: refusing to overwrite it; "
+                              "choose another path for the result")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import _refusals, _save_result, main
+from .commands import _refusals, _refuse_out_over_input, _save_result, main
 
 
 @main.command("leakage")
@@ -36,6 +36,7 @@ def leakage_(store, datamodels, candidates, by, representation, n_models, top, o
     """
     from ..similarity import leakage
 
+    _refuse_out_over_input(out, store, datamodels)
     if representation:  # the long part: training the baseline's model(s)
         click.echo(f"training  {n_models} model(s) of the store's job for the representation")
     lk = leakage(store, datamodels, candidates, by=by, representation=representation,

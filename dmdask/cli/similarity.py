@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .commands import _refusals, _save_result, main
+from .commands import _refusals, _refuse_out_over_input, _save_result, main
 
 
 @main.command("neighbors")
@@ -34,6 +34,7 @@ def neighbors_(datamodels, k, store, representation, n_models, out):
 
     from ..similarity import neighbors
 
+    _refuse_out_over_input(out, datamodels, store)
     nn = neighbors(datamodels, k, store=store, representation=representation,
                    n_models=n_models)
     click.echo(f"{nn.sizes['target']} targets, {k} neighbours each; median positive weights "
