@@ -327,3 +327,27 @@ def test_cli_refuses_an_out_that_is_its_input(tmp_path, monkeypatch):
         assert r.output.strip().splitlines()[-1].startswith(
             f"dmdask: error: --out {out} is the input")
     np.testing.assert_array_equal(xr.open_zarr(p, consolidated=False).weight.values, x)
+
+
+class InputCheck(MaterialisationCheck):
+    """Fails only a task result holding the whole (n × p) input."""
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        for a in (result if isinstance(result, (tuple, list)) else (result,)):
+            if isinstance(a, np.ndarray) and a.ndim == 2 and a.shape == (self.n, self.p):
+                raise AssertionError(f"task {key!r} gathered the input {a.shape}")
+
+
+def test_exact_gathers_the_gram_not_the_input(chunked):
+    # the dense method needs n × n, but it used to compute the whole n × features input
+    # first (5,000 targets × 50,000 training examples: 2 GB) on the coordinator
+    x, lab = chunked
+    with dask.config.set(UNFUSED):
+        with pytest.raises(AssertionError, match="gathered the input"):  # the check works
+            with InputCheck(*x.shape):
+                x.rechunk(-1).compute()
+        with InputCheck(*x.shape):
+            r = spectral_clusters(x, 3, method="exact", gamma=1.0)
+    want = spectral_clusters(x.compute(), 3, method="exact", gamma=1.0)
+    np.testing.assert_allclose(r.embedding, want.embedding, atol=1e-10)
+    assert ari(lab, r.labels) == 1.0

@@ -43,21 +43,37 @@ def _degrees_scaled(d: np.ndarray) -> np.ndarray:
     return np.sqrt(d)
 
 
-def exact_embedding(x, n_components: int, *, gamma: float = 1.0, self_loops: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _gram(x, client=None):
+    """(x xᵀ, squared row norms) in float64 on x's backend. A dask ``x`` is reduced by dask's
+    matrix product over its feature chunks, so only the n × n Gram comes back, never the
+    n × features input (50,000 features × 5,000 points would be 2 GB)."""
+    from ..backend import get_namespace
+
+    if hasattr(x, "dask"):
+        from ..scheduling import compute
+
+        x = x.astype(np.float64)
+        g, sq = compute([x @ x.T, (x * x).sum(axis=1)], client=client)
+        return g, sq
+    xp = get_namespace(x)
+    x = xp.asarray(x, dtype=xp.float64)
+    return x @ x.T, (x * x).sum(axis=1)
+
+
+def exact_embedding(x, n_components: int, *, gamma: float = 1.0, self_loops: bool = False,
+                    client=None) -> tuple[np.ndarray, np.ndarray]:
     """(embedding n × C, eigenvalues) of the dense RBF affinity of the rows of ``x`` (NumPy or
-    CuPy; a dask array is computed — this is for small inputs). ``self_loops=False`` drops
-    A_ii from the degrees and the matrix, as scikit-learn; True keeps them (what Nyström
-    approximates)."""
+    CuPy, or dask: only its n × n Gram is computed — this is for small n). ``self_loops=False``
+    drops A_ii from the degrees and the matrix, as scikit-learn; True keeps them (what Nyström
+    approximates). Refuses non-finite points."""
     from ..backend import get_namespace, to_numpy
     from .nystrom import rbf_from_gram, sign_flip
 
-    if hasattr(x, "dask"):
-        x = x.compute()
-    xp = get_namespace(x)
-    x = xp.asarray(x, dtype=xp.float64)
-    sq = (x * x).sum(axis=1)
-    a = rbf_from_gram(x @ x.T, sq, sq, gamma)
+    g, sq = _gram(x, client)
+    xp = get_namespace(g)
+    if not bool(to_numpy(xp.isfinite(sq).all())):  # NaN or inf in a row: its norm is too
+        raise InputError("the points contain NaN or infinite values")
+    a = rbf_from_gram(g, sq, sq, gamma)
     if not self_loops:
         a[xp.arange(a.shape[0]), xp.arange(a.shape[0])] = 0.0
     d = xp.asarray(_degrees_scaled(to_numpy(a.sum(axis=1))))
@@ -147,12 +163,7 @@ def spectral_clusters(x, n_clusters: int, *, method: str = "auto", gamma: float 
     method = resolve_method(method, n)
     landmarks = None
     if method == "exact":
-        xs = x.compute() if hasattr(x, "dask") else x
-        from ..backend import get_namespace, to_numpy
-
-        if not bool(to_numpy(get_namespace(xs).isfinite(xs).all())):
-            raise InputError("the points contain NaN or infinite values")
-        emb, lam = exact_embedding(xs, n_clusters, gamma=gamma)
+        emb, lam = exact_embedding(x, n_clusters, gamma=gamma, client=client)
     elif method == "nystrom":
         from .nystrom import nystrom_embedding
 
