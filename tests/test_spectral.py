@@ -21,7 +21,7 @@ from sklearn.metrics.pairwise import rbf_kernel
 
 from dmdask.errors import InputError
 from dmdask.similarity import cluster, spectral_clusters
-from dmdask.similarity.nystrom import nystrom_embedding
+from dmdask.similarity.nystrom import nystrom_embedding, sign_flip
 from dmdask.similarity.spectral import exact_embedding
 
 
@@ -351,3 +351,28 @@ def test_exact_gathers_the_gram_not_the_input(chunked):
     want = spectral_clusters(x.compute(), 3, method="exact", gamma=1.0)
     np.testing.assert_allclose(r.embedding, want.embedding, atol=1e-10)
     assert ari(lab, r.labels) == 1.0
+
+
+def test_nystrom_with_fewer_landmarks_equals_the_dense_nystrom_matrix():
+    # with L = n, K̂ = K and C1 = K1, so the L = n test cannot tell the Nyström degrees
+    # C W⁺ Cᵀ1 from plain row sums of C; with L < n the reference is K̂ = C W⁺ Cᵀ formed
+    # densely, its degrees as Fowlkes et al. (2004) write them — [a_r + b_r; b_c + Bᵀ A⁻¹ b_r]
+    # — and the eigenvectors of D^{-1/2} K̂ D^{-1/2} by a full eigh
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(90, 5))
+    r = nystrom_embedding(da.from_array(x, chunks=(20, 3)), 3, gamma=0.3, n_landmarks=25,
+                          seed=2)
+    k = rbf_kernel(x, gamma=0.3)
+    land = r.landmarks
+    rest = np.setdiff1d(np.arange(90), land)
+    a, b = k[np.ix_(land, land)], k[np.ix_(land, rest)]
+    d = np.empty(90)
+    d[land] = a.sum(1) + b.sum(1)
+    d[rest] = b.sum(0) + b.T @ np.linalg.solve(a, b.sum(1))
+    np.testing.assert_allclose(r.degrees, d, rtol=1e-8)
+    kh = k[:, land] @ np.linalg.pinv(a) @ k[land]
+    np.testing.assert_allclose(kh.sum(1), d, rtol=1e-8)
+    lam, u = np.linalg.eigh(kh / np.sqrt(np.outer(d, d)))
+    np.testing.assert_allclose(r.eigenvalues, lam[::-1][:3], atol=1e-8)
+    want = sign_flip(u[:, ::-1][:, :3] / np.sqrt(d)[:, None])
+    np.testing.assert_allclose(r.embedding, want, atol=1e-8)
