@@ -106,3 +106,25 @@ def test_refuses_to_overwrite(fitted, tmp_path):
         export_scores(dm_path, tmp_path / "s.mmap", format="trak")
     with pytest.raises(InputError, match=r"\.pt \(torch\) or \.npy"):
         export_scores(dm_path, tmp_path / "s.bin", format="dattri")
+
+
+def test_refusals_leave_nothing_behind(fitted, tmp_path):
+    # a NaN target used to leave SAVE_DIR/scores/ behind, and a broken experiments.json
+    # was only found (as a JSONDecodeError traceback) after the memmap was in place
+    from dmdask.analysis.export_scores import export_scores
+    from dmdask.outputs import write_zarr
+
+    _, dm_path, weight, *_ = fitted
+    ds = xr.open_zarr(dm_path).load()
+    ds["weight"][2, 3] = np.nan
+    bad = str(tmp_path / "nan.zarr")
+    write_zarr(ds, bad)
+    with pytest.raises(InputError, match="target position 2 hold NaN"):
+        export_scores(bad, tmp_path / "trak", format="trak")
+    assert not (tmp_path / "trak").exists()
+    save = tmp_path / "save"
+    save.mkdir()
+    (save / "experiments.json").write_text("{not json")
+    with pytest.raises(InputError, match="experiments.json"):
+        export_scores(dm_path, save, format="trak")
+    assert sorted(p.name for p in save.iterdir()) == ["experiments.json"]

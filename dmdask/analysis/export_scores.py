@@ -1,8 +1,9 @@
 """Attribution scores out, in the layouts other tools read.
 
 * ``format="trak"``: TRAK's (traker 0.3) ``<save_dir>/scores/<experiment>.mmap``, an ``.npy``
-  file made with ``numpy.lib.format.open_memmap``, float32 ``[n_train, n_targets]`` (train
-  examples down, targets across, as ``TRAKer.finalize_scores`` writes and its saver reads), and
+  file made with ``numpy.lib.format.open_memmap``, ``[n_train, n_targets]`` (train examples
+  down, targets across, as ``TRAKer.finalize_scores`` writes and its saver reads; float32 by
+  default, TRAKer's default ``use_half_precision=True`` writes float16: ``dtype``), and
   ``<save_dir>/experiments.json`` with ``{experiment: {"num_targets", "scores_path",
   "scores_finalized": 1}}`` (other experiments there are kept). A path ending in ``.mmap`` is
   written as that one file, without ``experiments.json``.
@@ -98,6 +99,9 @@ def export_scores(scores: Any, path: str | os.PathLike, *, format: str = "trak",
         single = p.suffix == ".mmap"
         target = p if single else p / "scores" / f"{experiment}.mmap"
         _refuse_existing(target, overwrite)
+        exp_file = p / "experiments.json"
+        exps = {} if single else _experiments(exp_file)  # refused before anything is written
+        made = _missing_dirs(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + f".writing-{os.getpid()}")
         try:
@@ -106,12 +110,17 @@ def export_scores(scores: Any, path: str | os.PathLike, *, format: str = "trak",
             mm.flush()
             del mm
             os.replace(tmp, target)
+        except BaseException:
+            if tmp.exists():
+                tmp.unlink()
+            for d in made:  # the folders this call made, innermost first, if still empty
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
         finally:
             if tmp.exists():
                 tmp.unlink()
         if not single:
-            exp_file = p / "experiments.json"
-            exps = json.loads(exp_file.read_text()) if exp_file.exists() else {}
             exps[experiment] = {"num_targets": int(n_target), "scores_path": str(target),
                                 "scores_finalized": 1}
             exp_file.write_text(json.dumps(exps))
@@ -138,3 +147,25 @@ def export_scores(scores: Any, path: str | os.PathLike, *, format: str = "trak",
         if tmp.exists():
             tmp.unlink()
     return str(p)
+
+
+def _experiments(path: Path) -> dict:
+    """TRAK's ``experiments.json`` (empty when absent); refuses one that is not a JSON object."""
+    if not path.exists():
+        return {}
+    try:
+        exps = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not readable as TRAK's experiments.json ({e})") from None
+    if not isinstance(exps, dict):
+        raise InputError(f"{path}: not TRAK's experiments.json (a JSON object of experiments)")
+    return exps
+
+
+def _missing_dirs(d: Path) -> list[Path]:
+    """``d`` and its ancestors that do not exist yet, innermost first."""
+    out = []
+    while not d.exists() and d != d.parent:
+        out.append(d)
+        d = d.parent
+    return out
