@@ -376,3 +376,26 @@ def test_nystrom_with_fewer_landmarks_equals_the_dense_nystrom_matrix():
     np.testing.assert_allclose(r.eigenvalues, lam[::-1][:3], atol=1e-8)
     want = sign_flip(u[:, ::-1][:, :3] / np.sqrt(d)[:, None])
     np.testing.assert_allclose(r.embedding, want, atol=1e-8)
+
+
+def test_embeddings_equal_sklearns_entry_by_entry():
+    # principal angles cannot see a column's sign or a rescaling within the subspace; with
+    # distinct eigenvalues the D^{-1/2} scaling and the sign convention make the embedding
+    # unique, so it must equal scikit-learn's entry by entry
+    from sklearn.neighbors import kneighbors_graph
+
+    from dmdask.similarity.spectral import knn_embedding
+
+    x = np.random.default_rng(0).normal(size=(80, 6))
+    emb, lam = exact_embedding(x, 4, gamma=0.3)
+    assert (np.diff(lam) < -1e-3).all()
+    ref = spectral_embedding(rbf_kernel(x, gamma=0.3), n_components=4, drop_first=False,
+                             random_state=0)
+    np.testing.assert_allclose(emb, ref, atol=1e-10)
+    x = np.random.default_rng(15).normal(size=(150, 5))
+    conn = kneighbors_graph(x, 10, include_self=True)
+    emb, lam = knn_embedding(da.from_array(x, chunks=(40, 2)), 4, n_neighbors=10)
+    assert (np.diff(lam) < -1e-3).all()
+    ref = spectral_embedding(0.5 * (conn + conn.T), n_components=4, drop_first=False,
+                             random_state=0)
+    np.testing.assert_allclose(emb, ref, atol=1e-10)
