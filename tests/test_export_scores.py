@@ -128,3 +128,16 @@ def test_refusals_leave_nothing_behind(fitted, tmp_path):
     with pytest.raises(InputError, match="experiments.json"):
         export_scores(dm_path, save, format="trak")
     assert sorted(p.name for p in save.iterdir()) == ["experiments.json"]
+
+
+def test_a_trak_memmap_exported_again_keeps_its_orientation(fitted, tmp_path):
+    # a TRAK .mmap is [n_train, n_targets]; it was read as [targets, train], so exporting it
+    # to dattri's layout wrote the transpose
+    from dmdask.analysis.export_scores import export_scores
+
+    _, dm_path, weight, *_ = fitted
+    mm = export_scores(dm_path, tmp_path / "trak", format="trak", experiment="e")
+    out = export_scores(mm, tmp_path / "again.npy", format="dattri", dtype="float64")
+    np.testing.assert_array_equal(np.load(out), weight.T)
+    back = export_scores(mm, tmp_path / "again.mmap", format="trak")
+    np.testing.assert_array_equal(np.load(back), np.load(mm))

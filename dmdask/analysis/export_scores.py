@@ -56,8 +56,11 @@ def _score_array(obj: Any) -> xr.DataArray:
         return da.transpose("target", "train")
     if isinstance(obj, xr.DataArray) and set(obj.dims) == {"target", "train"}:
         return obj.transpose("target", "train")
-    # arrays, .npy, TRAK memmaps: orientation needs the caller's layout (target_train)
-    return load_scores(obj, layout="target_train")
+    # TRAK's memmaps (a .mmap or a save dir) are [n_train, n_targets]; the other arrays and
+    # .npy files taken here are [n_target, n_train]
+    trak = isinstance(obj, (str, os.PathLike)) and (
+        Path(obj).suffix == ".mmap" or (Path(obj) / "scores").is_dir())
+    return load_scores(obj, layout="train_target" if trak else "target_train")
 
 
 def _refuse_existing(p: Path, overwrite: bool) -> None:
@@ -82,7 +85,7 @@ def export_scores(scores: Any, path: str | os.PathLike, *, format: str = "trak",
                   experiment: str = "dmdask", overwrite: bool = False,
                   dtype: str = "float32") -> str:
     """Write an attribution (a datamodels Dataset or its Zarr path, a score Dataset or
-    DataArray, a ``[n_target, n_train]`` array) as TRAK's scores memmap or dattri's tensor
+    DataArray, a ``[n_target, n_train]`` array or ``.npy``, a TRAK ``.mmap``) as TRAK's scores memmap or dattri's tensor
     (see the module docstring); return the file written. Refuses an existing file unless
     ``overwrite``; writes to a temporary file renamed into place."""
     if format not in FORMATS:
