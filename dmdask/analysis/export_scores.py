@@ -85,8 +85,8 @@ def export_scores(scores: Any, path: str | os.PathLike, *, format: str = "trak",
                   experiment: str = "dmdask", overwrite: bool = False,
                   dtype: str = "float32") -> str:
     """Write an attribution (a datamodels Dataset or its Zarr path, a score Dataset or
-    DataArray, a ``[n_target, n_train]`` array or ``.npy``, a TRAK ``.mmap``) as TRAK's scores memmap or dattri's tensor
-    (see the module docstring); return the file written. Refuses an existing file unless
+    DataArray, a ``[n_target, n_train]`` array or ``.npy``, a TRAK ``.mmap``) as TRAK's
+    scores memmap or dattri's tensor (see the module docstring); return the file written. Refuses an existing file unless
     ``overwrite``; writes to a temporary file renamed into place."""
     if format not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
