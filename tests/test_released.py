@@ -120,3 +120,15 @@ def test_fast_l1_output_dir_and_cli(data, tmp_path):
     r = CliRunner().invoke(main, ["import-datamodels", str(out_dir), "--store", store,
                                   "--out", str(tmp_path / "dm.zarr")])
     assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_out_over_the_store_refused_even_with_overwrite(data, tmp_path):
+    # --overwrite is for a previous import; the store is the input (it was replaced)
+    from dmdask.fit.released import import_datamodels
+    from dmdask.store import open_store
+
+    store, W, b, *_ = data
+    pt = _save(tmp_path / "datamodels.pt", W.T, b, np.zeros(W.shape[0]))
+    with pytest.raises(InputError, match="is the run store"):
+        import_datamodels(pt, store, space="raw", out=store, overwrite=True)
+    assert open_store(store).sizes["train"] == W.shape[1]

@@ -165,6 +165,10 @@ def import_datamodels(
 
     if space not in SPACES:
         raise InputError(f"space must be one of {', '.join(SPACES)}, not {space!r}")
+    if out is not None and not isinstance(store, xr.Dataset) and \
+            os.path.realpath(os.fspath(out)) == os.path.realpath(os.fspath(store)):
+        raise InputError(f"{os.fspath(out)} is the run store the datamodels are read "
+                         "against; refusing to write the datamodels over it")
     if out is not None and os.path.exists(os.fspath(out)) and not overwrite:
         raise InputError(f"{os.fspath(out)}: already exists; refusing to overwrite it (pass "
                          "overwrite / --overwrite)")
