@@ -221,3 +221,21 @@ def test_cifar10_job_trains_on_a_synthetic_beton(tmp_path):
     assert mb.shape == (2, 10) and np.isfinite(mb).all()
     # the same data from the pickle batches trains the same networks, bit for bit
     np.testing.assert_array_equal(mb, jp.train_block(masks, np.array([5, 6])))
+
+
+def test_export_over_a_directory_refused_in_one_line(tmp_path):
+    # with --overwrite an existing folder (e.g. the store itself) ended in an
+    # IsADirectoryError traceback after the whole .beton had been written
+    from dmdask.cli import main
+    from dmdask.store import open_store
+    from dmdask.store.madrylab import import_madrylab
+
+    _npy_dir(tmp_path / "npy")
+    import_madrylab(tmp_path / "npy", tmp_path / "s", progress=False, block_size=16)
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "s"), str(tmp_path / "s"),
+                                  "--format", "beton", "--overwrite", "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert r.output.strip().splitlines() == [
+        f"dmdask: error: {tmp_path / 's'}: is a directory; a .beton is one file"]
+    assert open_store(tmp_path / "s").sizes["model"] == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["npy", "s"]

@@ -326,6 +326,8 @@ def export_beton(
 
     store = os.fspath(store_path)
     dst = os.fspath(out)
+    if os.path.isdir(dst):  # --overwrite replaces a file; a folder (the store itself?) never
+        raise InputError(f"{dst}: is a directory; a .beton is one file")
     if os.path.lexists(dst) and not overwrite:
         raise InputError(f"{dst}: already exists; refusing to overwrite it (pass overwrite / "
                          f"--overwrite)")
