@@ -132,6 +132,8 @@ def fit_datamodels(
     early_stop: bool = True,
     progress: bool = False,
     n_models: int | None = None,
+    out=None,
+    block_targets: int | None = None,
 ) -> xr.Dataset:
     """Fit one sparse linear datamodel per target; return the datamodels Dataset.
 
@@ -145,6 +147,12 @@ def fit_datamodels(
     end of the path — 20× faster at the same chosen validation MSE, benchmarks/RESULTS.md).
     ``n_models``: fit on the first n fitting models only (by model index).
 
+    ``out``: a Zarr path to write the datamodels to block by block (``block_targets``
+    targets at a time, setting ``dmdask.fit.out-block-targets``), never holding the whole
+    weight matrix; a rerun of the same fit resumes with the blocks already written, a rerun
+    with other options is refused (:mod:`dmdask.fit.blockwise`). The Dataset returned is then
+    lazy (dask arrays read from ``out``). Without ``out`` everything is in memory.
+
     Returns variables ``weight(target, train)`` float32 in raw-mask space (prediction =
     mask @ weight + bias), ``bias``, ``lam`` (standardised-space λ), ``val_mse``,
     ``lambdas(target, lam_index)``, ``val_mse_path``, ``n_models``, ``n_iter``, ``converged``,
@@ -154,6 +162,15 @@ def fit_datamodels(
     # the local scheduler's threads allocate in this process: keep what they free for reuse,
     # fault in small pages (dmdask/memory.py)
     with fit_memory(enabled=client is None):
+        if out is not None:
+            from .blockwise import fit_to_zarr
+
+            return fit_to_zarr(ds, out, alpha=alpha, selection=selection, folds=folds,
+                               val_fraction=val_fraction, n_lambdas=n_lambdas,
+                               lambda_ratio=lambda_ratio, solver=solver, targets=targets,
+                               client=client, tol=tol, max_iter=max_iter,
+                               early_stop=early_stop, progress=progress, n_models=n_models,
+                               block_targets=block_targets)
         return _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, solver,
                     targets, client, tol, max_iter, early_stop, progress, n_models)
 
@@ -226,9 +243,16 @@ def _warn_budget(parts, tpos: np.ndarray, max_iter: int, tol: float) -> None:
 
 
 def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds):
-    T = tpos.size
-    d = ds.sizes["train"]
-    L = max(p.lambdas.shape[1] for _, p in parts)
+    vals = _block_values(parts, tpos.size, ds.sizes["train"],
+                         max(p.lambdas.shape[1] for _, p in parts))
+    attrs = _dataset_attrs(ds, rows, alpha=alpha, selection=selection, options=options,
+                           seconds=seconds, codes=vals["solver"])
+    return _assemble(ds, tpos, vals, attrs)
+
+
+def _block_values(parts, T: int, d: int, L: int) -> dict[str, np.ndarray]:
+    """Every per-target variable of ``T`` targets from the solvers' results ``parts`` [(their
+    positions among the T, PathResult)], paths padded with NaN to ``L`` λ values."""
     weight = np.zeros((T, d), np.float32)
     out = {k: np.full(T, np.nan) for k in ("bias", "lam", "val_mse")}
     lambdas = np.full((T, L), np.nan)
@@ -248,12 +272,11 @@ def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds)
         n_iter[idx] = p.n_iter
         conv[idx] = p.converged
         code[idx] = SOLVER_CODES.index(p.solver.split("+")[0]) if p.solver else 0
-    coords: dict[str, Any] = {"target": ds["target"].values[tpos], "train": ds["train"].values}
-    for c in ("target_label", "target_train_index"):
-        if c in ds.coords:
-            coords[c] = ("target", np.asarray(ds[c].values)[tpos])
-    if "train_label" in ds.coords:
-        coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
+    return {"weight": weight, **out, "lambdas": lambdas, "val_mse_path": vpath,
+            "n_models": n_rows, "n_iter": n_iter, "converged": conv, "solver": code}
+
+
+def _dataset_attrs(ds, rows, *, alpha, selection, options, seconds, codes) -> dict:
     model_ids = np.asarray(ds["model"].values)[rows].astype(np.int64)
     src = ds.attrs.get("dmdask", {})
     attrs = {
@@ -269,25 +292,35 @@ def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds)
         "model_last": int(model_ids[-1]),
         "model_sha1": hashlib.sha1(model_ids.tobytes()).hexdigest(),
         "solver_codes": list(SOLVER_CODES),
-        "solvers_used": sorted({SOLVER_CODES[c] for c in np.unique(code)}),
+        "solvers_used": sorted({SOLVER_CODES[c] for c in np.unique(codes)}),
         "seconds": float(seconds),
         "versions": _versions(),
         **{f"opt_{k}": v for k, v in options.items()},
     }
-    attrs = portable_attrs(attrs)  # to_netcdf refuses a dict (versions), netCDF-3 a str list
+    return portable_attrs(attrs)  # to_netcdf refuses a dict (versions), netCDF-3 a str list
+
+
+def _assemble(ds, tpos, vals: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
+    coords: dict[str, Any] = {"target": ds["target"].values[tpos], "train": ds["train"].values}
+    for c in ("target_label", "target_train_index"):
+        if c in ds.coords:
+            coords[c] = ("target", np.asarray(ds[c].values)[tpos])
+    if "train_label" in ds.coords:
+        coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
     data = {
-        "weight": (("target", "train"), weight,
+        "weight": (("target", "train"), vals["weight"],
                    {"description": "raw-mask space: prediction = mask @ weight + bias"}),
-        "bias": ("target", out["bias"]),
-        "lam": ("target", out["lam"], {"description": "chosen λ, standardised space, 1/(2n)"}),
-        "val_mse": ("target", out["val_mse"]),
-        "lambdas": (("target", "lam_index"), lambdas),
-        "val_mse_path": (("target", "lam_index"), vpath),
-        "n_models": ("target", n_rows),
-        "n_iter": ("target", n_iter),
-        "converged": ("target", conv),
-        "solver": ("target", code, {"flag_values": list(range(len(SOLVER_CODES))),
-                                    "flag_meanings": " ".join(SOLVER_CODES)}),
+        "bias": ("target", vals["bias"]),
+        "lam": ("target", vals["lam"],
+                {"description": "chosen λ, standardised space, 1/(2n)"}),
+        "val_mse": ("target", vals["val_mse"]),
+        "lambdas": (("target", "lam_index"), vals["lambdas"]),
+        "val_mse_path": (("target", "lam_index"), vals["val_mse_path"]),
+        "n_models": ("target", vals["n_models"]),
+        "n_iter": ("target", vals["n_iter"]),
+        "converged": ("target", vals["converged"]),
+        "solver": ("target", vals["solver"], {"flag_values": list(range(len(SOLVER_CODES))),
+                                              "flag_meanings": " ".join(SOLVER_CODES)}),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
