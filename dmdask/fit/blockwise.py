@@ -107,10 +107,10 @@ def fit_to_zarr(ds, out, *, alpha=None, selection="auto", folds=5, val_fraction=
                     PathOptions(n_lambdas=n_lambdas, lambda_ratio=lambda_ratio, tol=tol,
                                 max_iter=max_iter, early_stop=early_stop, progress=progress),
                     client, progress)
+    if todo.size or not dst.finished:
         codes = np.asarray(dst.group["solver"][:])
         dst.finish({"seconds": float(time.perf_counter() - t0),
-                    "solvers_used": " ".join(sorted({("gram", "saga")[c]
-                                                     for c in np.unique(codes)}))})
+                    "solvers_used": sorted({("gram", "saga")[c] for c in np.unique(codes)})})
     return open_fit(dst.path)
 
 

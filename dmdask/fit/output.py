@@ -83,9 +83,9 @@ class FitOutput:
             old = _read_request(path)
             diff = request_differences(old, request)
             if diff:
-                raise InputError(f"{path}: holds a fit with other options; refusing to "
-                                 f"continue it ({'; '.join(diff)}); use another --out or "
-                                 "--overwrite")
+                raise InputError(f"{path}: already exists and holds a fit with other "
+                                 f"options; refusing to continue it ({'; '.join(diff)}); use "
+                                 "another --out or --overwrite")
             return cls(path)
         from ..store.runstore import building
 
@@ -114,11 +114,15 @@ class FitOutput:
             arr[sl] = v.astype(arr.dtype, copy=False)
         self.group[_DONE][b] = True
 
+    @property
+    def finished(self) -> bool:
+        return bool(self.group.attrs.get("fit_finished", 0))
+
     def finish(self, attrs: dict[str, Any]) -> None:
         """Set the attributes known at the end and consolidate the metadata."""
         import zarr
 
-        self.group.attrs.update(portable_attrs(attrs))
+        self.group.attrs.update(portable_attrs({**attrs, "fit_finished": 1}))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             zarr.consolidate_metadata(self.path)
@@ -131,8 +135,8 @@ def _read_request(path: str) -> dict[str, Any]:
         g = zarr.open_group(path, mode="r")
         raw = g.attrs["fit_request"]
     except Exception:
-        raise InputError(f"{path}: exists and is not a blockwise datamodels output; use "
-                         "another --out or --overwrite") from None
+        raise InputError(f"{path}: already exists and is not a blockwise datamodels "
+                         "output; use another --out or --overwrite") from None
     return json.loads(raw) if isinstance(raw, str) else dict(raw)
 
 
@@ -174,5 +178,8 @@ def open_fit(path, *, require_complete: bool = True) -> xr.Dataset:
             raise InputError(f"{path}: {miss.size} of {done.size} target blocks are not "
                              f"written yet (e.g. {miss[:5].tolist()}); rerun the same fit "
                              "to finish it")
+        if require_complete and not ds.attrs.get("fit_finished"):
+            raise InputError(f"{path}: every block is written but the fit did not finish; "
+                             "rerun the same fit to finish it")
         ds = ds.drop_vars(_DONE)
     return ds
