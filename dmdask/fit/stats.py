@@ -208,6 +208,13 @@ class _LaneAcc:
         self.shifts = []  # (s_b, c_b) of float32-C blocks: C misses Σ_b s_b c_bᵀ
         self.nonfinite = None  # [T] targets with NaN/inf outputs (``mark`` mode)
 
+    def __getstate__(self):
+        # the cast buffer is a cache of one row block (row-block-size × d): a chain's
+        # accumulator sent to another worker for the merge travels without it
+        state = dict(self.__dict__)
+        state["buf"] = None
+        return state
+
     # ---------------------------------------------------------------- blocks
     def _cast(self, xb, xp, dtype):
         """The block as a contiguous ``dtype`` array (in the reusable buffer when float32)."""

@@ -4,11 +4,13 @@ target blocks run on local lanes or a ``dask.distributed`` client) and :class:`G
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask
 import numpy as np
 
 from .... import config
-from ....backend import to_numpy
+from ....backend import get_namespace, to_numpy
 from ....scheduling import blas_per_lane, compute, lane_blas_threads
 from ...stats import SufficientStats, compute_stats, group_bounds_for
 from ..base import PathOptions, PathResult, Split, UnsupportedTargets
@@ -88,9 +90,11 @@ class GramShared:
         self.future = None
 
     def scatter(self, client) -> GramShared:
-        """Send the shared matrices to every worker of ``client`` once (one key)."""
+        """Send the shared matrices to every worker of ``client`` once. The statistics go
+        without their ``G`` (the problems hold the standardised Grams; the blocks need only
+        σ): what travels is the Grams the solve uses, once each."""
         if self.future is None:
-            self.future = client.scatter(self.parts, broadcast=True, hash=False)
+            self.future = client.scatter(_light(self.parts), broadcast=True, hash=False)
         return self
 
     @property
@@ -154,7 +158,7 @@ def solve_targets(shared: GramShared, target_groups: list[SufficientStats] | Non
     elif client is not None:
         sh = shared.future
         if sh is None:  # one key, sent once per worker
-            sh = client.scatter(shared.parts, broadcast=True, hash=False)
+            sh = client.scatter(_light(shared.parts), broadcast=True, hash=False)
         futs = []
         for b in blocks:
             tp, cols = task_args(b)
@@ -208,7 +212,37 @@ def _solve_block_shared(shared, tparts, cols, split_kind, opts):
 
 
 def _join(g: SufficientStats, t: SufficientStats) -> SufficientStats:
+    if g.G is None:
+        return _NoGram(g.n, None, g.s, t.C, t.sy, t.syy, t.nonfinite, sigma_=g.sigma)
     return SufficientStats(g.n, g.G, g.s, t.C, t.sy, t.syy, t.nonfinite)
+
+
+@dataclass
+class _NoGram(SufficientStats):
+    """Statistics whose ``G`` stayed behind (σ kept): what a target block needs of them."""
+
+    sigma_: object = None
+
+    @property
+    def sigma(self):
+        return self.sigma_
+
+    @property
+    def xp(self):
+        return get_namespace(self.sigma_)
+
+
+def _nogram(st: SufficientStats) -> SufficientStats:
+    return _NoGram(st.n, None, st.s, st.C, st.sy, st.syy, st.nonfinite, sigma_=st.sigma)
+
+
+def _light(parts: tuple) -> tuple:
+    """``parts`` with every statistics object's ``G`` left out (one d × d matrix less per
+    group to send; the validation Grams keep their standardised Q)."""
+    tr_probs, tr_stats, val_stats, full_prob, full, val_grams = parts
+    val_l = [_nogram(v) for v in val_stats]
+    return (tr_probs, [_nogram(t) for t in tr_stats], val_l, full_prob, _nogram(full),
+            [_with_stats(vg, v) for vg, v in zip(val_grams, val_l, strict=True)])
 
 
 def _with_stats(vg: _ValGram, st: SufficientStats) -> _ValGram:
