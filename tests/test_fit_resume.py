@@ -45,7 +45,7 @@ def _same(a: xr.Dataset, b: xr.Dataset) -> None:
         x, y = a[k].values, b[k].values
         assert x.dtype == y.dtype and x.shape == y.shape, k
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k
-    strip = ("seconds",)
+    strip = ("seconds", "phase_seconds")
     assert {k: v for k, v in a.attrs.items() if k not in strip} == \
         {k: v for k, v in b.attrs.items() if k not in strip}
 

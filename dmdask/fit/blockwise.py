@@ -102,14 +102,17 @@ def fit_to_zarr(ds, out, *, alpha=None, selection="auto", folds=5, val_fraction=
     template = _template(ds, rows, tpos, alpha, sel_kind, opts, n_lambdas)
     dst = FitOutput.open_or_create(out, request, template, block)
     todo = np.flatnonzero(~dst.done())
+    phases = {k: 0.0 for k in ("gram_pass", "gram_prepare", "target_stats", "solve", "write")}
     if todo.size:
-        _run_blocks(ds, dst, todo, rows, tpos, sel_kind, solver, folds, val_fraction, n_lambdas,
+        _run_blocks(phases, ds, dst, todo, rows, tpos, sel_kind, solver, folds, val_fraction, n_lambdas,
                     PathOptions(n_lambdas=n_lambdas, lambda_ratio=lambda_ratio, tol=tol,
                                 max_iter=max_iter, early_stop=early_stop, progress=progress),
                     client, progress)
     if todo.size or not dst.finished:
         codes = np.asarray(dst.group["solver"][:])
         dst.finish({"seconds": float(time.perf_counter() - t0),
+                    # this run's time per phase (a resumed fit: of the blocks it computed)
+                    "phase_seconds": {k: round(v, 3) for k, v in phases.items()},
                     "solvers_used": sorted({("gram", "saga")[c] for c in np.unique(codes)})})
     return open_fit(dst.path)
 
@@ -125,7 +128,7 @@ def _template(ds, rows, tpos, alpha, sel_kind, opts, n_lambdas) -> xr.Dataset:
     return _assemble(ds, tpos, lazy, attrs)
 
 
-def _run_blocks(ds, dst: FitOutput, todo, rows, tpos, sel_kind, solver, folds, val_fraction,
+def _run_blocks(phases: dict, ds, dst: FitOutput, todo, rows, tpos, sel_kind, solver, folds, val_fraction,
                 n_lambdas, options: PathOptions, client, progress) -> None:
     X = ds["mask"].data[rows]
     Yall = ds["margin"].data[rows]
@@ -157,15 +160,22 @@ def _run_blocks(ds, dst: FitOutput, todo, rows, tpos, sel_kind, solver, folds, v
             if shared is None:
                 # the Gram part once for all blocks (no target columns), sent to each
                 # worker once
+                t = time.perf_counter()
                 g = compute_stats(X, Yall[:, :0], bounds, row_block_size=options.row_block_size,
                                   client=client, progress=progress, c_dtype=c_dtype)
+                phases["gram_pass"] += time.perf_counter() - t
+                t = time.perf_counter()
                 shared = prepare_gram(g, split, options, client=client)
                 del g
                 if client is not None:
                     shared.scatter(client)
+                phases["gram_prepare"] += time.perf_counter() - t
+            t = time.perf_counter()
             tg = compute_stats(X, Yall[:, bpos[gram_t]], bounds,
                                row_block_size=options.row_block_size, client=client,
                                progress=False, c_dtype=c_dtype, nonfinite="mark", gram=False)
+            phases["target_stats"] += time.perf_counter() - t
+            t = time.perf_counter()
             bad = np.zeros(gram_t.size, bool)
             for g in tg:
                 bad |= np.asarray(g.nonfinite, bool)
@@ -179,7 +189,9 @@ def _run_blocks(ds, dst: FitOutput, todo, rows, tpos, sel_kind, solver, folds, v
                 parts.append((gram_t[good], res))
             gram_t = gram_t[good]
             del tg
+            phases["solve"] += time.perf_counter() - t
         saga_t = np.setdiff1d(np.arange(bpos.size), gram_t)
+        t = time.perf_counter()
         if saga_t.size:
             try:
                 saga = get_solver("saga")
@@ -190,8 +202,11 @@ def _run_blocks(ds, dst: FitOutput, todo, rows, tpos, sel_kind, solver, folds, v
                            split=Split("holdout", val_fraction=val_fraction, folds=folds),
                            options=options, target_train_index=tti[saga_t], client=client)
             parts.append((saga_t, res))
+        phases["solve"] += time.perf_counter() - t
         _warn_budget(parts, bpos, options.max_iter, options.tol)
+        t = time.perf_counter()
         dst.write_block(int(b), _block_values(parts, bpos.size, X.shape[1], n_lambdas))
+        phases["write"] += time.perf_counter() - t
         del parts
         if bar is not None:
             bar.update(1)
