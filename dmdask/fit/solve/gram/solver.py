@@ -74,7 +74,10 @@ def prepare_gram(groups: list[SufficientStats], split: Split,
         p.fast = fast
         p.newton_every = newton_every
         p.kkt_margin = 1e-4 if p.fast else 0.0
-    return GramShared((tr_probs, tr_stats, val_stats, full_prob, full, val_grams), method)
+    # the raw XᵀX of each group is not needed past this point (the problems hold the
+    # standardised Grams, the blocks need σ): dropped, a d × d matrix less per group
+    return GramShared(_light((tr_probs, tr_stats, val_stats, full_prob, full, val_grams)),
+                      method)
 
 
 class GramShared:
@@ -90,11 +93,10 @@ class GramShared:
         self.future = None
 
     def scatter(self, client) -> GramShared:
-        """Send the shared matrices to every worker of ``client`` once. The statistics go
-        without their ``G`` (the problems hold the standardised Grams; the blocks need only
-        σ): what travels is the Grams the solve uses, once each."""
+        """Send the shared matrices to every worker of ``client`` once (the statistics
+        without their ``G``: what travels is the Grams the solve uses, once each)."""
         if self.future is None:
-            self.future = client.scatter(_light(self.parts), broadcast=True, hash=False)
+            self.future = client.scatter(self.parts, broadcast=True, hash=False)
         return self
 
     @property
@@ -158,7 +160,7 @@ def solve_targets(shared: GramShared, target_groups: list[SufficientStats] | Non
     elif client is not None:
         sh = shared.future
         if sh is None:  # one key, sent once per worker
-            sh = client.scatter(_light(shared.parts), broadcast=True, hash=False)
+            sh = client.scatter(shared.parts, broadcast=True, hash=False)
         futs = []
         for b in blocks:
             tp, cols = task_args(b)
