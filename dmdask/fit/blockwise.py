@@ -33,7 +33,7 @@ import xarray as xr
 
 from .. import config
 from ..errors import DmdaskError, InputError
-from .datamodels import (
+from .dataset import (
     _assemble,
     _block_values,
     _dataset_attrs,
