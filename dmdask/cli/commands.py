@@ -277,22 +277,23 @@ def export(store, dst_dir, fmt, margins_key, kinds, overwrite, progress):
 
 
 def _fit_summary(dm) -> list[str]:
-    """A few lines on a datamodels Dataset: validation error, sparsity, chosen λ."""
+    """A few lines on a datamodels Dataset: validation error, sparsity, chosen λ. The weights
+    are read by target blocks (a lazy Dataset is never loaded whole)."""
     import numpy as np
 
-    w = dm["weight"].values
-    nnz = (w != 0).sum(axis=1)
+    nnz = np.asarray((dm["weight"] != 0).sum("train").values)
+    d = dm.sizes["train"]
     lam = dm["lam"].values
     rel = lam / dm["lambdas"].values[:, 0]
     vm = dm["val_mse"].values
     return [
-        f"targets   {w.shape[0]} datamodels over {w.shape[1]} training examples, "
+        f"targets   {nnz.size} datamodels over {d} training examples, "
         f"{dm.attrs['n_models']} models (alpha {dm.attrs['alpha']:g}), selection "
         f"{dm.attrs['selection']}, solver {'+'.join(str(dm.attrs['solvers_used']).split())}, "
         f"{dm.attrs['seconds']:.1f} s",
         f"val MSE   mean {np.nanmean(vm):.4g}, median {np.nanmedian(vm):.4g}",
         f"sparsity  {np.median(nnz):.0f} nonzero weights per target (median; "
-        f"{100 * (w != 0).mean():.1f}% of all weights)",
+        f"{100 * nnz.sum() / (nnz.size * d):.1f}% of all weights)",
         f"lambda    chosen {np.nanmin(lam):.3g} .. {np.nanmax(lam):.3g} "
         f"({np.nanmin(rel):.3g} .. {np.nanmax(rel):.3g} of each target's lambda_max)",
     ]
@@ -324,27 +325,37 @@ def _fit_summary(dm) -> list[str]:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on a dask cluster (tcp://host:port) instead of local threads.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--block-targets", type=int, default=None,
+              help="Targets solved and written per block (default: setting "
+                   "dmdask.fit.out-block-targets); with the Grams it bounds the memory.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
 def fit(store, out, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, solver,
-        targets, scheduler, overwrite, progress):
+        targets, scheduler, overwrite, block_targets, progress):
     """Fit one LASSO datamodel per target of STORE and save them to --out.
 
     Uses the completed `random` models of one alpha: one pass over the masks gathers the
     sufficient statistics, then the lambda path, its validation error, the per-target choice
     of lambda and the refit run from those statistics alone. Weights are in raw-mask space:
     prediction = mask @ weight + bias.
+
+    The datamodels are written to --out block of targets by block as they finish, so the
+    weight matrix is never whole in memory. A killed fit rerun with the same options
+    resumes with the blocks already written; other options on the same --out are refused
+    (--overwrite starts over).
     """
+    import shutil
+
     import numpy as np
 
-    from ..fit.datamodels import fit_datamodels, save_datamodels
+    from ..fit.datamodels import fit_datamodels
 
     tsel = None
     if targets:
         a, b = (int(x) for x in targets.split(":"))
         tsel = np.arange(a, b)
-    if os.path.exists(out) and not overwrite:
-        raise DmdaskError(f"{out}: already exists (--overwrite replaces it)")
+    if os.path.exists(out) and overwrite:
+        shutil.rmtree(out) if os.path.isdir(out) else os.remove(out)
     client = None
     if scheduler:
         from distributed import Client
@@ -354,11 +365,11 @@ def fit(store, out, alpha, selection, folds, val_fraction, n_lambdas, lambda_rat
         dm = fit_datamodels(store, alpha=alpha, selection=selection, folds=folds,
                             val_fraction=val_fraction, n_lambdas=n_lambdas,
                             lambda_ratio=lambda_ratio, solver=solver, targets=tsel,
-                            client=client, progress=progress)
+                            client=client, progress=progress, out=out,
+                            block_targets=block_targets)
     finally:
         if client is not None:
             client.close()
-    save_datamodels(dm, out, overwrite=overwrite)
     for line in _fit_summary(dm):
         click.echo(line)
     click.echo(f"saved     {out}")

@@ -23,96 +23,31 @@ larger n).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-import warnings
-from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .. import config
 from ..errors import DmdaskError, InputError
 from ..memory import fit_memory
-from ..outputs import portable_attrs, write_zarr
-from .solve import PathOptions, PathResult, Split, UnsupportedTargets, get_solver
-from .solve.base import BudgetWarning
-from .solve.grid import holdout_size
+from ..outputs import write_zarr
+from .dataset import (  # noqa: F401 - select_models, _open, SOLVER_CODES: used from here
+    SOLVER_CODES,
+    _assemble,
+    _block_values,
+    _dataset_attrs,
+    _open,
+    _own_rows_error,
+    _versions,
+    _warn_budget,
+    choose_selection,
+    select_models,
+)
+from .solve import PathOptions, PathResult, Split, get_solver
 
 __all__ = ["fit_datamodels", "save_datamodels", "select_models", "choose_selection"]
 
-SOLVER_CODES = ("gram", "saga")
-
-
-def _versions() -> dict[str, str]:
-    import dask
-    import numpy
-    import scipy
-    import zarr
-
-    from ..version import __version__
-
-    return {"dmdask": __version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "dask": dask.__version__, "xarray": xr.__version__, "zarr": zarr.__version__}
-
-
-def select_models(ds: xr.Dataset, alpha: float | None = None,
-                  n_models: int | None = None) -> tuple[np.ndarray, float]:
-    """Positions of the fitting models (``kind == "random"``, completed, one α), ascending,
-    and that α. Several α and ``alpha=None`` is an error listing them. ``n_models``: only the
-    first n of them by model index (sample-complexity and Table 5 rows)."""
-    kind = np.asarray(ds["kind"].values).astype(str)
-    done = np.asarray(ds["completed"].values).astype(bool)
-    alphas = np.asarray(ds["alpha"].values, dtype=np.float64)
-    ok = (kind == "random") & done
-    if not ok.any():
-        raise InputError("no completed models of kind 'random' to fit datamodels on")
-    present = np.unique(np.round(alphas[ok], 6))
-    if alpha is None:
-        if present.size > 1:
-            raise InputError(
-                f"the store holds random models of several alpha values {present.tolist()}; "
-                "pick one with alpha=… (--alpha)")
-        alpha = float(present[0])
-    sel = ok & np.isclose(alphas, alpha, rtol=0, atol=1e-6)
-    if not sel.any():
-        raise InputError(f"no completed random models with alpha={alpha}; present: "
-                         f"{present.tolist()}")
-    rows = np.flatnonzero(sel)
-    if n_models is not None:
-        if not 2 <= int(n_models) <= rows.size:
-            raise InputError(f"n_models={n_models}: the store has {rows.size} completed random "
-                             f"models with alpha={alpha}; choose 2 … {rows.size}")
-        rows = rows[: int(n_models)]
-    return rows, float(alpha)
-
-
-def choose_selection(selection: str, n_models: int, val_fraction: float) -> str:
-    """Resolve ``selection="auto"``: CV when the holdout would have fewer than
-    ``dmdask.solve.auto-cv-below`` validation models, else the holdout."""
-    if selection in ("holdout", "cv"):
-        return selection
-    if selection != "auto":
-        raise InputError(f"selection must be 'auto', 'holdout' or 'cv', not {selection!r}")
-    below = int(config.get("solve.auto-cv-below", 5000))
-    return "cv" if holdout_size(n_models, val_fraction) < below else "holdout"
-
-
-def _own_rows_error(bad: np.ndarray, why: str):
-    raise UnsupportedTargets(
-        f"solver='gram' needs targets that share rows; {bad.size} target(s) have their "
-        f"own rows ({why}), e.g. {bad[:10].tolist()}; use solver='auto' or 'saga'")
-
-
-def _open(ds_or_path) -> xr.Dataset:
-    if isinstance(ds_or_path, xr.Dataset):
-        return ds_or_path
-    if isinstance(ds_or_path, (str, os.PathLike)):
-        from ..store.runstore import open_store
-
-        return open_store(ds_or_path)
-    raise InputError(f"expected a run-store Dataset or path, not {type(ds_or_path).__name__}")
 
 
 def fit_datamodels(
@@ -132,6 +67,8 @@ def fit_datamodels(
     early_stop: bool = True,
     progress: bool = False,
     n_models: int | None = None,
+    out=None,
+    block_targets: int | None = None,
 ) -> xr.Dataset:
     """Fit one sparse linear datamodel per target; return the datamodels Dataset.
 
@@ -145,6 +82,12 @@ def fit_datamodels(
     end of the path — 20× faster at the same chosen validation MSE, benchmarks/RESULTS.md).
     ``n_models``: fit on the first n fitting models only (by model index).
 
+    ``out``: a Zarr path to write the datamodels to block by block (``block_targets``
+    targets at a time, setting ``dmdask.fit.out-block-targets``), never holding the whole
+    weight matrix; a rerun of the same fit resumes with the blocks already written, a rerun
+    with other options is refused (:mod:`dmdask.fit.blockwise`). The Dataset returned is then
+    lazy (dask arrays read from ``out``). Without ``out`` everything is in memory.
+
     Returns variables ``weight(target, train)`` float32 in raw-mask space (prediction =
     mask @ weight + bias), ``bias``, ``lam`` (standardised-space λ), ``val_mse``,
     ``lambdas(target, lam_index)``, ``val_mse_path``, ``n_models``, ``n_iter``, ``converged``,
@@ -154,6 +97,15 @@ def fit_datamodels(
     # the local scheduler's threads allocate in this process: keep what they free for reuse,
     # fault in small pages (dmdask/memory.py)
     with fit_memory(enabled=client is None):
+        if out is not None:
+            from .blockwise import fit_to_zarr
+
+            return fit_to_zarr(ds, out, alpha=alpha, selection=selection, folds=folds,
+                               val_fraction=val_fraction, n_lambdas=n_lambdas,
+                               lambda_ratio=lambda_ratio, solver=solver, targets=targets,
+                               client=client, tol=tol, max_iter=max_iter,
+                               early_stop=early_stop, progress=progress, n_models=n_models,
+                               block_targets=block_targets)
         return _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, solver,
                     targets, client, tol, max_iter, early_stop, progress, n_models)
 
@@ -214,82 +166,12 @@ def _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, sol
                           seconds=time.perf_counter() - t0)
 
 
-def _warn_budget(parts, tpos: np.ndarray, max_iter: int, tol: float) -> None:
-    """One warning naming the targets that spent their iteration budget (not converged)."""
-    bad = np.sort(np.concatenate([idx[~np.asarray(p.converged, bool)] for idx, p in parts]))
-    if bad.size:
-        warnings.warn(
-            f"{bad.size} of {tpos.size} target(s) spent the iteration budget (max_iter="
-            f"{max_iter} at one λ) before the duality gap met tol={tol:g}: their paths stopped "
-            f"there and their fits are approximate (converged=False), e.g. targets at "
-            f"positions {tpos[bad[:10]].tolist()}; raise max_iter or tol", BudgetWarning, stacklevel=4)
-
-
 def _build_dataset(ds, rows, tpos, parts, *, alpha, selection, options, seconds):
-    T = tpos.size
-    d = ds.sizes["train"]
-    L = max(p.lambdas.shape[1] for _, p in parts)
-    weight = np.zeros((T, d), np.float32)
-    out = {k: np.full(T, np.nan) for k in ("bias", "lam", "val_mse")}
-    lambdas = np.full((T, L), np.nan)
-    vpath = np.full((T, L), np.nan)
-    n_rows = np.zeros(T, np.int64)
-    n_iter = np.zeros(T, np.int64)
-    conv = np.zeros(T, bool)
-    code = np.zeros(T, np.int8)
-    for idx, p in parts:
-        weight[idx] = p.weight
-        out["bias"][idx] = p.bias
-        out["lam"][idx] = p.lam
-        out["val_mse"][idx] = p.val_mse
-        lambdas[idx, : p.lambdas.shape[1]] = p.lambdas
-        vpath[idx, : p.val_mse_path.shape[1]] = p.val_mse_path
-        n_rows[idx] = p.n_rows
-        n_iter[idx] = p.n_iter
-        conv[idx] = p.converged
-        code[idx] = SOLVER_CODES.index(p.solver.split("+")[0]) if p.solver else 0
-    coords: dict[str, Any] = {"target": ds["target"].values[tpos], "train": ds["train"].values}
-    for c in ("target_label", "target_train_index"):
-        if c in ds.coords:
-            coords[c] = ("target", np.asarray(ds[c].values)[tpos])
-    if "train_label" in ds.coords:
-        coords["train_label"] = ("train", np.asarray(ds["train_label"].values))
-    model_ids = np.asarray(ds["model"].values)[rows].astype(np.int64)
-    src = ds.attrs.get("dmdask", {})
-    attrs = {
-        "dmdask_datamodels": 1,
-        "store": str(src.get("path", "")) if isinstance(src, dict) else "",
-        # what later analyses check that a datamodels Dataset belongs to a store by
-        "store_fingerprint": src.get("fingerprint") if isinstance(src, dict) else None,
-        "store_seed": src.get("seed") if isinstance(src, dict) else None,
-        "alpha": alpha,
-        "selection": selection,
-        "n_models": int(rows.size),
-        "model_first": int(model_ids[0]),
-        "model_last": int(model_ids[-1]),
-        "model_sha1": hashlib.sha1(model_ids.tobytes()).hexdigest(),
-        "solver_codes": list(SOLVER_CODES),
-        "solvers_used": sorted({SOLVER_CODES[c] for c in np.unique(code)}),
-        "seconds": float(seconds),
-        "versions": _versions(),
-        **{f"opt_{k}": v for k, v in options.items()},
-    }
-    attrs = portable_attrs(attrs)  # to_netcdf refuses a dict (versions), netCDF-3 a str list
-    data = {
-        "weight": (("target", "train"), weight,
-                   {"description": "raw-mask space: prediction = mask @ weight + bias"}),
-        "bias": ("target", out["bias"]),
-        "lam": ("target", out["lam"], {"description": "chosen λ, standardised space, 1/(2n)"}),
-        "val_mse": ("target", out["val_mse"]),
-        "lambdas": (("target", "lam_index"), lambdas),
-        "val_mse_path": (("target", "lam_index"), vpath),
-        "n_models": ("target", n_rows),
-        "n_iter": ("target", n_iter),
-        "converged": ("target", conv),
-        "solver": ("target", code, {"flag_values": list(range(len(SOLVER_CODES))),
-                                    "flag_meanings": " ".join(SOLVER_CODES)}),
-    }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    vals = _block_values(parts, tpos.size, ds.sizes["train"],
+                         max(p.lambdas.shape[1] for _, p in parts))
+    attrs = _dataset_attrs(ds, rows, alpha=alpha, selection=selection, options=options,
+                           seconds=seconds, codes=vals["solver"])
+    return _assemble(ds, tpos, vals, attrs)
 
 
 def save_datamodels(dm: xr.Dataset, path, *, overwrite: bool = False) -> str:

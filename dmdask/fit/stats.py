@@ -75,7 +75,8 @@ class SufficientStats:
     def __add__(self, other: SufficientStats) -> SufficientStats:
         return SufficientStats(
             self.n + other.n,
-            _wide(self.G, self.n + other.n) + other.G,
+            None if self.G is None or other.G is None
+            else _wide(self.G, self.n + other.n) + other.G,
             self.s + other.s,
             self.C + other.C,
             self.sy + other.sy,
@@ -86,7 +87,7 @@ class SufficientStats:
     def __sub__(self, other: SufficientStats) -> SufficientStats:
         return SufficientStats(
             self.n - other.n,
-            self.G - other.G,
+            None if self.G is None or other.G is None else self.G - other.G,
             self.s - other.s,
             self.C - other.C,
             self.sy - other.sy,
@@ -207,6 +208,13 @@ class _LaneAcc:
         self.shifts = []  # (s_b, c_b) of float32-C blocks: C misses Σ_b s_b c_bᵀ
         self.nonfinite = None  # [T] targets with NaN/inf outputs (``mark`` mode)
 
+    def __getstate__(self):
+        # the cast buffer is a cache of one row block (row-block-size × d): a chain's
+        # accumulator sent to another worker for the merge travels without it
+        state = dict(self.__dict__)
+        state["buf"] = None
+        return state
+
     # ---------------------------------------------------------------- blocks
     def _cast(self, xb, xp, dtype):
         """The block as a contiguous ``dtype`` array (in the reusable buffer when float32)."""
@@ -239,7 +247,9 @@ class _LaneAcc:
                 self.gi = _Int8Gram(d)
             except DmdaskError:  # a worker without torch: the float32 route, still exact
                 self.gram, x8 = "float32", None
-        if x8 is not None:
+        if self.gram == "none":
+            pass  # target statistics only: the Gram comes from a pass of its own
+        elif x8 is not None:
             if self.gi.rows + nb > _Int8Gram._MAX_ROWS:
                 self._flush_int8()
             self.gi.add(x8)
@@ -589,6 +599,7 @@ def compute_stats(
     backend: str | None = None,
     progress: bool = False,
     nonfinite: str = "raise",
+    gram: bool = True,
 ) -> list[SufficientStats]:
     """One pass over row blocks of ``X`` (n × d, 0/1) and ``Y`` (n × T): the statistics of
     each contiguous group of rows ``[bounds[g], bounds[g+1])`` (default: one group, all rows).
@@ -599,6 +610,8 @@ def compute_stats(
     accumulator per group in flight. ``nonfinite``: NaN/inf outputs raise
     :class:`~dmdask.errors.UnsupportedTargets` (``"raise"``) or are marked in each
     group's ``nonfinite`` (``"mark"``), so one pass both finds and serves the finite targets.
+    ``gram=False``: the target statistics only (``G`` is None): a blockwise fit forms the
+    Gram once and the ``XᵀY`` of each target block in a pass of its own.
     """
     if nonfinite not in ("raise", "mark"):
         raise InputError(f"nonfinite must be 'raise' or 'mark', not {nonfinite!r}")
@@ -625,7 +638,7 @@ def compute_stats(
     # cut into a multiple of `lanes` blocks of equal size, so all lanes work on every group
     # (a 10% holdout group is as parallel as the training group).
     lanes = n_lanes(client)
-    gram = _gram_kind(X, n, X.shape[1], client)
+    gram = _gram_kind(X, n, X.shape[1], client) if gram else "none"
     align = int(X.chunks[0][0]) if X.numblocks[0] > 1 else 1
     out = []
     ngroups = len(bounds) - 1

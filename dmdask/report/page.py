@@ -181,10 +181,15 @@ def predicted_vs_actual(store, datamodels, *, max_points: int = 5000,
         raise InputError(f"the datamodels name targets outside the store's "
                          f"[0, {ds.sizes['target']})")
     subsets, runs, group = evaluation_runs(ds)
-    W = np.asarray(dm["weight"].transpose("target", "train").values, np.float64)
     b = np.asarray(dm["bias"].values, np.float64)
     X = np.asarray(ds["mask"].data[subsets].compute(), np.float64)
-    pred_sub = X @ W.T + b  # [subset, target]
+    # by blocks of targets: the weight matrix is never whole in memory
+    Wt = dm["weight"].transpose("target", "train")
+    pred_sub = np.empty((subsets.size, tpos.size))  # [subset, target]
+    step = max(1, int(Wt.chunks[0][0]) if Wt.chunks else 1024)
+    for t0 in range(0, tpos.size, step):
+        Wb = np.asarray(Wt.isel(target=slice(t0, t0 + step)).values, np.float64)
+        pred_sub[:, t0:t0 + Wb.shape[0]] = X @ Wb.T + b[t0:t0 + Wb.shape[0]]
     y = np.asarray(ds["margin"].data[runs][:, tpos].compute(), np.float64)  # [run, target]
     g = pred_sub[group]
     ok = np.isfinite(y)
@@ -538,16 +543,19 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
     if src.n_train != dm.sizes["train"]:
         return _missing(f"{src.n_train} training images for datamodels of "
                         f"{dm.sizes['train']} training examples.")
-    W = np.asarray(dm["weight"].transpose("target", "train").values, np.float64)
     tnames = np.asarray(dm["target"].values, np.int64)
-    picks = _example_targets(W.shape[0], n_examples)
+    picks = _example_targets(dm.sizes["target"], n_examples)
+    # only the rows shown are read (a lazy, blockwise-written weight matrix stays on disk)
+    Wp = np.asarray(dm["weight"].transpose("target", "train").isel(target=picks).values,
+                    np.float64)
+    W = dict(zip(picks.tolist(), Wp, strict=True))
     tlab = np.asarray(dm["target_label"].values) if "target_label" in dm.coords else None
     trlab = np.asarray(dm["train_label"].values) if "train_label" in dm.coords else None
     tops = []
     for t in picks:
         order = np.argsort(-W[t], kind="stable")
-        tops.append(([j for j in order[:top_k] if W[t, j] > 0],
-                     [j for j in order[::-1][:top_k] if W[t, j] < 0]))
+        tops.append(([j for j in order[:top_k] if W[t][j] > 0],
+                     [j for j in order[::-1][:top_k] if W[t][j] < 0]))
     # only the images drawn are asked for: a job may hold tens of thousands
     need = np.unique(np.array([j for p, n in tops for j in p + n], np.int64))
     try:

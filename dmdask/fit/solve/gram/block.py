@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ....backend import get_namespace, to_numpy
+from ....backend import to_numpy
 from ..base import PathResult, to_raw
 from ..grid import lambda_grid, select_lambda
 from .path import gram_path
@@ -19,7 +19,7 @@ def _solve_block(tr_probs, tr_stats, val_stats, full_prob, full_stats, cols, spl
                  opts: dict, val_grams=None):
     """All work for one target block: paths on the training set(s), selection, refit."""
     t0 = time.perf_counter()
-    xp = get_namespace(full_stats.G)
+    xp = full_stats.xp
     cols = xp.asarray(cols)
     n_lambdas, ratio = opts["n_lambdas"], opts["lambda_ratio"]
     tol, max_iter = opts["tol"], opts["max_iter"]

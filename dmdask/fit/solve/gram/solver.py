@@ -4,11 +4,13 @@ target blocks run on local lanes or a ``dask.distributed`` client) and :class:`G
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask
 import numpy as np
 
 from .... import config
-from ....backend import to_numpy
+from ....backend import get_namespace, to_numpy
 from ....scheduling import blas_per_lane, compute, lane_blas_threads
 from ...stats import SufficientStats, compute_stats, group_bounds_for
 from ..base import PathOptions, PathResult, Split, UnsupportedTargets
@@ -28,17 +30,22 @@ def solve_from_stats(
 ) -> PathResult:
     """Path, selection and refit for all targets from the per-group statistics of
     :func:`dmdask.fit.stats.compute_stats` (groups as :func:`group_bounds_for` makes them)."""
+    shared = prepare_gram(groups, split, options, method=method, client=client)
+    return solve_targets(shared, None, split, options, client=client)
+
+
+def prepare_gram(groups: list[SufficientStats], split: Split,
+                 options: PathOptions = PathOptions(), *, method: str | None = None,
+                 client=None) -> GramShared:
+    """Everything the target blocks share, from the Gram part of the statistics (``G``,
+    ``s``, ``n`` of each group; their ``C`` may have no columns): the standardised Grams of
+    the training split(s), of all rows and of the validation rows, and their problems."""
     method = method or options.extra.get("method") or config.get("solve.gram-method", "fista")
     if method not in ("cd", "fista"):
         raise UnsupportedTargets(f"unknown Gram method {method!r} (cd | fista)")
     cd_block = int(options.extra.get("cd_block", 64))
     full = SufficientStats.sum(groups)
-    if split.kind == "holdout":
-        tr_stats = [groups[1]]
-        val_stats = [groups[0]]
-    else:
-        tr_stats = [full - g for g in groups]
-        val_stats = list(groups)
+    tr_stats, val_stats = _split_groups(groups, full, split)
     fast = options.tol >= 1e-7
 
     # the standardised Grams: training set(s) and all rows (float64, and float32 for the
@@ -67,7 +74,59 @@ def solve_from_stats(
         p.fast = fast
         p.newton_every = newton_every
         p.kkt_margin = 1e-4 if p.fast else 0.0
-    T = full.n_targets
+    # the raw XᵀX of each group is not needed past this point (the problems hold the
+    # standardised Grams, the blocks need σ): dropped, a d × d matrix less per group
+    return GramShared(_light((tr_probs, tr_stats, val_stats, full_prob, full, val_grams)),
+                      method)
+
+
+class GramShared:
+    """What :func:`prepare_gram` builds once for all target blocks: ``parts`` (training
+    problems and statistics, validation statistics, the all-rows problem and statistics,
+    the validation Grams) and the inner ``method``. ``future``: where a caller scattered
+    ``parts`` to a cluster once (``client.scatter(parts, broadcast=True)``), the tasks take
+    it from there instead of sending the Grams again."""
+
+    def __init__(self, parts: tuple, method: str):
+        self.parts = parts
+        self.method = method
+        self.future = None
+
+    def scatter(self, client) -> GramShared:
+        """Send the shared matrices to every worker of ``client`` once (the statistics
+        without their ``G``: what travels is the Grams the solve uses, once each)."""
+        if self.future is None:
+            self.future = client.scatter(self.parts, broadcast=True, hash=False)
+        return self
+
+    @property
+    def n_targets(self) -> int:
+        return self.parts[4].n_targets
+
+
+def _split_groups(groups, full, split):
+    """(training statistics, validation statistics) of a split, from its groups."""
+    if split.kind == "holdout":
+        return [groups[1]], [groups[0]]
+    return [full - g for g in groups], list(groups)
+
+
+def solve_targets(shared: GramShared, target_groups: list[SufficientStats] | None,
+                  split: Split, options: PathOptions = PathOptions(), *,
+                  client=None) -> PathResult:
+    """Path, selection and refit of a block of targets. ``target_groups``: the block's
+    target statistics per group (``C``, ``sy``, ``syy``; ``G`` may be None), joined on the
+    workers with the shared Gram part; None: the targets of the statistics ``shared`` was
+    built from."""
+    tr_probs, _, _, full_prob, full, _ = shared.parts
+    tparts = None
+    if target_groups is not None:
+        tfull = SufficientStats.sum(target_groups)
+        ttr, tval = _split_groups(target_groups, tfull, split)
+        tparts = (ttr, tval, tfull)
+        T = tfull.n_targets
+    else:
+        T = full.n_targets
     tb = int(options.target_block_size or config.get("solve.target-block-size", 512))
     lanes = 1
     if client is None:
@@ -86,32 +145,46 @@ def solve_from_stats(
         "max_iter": options.max_iter, "early_stop": options.early_stop,
         "min_lams_to_try": options.min_lams_to_try,
     }
-    if len(blocks) == 1 and client is None:
-        parts = [_solve_block(tr_probs, tr_stats, val_stats, full_prob, full, blocks[0],
-                              split.kind, opts, val_grams)]
-    else:
-        shared = (tr_probs, tr_stats, val_stats, full_prob, full, val_grams)
-        if client is not None:
-            shared = client.scatter(shared, broadcast=True)
-            # one key, sent once per worker
-            futs = [client.submit(_solve_block_shared, shared, b, split.kind, opts, pure=False)
-                    for b in blocks]
-            if options.progress:
-                from distributed import as_completed
-                from tqdm.auto import tqdm
 
-                for _ in tqdm(as_completed(futs), total=len(futs), desc="lasso paths"):
-                    pass
-            parts = client.gather(futs)
-        else:
-            sh = dask.delayed(shared, traverse=False)
-            tasks = [dask.delayed(_solve_block_shared, pure=True)(sh, b, split.kind, opts)
-                     for b in blocks]
-            with blas_per_lane(None, min(lanes, len(blocks))):
-                parts = list(compute(tasks, progress=options.progress, desc="lasso paths"))
+    def task_args(b):
+        # a block's own target statistics travel with its task; the Grams do not
+        if tparts is None:
+            return None, b
+        ttr, tval, tfull = tparts
+        return ([t.take_targets(b) for t in ttr], [t.take_targets(b) for t in tval],
+                tfull.take_targets(b)), np.arange(b.size)
+
+    if len(blocks) == 1 and client is None:
+        tp, cols = task_args(blocks[0])
+        parts = [_solve_block_shared(shared.parts, tp, cols, split.kind, opts)]
+    elif client is not None:
+        sh = shared.future
+        if sh is None:  # one key, sent once per worker
+            sh = client.scatter(shared.parts, broadcast=True, hash=False)
+        futs = []
+        for b in blocks:
+            tp, cols = task_args(b)
+            if tp is not None:
+                tp = client.scatter(tp, hash=False)
+            futs.append(client.submit(_solve_block_shared, sh, tp, cols, split.kind, opts,
+                                      pure=False))
+        if options.progress:
+            from distributed import as_completed
+            from tqdm.auto import tqdm
+
+            for _ in tqdm(as_completed(futs), total=len(futs), desc="lasso paths"):
+                pass
+        parts = client.gather(futs)
+    else:
+        sh = dask.delayed(shared.parts, traverse=False)
+        tasks = [dask.delayed(_solve_block_shared, pure=True)(sh, *task_args(b), split.kind,
+                                                              opts)
+                 for b in blocks]
+        with blas_per_lane(None, min(lanes, len(blocks))):
+            parts = list(compute(tasks, progress=options.progress, desc="lasso paths"))
     res = PathResult.concat(parts)
     res.solver = "gram"
-    res.info = {"method": method, "blocks": len(blocks),
+    res.info = {"method": shared.method, "blocks": len(blocks),
                 "seconds": [p.info.get("seconds") for p in parts]}
     return res.validate()
 
@@ -127,8 +200,59 @@ def _local_threads() -> int:
     return int(n) if n else (os.cpu_count() or 1)
 
 
-def _solve_block_shared(shared, cols, split_kind, opts):
-    return _solve_block(*shared[:5], cols, split_kind, opts, *shared[5:])
+def _solve_block_shared(shared, tparts, cols, split_kind, opts):
+    tr_probs, tr_stats, val_stats, full_prob, full, val_grams = shared
+    if tparts is not None:
+        # the block's target statistics joined to the shared Gram part (no copies of G)
+        ttr, tval, tfull = tparts
+        tr_stats = [_join(g, t) for g, t in zip(tr_stats, ttr, strict=True)]
+        val_stats = [_join(g, t) for g, t in zip(val_stats, tval, strict=True)]
+        full = _join(full, tfull)
+        val_grams = [_with_stats(vg, v) for vg, v in zip(val_grams, val_stats, strict=True)]
+    return _solve_block(tr_probs, tr_stats, val_stats, full_prob, full, cols, split_kind, opts,
+                        val_grams)
+
+
+def _join(g: SufficientStats, t: SufficientStats) -> SufficientStats:
+    if g.G is None:
+        return _NoGram(g.n, None, g.s, t.C, t.sy, t.syy, t.nonfinite, sigma_=g.sigma)
+    return SufficientStats(g.n, g.G, g.s, t.C, t.sy, t.syy, t.nonfinite)
+
+
+@dataclass
+class _NoGram(SufficientStats):
+    """Statistics whose ``G`` stayed behind (σ kept): what a target block needs of them."""
+
+    sigma_: object = None
+
+    @property
+    def sigma(self):
+        return self.sigma_
+
+    @property
+    def xp(self):
+        return get_namespace(self.sigma_)
+
+
+def _nogram(st: SufficientStats) -> SufficientStats:
+    return _NoGram(st.n, None, st.s, st.C, st.sy, st.syy, st.nonfinite, sigma_=st.sigma)
+
+
+def _light(parts: tuple) -> tuple:
+    """``parts`` with every statistics object's ``G`` left out (one d × d matrix less per
+    group to send; the validation Grams keep their standardised Q)."""
+    tr_probs, tr_stats, val_stats, full_prob, full, val_grams = parts
+    val_l = [_nogram(v) for v in val_stats]
+    return (tr_probs, [_nogram(t) for t in tr_stats], val_l, full_prob, _nogram(full),
+            [_with_stats(vg, v) for vg, v in zip(val_grams, val_l, strict=True)])
+
+
+def _with_stats(vg: _ValGram, st: SufficientStats) -> _ValGram:
+    import copy
+
+    out = copy.copy(vg)
+    out.st = st
+    return out
 class GramSolver:
     """LASSO paths of all targets at once from one pass of sufficient statistics.
 
