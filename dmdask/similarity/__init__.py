@@ -3,5 +3,6 @@
 
 from .embeddings import Embeddings, embeddings
 from .neighbors import neighbors
+from .pca import pca
 
-__all__ = ["Embeddings", "embeddings", "neighbors"]
+__all__ = ["Embeddings", "embeddings", "neighbors", "pca"]
