@@ -229,3 +229,27 @@ def test_cupy_chunks_match_numpy():
     np.testing.assert_allclose(got.projection.values, want.projection.values, atol=1e-8)
     np.testing.assert_allclose(got.explained_variance_ratio.values,
                                want.explained_variance_ratio.values, rtol=1e-8)
+
+
+def test_cli_embed_writes_the_dataset_and_refuses_in_one_line(zarr_dm, tmp_path):
+    from click.testing import CliRunner
+
+    from dmdask.cli import main
+
+    p, w = zarr_dm
+    out = str(tmp_path / "emb.zarr")
+    r = CliRunner().invoke(main, ["embed", p, "--components", "4", "--power-iter", "3",
+                                  "--no-progress", "--out", out])
+    assert r.exit_code == 0, r.output
+    assert "fitted on 240 targets (all)" in r.output and "participation ratio" in r.output
+    got = xr.open_zarr(out)
+    want = pca(p, 4, n_power_iter=3)
+    np.testing.assert_allclose(got.projection.values, want.projection.values, atol=1e-12)
+    assert got.attrs["n_power_iter"] == 3 and got.attrs["fit_on"] == "all"
+    for cmd in ("embed", "faithfulness"):
+        h = CliRunner().invoke(main, [cmd, "--help"])
+        assert h.exit_code == 0 and len(h.output.split("Options:")[0].split()) > 12
+    bad = CliRunner().invoke(main, ["embed", p, "--components", "500", "--no-progress"])
+    assert bad.exit_code == 2
+    err = bad.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dmdask: error: fewer targets than components")

@@ -1,6 +1,7 @@
 """The ``dmdask`` command line (click): one subcommand per stage, plus ``quickstart``."""
 
 from . import counterfactual as _counterfactual  # noqa: F401  (registers its commands)
+from . import embed as _embed  # noqa: F401  (registers its commands)
 from . import similarity as _similarity  # noqa: F401  (registers its commands)
 from .commands import main
 

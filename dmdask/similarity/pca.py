@@ -27,6 +27,7 @@ spectrum of the penultimate-layer features of the store's job (the features
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -80,7 +81,7 @@ def randomized_pca(X, n_components: int, *, n_power_iter: int, n_oversamples: in
     dt = X.dtype
     rng = np.random.default_rng(seed)
     omega = xp.asarray(rng.standard_normal((n, l)).astype(dt))
-    say = (lambda s: print(s, flush=True)) if progress else (lambda s: None)
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
     t0 = time.perf_counter()
     # pass 1: X·Ω with the column sums and the sum of squares (mean and total variance)
     Y, colsum, sumsq = _matmul_pass(
