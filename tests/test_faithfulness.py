@@ -91,3 +91,16 @@ def test_bad_input(additive):
         faithfulness(p, dm, emb, k=(3,), runs=1, n_targets=17)
     with pytest.raises(InputError, match="lacks components"):
         faithfulness(p, dm, emb.drop_vars("components"), k=(3,), runs=1)
+
+
+@pytest.mark.viz
+def test_report_section_draws_effects_against_k(additive, client):
+    from dmdask.report.embeddings import sec_faithfulness
+
+    p, dm, W = additive
+    emb = pca(dm, 2)
+    f = faithfulness(p, dm, emb, components=(0,), k=(2, 5), runs=1, control_runs=1,
+                     n_targets=3, client=client, progress=False)
+    html = sec_faithfulness(f)
+    assert 'id="fig-faithfulness"' in html and "data:image/png;base64," in html
+    assert "No faithfulness given" in sec_faithfulness(None)

@@ -253,3 +253,24 @@ def test_cli_embed_writes_the_dataset_and_refuses_in_one_line(zarr_dm, tmp_path)
     assert bad.exit_code == 2
     err = bad.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("dmdask: error: fewer targets than components")
+
+
+@pytest.mark.viz
+def test_report_section_draws_spectra_and_extreme_targets():
+    from dmdask.report.embeddings import sec_embeddings
+
+    rng = np.random.default_rng(7)
+    w = _decaying(30, 40, seed=7)
+    emb = pca(_dm(w), 3, top=4)
+    emb = emb.assign(representation_explained_variance_ratio=(
+        "rep_component", np.array([0.6, 0.3, 0.1])))
+    emb.attrs.update(representation_dim=3, representation_n_components_50=1,
+                     representation_n_components_90=2, representation_participation_ratio=2.2)
+    imgs = (rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
+            rng.integers(0, 255, (30, 8, 8), dtype=np.uint8))
+    html = sec_embeddings(emb, None, imgs)
+    assert 'id="fig-embeddings-spectrum"' in html and 'id="fig-embeddings-extremes"' in html
+    assert "penultimate features" in html
+    no_img = sec_embeddings(emb, None, False)
+    assert "fig-embeddings-spectrum" in no_img and "switched off" in no_img
+    assert "No embeddings given" in sec_embeddings(None, None, None)
