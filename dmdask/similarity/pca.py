@@ -3,21 +3,23 @@
 The embeddings (:func:`dmdask.similarity.embeddings`: unit-normalised weight rows, all-zero
 targets excluded and counted) of a *fit set* of targets — by default the training-example
 datamodels (``target_train_index ≥ 0``) when there are any, else all targets — are centred by
-their mean (as scikit-learn's ``PCA``) and decomposed by a randomized SVD (Halko et al. 2011)
-with the QR iterator: ``l = K + oversamples`` columns, ``q`` power iterations, each iterate
-re-orthonormalised. Every target is then projected with that mean and those components:
-the fit rows by ``U·Σ`` (scikit-learn's ``fit_transform``), the other rows by
-``(ê − mean)·Vᵀ`` (its ``transform``).
+their mean (as scikit-learn's ``PCA``) and decomposed by a randomized SVD (Halko et al. 2011):
+``l = K + oversamples`` random columns, ``q`` iterations of subspace iteration on the right
+singular vectors, each re-orthonormalised by QR. Every target is then projected with that
+mean and those components: the fit rows by ``U·Σ`` (scikit-learn's ``fit_transform``), the
+other rows by ``(ê − mean)·Vᵀ`` (its ``transform``).
 
 Why not ``dask.array.linalg.svd_compressed``: it accepts chunks along both axes, but built as
 one graph (``compute=False``) every chunk of the matrix is an input of the first and of the
 last product, so the scheduler holds the whole matrix in memory between them (measured, and
-asserted by ``tests/test_pca.py``); with ``compute=True`` it needs a distributed client. Here
-each pass over the matrix is its own computation that reads the chunks (both axes chunked, on
-NumPy or CuPy chunks) and returns only an ``m × l`` or ``n × l`` product; the centring is
-implicit (``C·Q = X·Q − 1·(μᵀQ)``, ``Cᵀ·Q = Xᵀ·Q − μ·(1ᵀQ)``), so neither the centred nor the
-raw matrix is ever materialised. The mean and the total variance come from the first pass.
-Passes over the fit rows: ``2q + 2``; one more over the other rows for their projections.
+asserted by ``tests/test_pca.py``); with ``compute=True`` it needs a distributed client; and
+it reads the matrix twice per power iteration. Here each pass is its own computation: one
+task per row block of chunks (both axes chunked, NumPy or CuPy chunks) computes
+``X_iᵀ·(X_i·P)`` and returns only that n × l product, so one read of the matrix applies
+``XᵀX``; the centring is implicit (``CᵀC = XᵀX − m·μμᵀ``, ``C·P = X·P − 1·μᵀP``), so neither
+the centred nor the raw matrix is ever materialised. The mean and the total variance come
+from the first pass. Passes over the fit rows: ``q + 2`` (Halko et al.'s QR scheme reaches
+the same Krylov power in ``2q + 2``); one more over the other rows for their projections.
 
 Effective dimensionality (participation ratio of the computed spectrum, components for 50% and
 90% of the total variance) and, with a run store and ``representation=True``, the same
@@ -62,9 +64,54 @@ def _orth(Y, xp):
     return q.astype(Y.dtype)
 
 
+def _gram_block(P, first, *chunks):
+    """``X_iᵀ·(X_i·P)`` of one row block ``X_i`` (given as its column chunks) as float64,
+    and in the first pass also the block's column sums and sum of squares."""
+    from ..backend import get_namespace
+
+    xp = get_namespace(chunks[0], P)
+    edges = np.cumsum([0] + [c.shape[1] for c in chunks])
+    Y = sum(c @ P[a:b] for c, a, b in zip(chunks, edges[:-1], edges[1:], strict=True))
+    out = xp.concatenate([(c.T @ Y).astype(xp.float64) for c in chunks], axis=0)
+    if not first:
+        return out, None, None
+    colsum = xp.concatenate([c.sum(axis=0, dtype=xp.float64) for c in chunks])
+    sumsq = sum(float((c.astype(xp.float64) ** 2).sum()) for c in chunks)
+    return out, colsum, sumsq
+
+
+def _add(a, b):
+    return tuple(None if x is None else x + y for x, y in zip(a, b, strict=True))
+
+
+def _gram_pass(X, P, *, first: bool, client=None):
+    """``XᵀX·P`` in ONE read of ``X``: one task per row block of chunks (the row block's
+    chunks are its inputs; it returns only an n × l product), summed by a binary tree."""
+    import dask
+
+    from ..scheduling import compute
+
+    Pd = dask.delayed(P, traverse=False)
+    parts = [dask.delayed(_gram_block, pure=True)(Pd, first, *row)
+             for row in X.to_delayed()]
+    while len(parts) > 1:  # a tree: partial sums are freed as they are added
+        odd = [parts.pop()] if len(parts) % 2 else []
+        parts = [dask.delayed(_add)(a, b)
+                 for a, b in zip(parts[::2], parts[1::2], strict=True)] + odd
+    (res,) = compute(parts, client=client)
+    return res
+
+
 def randomized_pca(X, n_components: int, *, n_power_iter: int, n_oversamples: int = 10,
                    seed: int = 0, client=None, progress: bool = False) -> dict:
     """Mean-centred randomized SVD of a lazy 2-d dask array ``X`` (m × n), out of core.
+
+    Subspace iteration on the right singular vectors with ``CᵀC = XᵀX − m·μμᵀ`` applied in
+    one pass per iteration (each row block multiplies by ``P`` and back), re-orthonormalised
+    by QR after each; the first pass also yields the mean and the total variance; the last
+    pass forms ``B = C·P`` (m × l), whose small SVD gives the components. ``q`` iterations
+    reach ``span((CᵀC)^(q+1)·Ω)``, the subspace of Halko et al.'s scheme with ``q`` QR power
+    iterations, in ``q + 2`` passes instead of ``2q + 2``.
 
     Returns a dict of backend arrays: ``mean`` (n,), ``components`` (K × n, orthonormal rows,
     signs as scikit-learn's ``svd_flip(u_based_decision=False)``: each row's largest |entry|
@@ -80,36 +127,24 @@ def randomized_pca(X, n_components: int, *, n_power_iter: int, n_oversamples: in
     xp = get_namespace(meta)
     dt = X.dtype
     rng = np.random.default_rng(seed)
-    omega = xp.asarray(rng.standard_normal((n, l)).astype(dt))
+    P = xp.asarray(rng.standard_normal((n, l)).astype(dt))
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
     t0 = time.perf_counter()
-    # pass 1: X·Ω with the column sums and the sum of squares (mean and total variance)
-    Y, colsum, sumsq = _matmul_pass(
-        X, omega, client=client,
-        extra=(X.sum(axis=0, dtype=np.float64), (X.astype(np.float64) ** 2).sum()))
-    mu64 = colsum / m
-    mu = mu64.astype(dt)
-    total = float((sumsq - m * float((mu64 * mu64).sum())) / max(m - 1, 1))
-    Y = Y - (mu @ omega)[None, :]
-    Q = _orth(Y, xp)
-    passes = 1
-    say(f"pca: pass 1 (range) {time.perf_counter() - t0:.1f} s")
-    for it in range(q):  # QR iterator: orthonormalise after each product
-        (Z,) = _matmul_pass(X, Q, transpose=True, client=client)
-        Z = Z - mu[:, None] * Q.sum(axis=0)[None, :]
-        Z = _orth(Z, xp)
-        (Y,) = _matmul_pass(X, Z, client=client)
-        Y = Y - (mu @ Z)[None, :]
-        Q = _orth(Y, xp)
-        passes += 2
-        say(f"pca: power iteration {it + 1}/{q} {time.perf_counter() - t0:.1f} s")
-    # B = Qᵀ·C, as (Cᵀ·Q)ᵀ: the last pass; then a small SVD of the n × l matrix Bᵀ
-    (Bt,) = _matmul_pass(X, Q, transpose=True, client=client)
-    Bt = (Bt - mu[:, None] * Q.sum(axis=0)[None, :]).astype(xp.float64)
-    passes += 1
-    Vb, s, Ubt = xp.linalg.svd(Bt, full_matrices=False)  # Bᵀ = Vb·S·Ubᵀ  ⇒  B = Ub·S·Vbᵀ
-    V = Vb[:, :K].T  # K × n
-    U = Q.astype(xp.float64) @ Ubt.T[:, :K]
+    mu64 = total = None
+    for it in range(q + 1):
+        G, colsum, sumsq = _gram_pass(X, P, first=it == 0, client=client)
+        if it == 0:
+            mu64 = colsum / m
+            total = float((sumsq - m * float((mu64 * mu64).sum())) / max(m - 1, 1))
+        G = G - m * mu64[:, None] * (mu64 @ P.astype(xp.float64))[None, :]  # CᵀC·P
+        P = _orth(G, xp).astype(dt)
+        say(f"pca: pass {it + 1}/{q + 2} {time.perf_counter() - t0:.1f} s")
+    (B,) = _matmul_pass(X, P, client=client)  # C·P = X·P − 1·(μᵀP)
+    B = B.astype(xp.float64) - (mu64 @ P.astype(xp.float64))[None, :]
+    passes = q + 2
+    Ub, s, Vbt = xp.linalg.svd(B, full_matrices=False)  # C ≈ Ub·S·(P·Vb)ᵀ
+    V = (P.astype(xp.float64) @ Vbt.T[:, :K]).T  # K × n
+    U = Ub[:, :K]
     s = s[:K]
     # deterministic signs, as scikit-learn (≥ 1.5) flips PCA components
     big = xp.argmax(xp.abs(V), axis=1)
