@@ -105,8 +105,9 @@ def accuracy(args) -> str:
         good = [x["q"] for x in r if x["captured variance / exact"] >= 1 - args.tolerance]
         ok[name] = min(good) if good else None
     pick = max((v for v in ok.values() if v is not None), default=None)
-    body = (f"`dmdask.similarity.pca(..., n_power_iter=q)` (randomized SVD, QR iterator, "
-            f"{10} oversampling columns) against `numpy.linalg.svd` of the same centred "
+    body = ("`dmdask.similarity.pca(..., n_power_iter=q)` (randomized SVD: q iterations "
+            "of subspace iteration, one read of the matrix each, QR after each; 10 "
+            "oversampling columns) against `numpy.linalg.svd` of the same centred "
             "unit-normalised embeddings. 'captured variance / exact': the explained variance "
             "of the K components found over that of the exact top K (1 = optimal); angles: "
             "largest principal angle between the found and the exact subspaces (on a flat "
@@ -114,7 +115,8 @@ def accuracy(args) -> str:
             "is the criterion).\n\n" + results.table(rows, cols)
             + f"\n\nSmallest q within {args.tolerance:.1%} of the exact captured variance: "
             + "; ".join(f"{k}: {v}" for k, v in ok.items())
-            + f". Default `dmdask.embed.n-power-iter` = the largest of these = {pick}.")
+            + f". Default `dmdask.embed.n-power-iter` = the largest of these = {pick}. "
+            f"Load: `{os.popen('uptime').read().strip()}`.")
     return body
 
 
@@ -249,7 +251,8 @@ def scale(args) -> str:
             f"({m * n * 4 / GB:.1f} GB, Zarr, uncompressed, {args.chunk} × {args.chunk} "
             f"chunks) = a planted rank-{args.rank} structure (singular values 3 to 1.5 × "
             "the noise edge √m + √n) plus N(0, 1) noise. Both with q = "
-            f"{args.q} power iterations (QR normaliser), 10 oversampling columns. dmdask: "
+            f"{args.q} power iterations (QR normaliser; the same Krylov power (AᵀA)^(q+1) "
+            "for both), 10 oversampling columns. dmdask: "
             "`pca(path, {args.components}, normalise=False, n_power_iter=q)` on the threaded scheduler "
             "(centred implicitly; one extra pass finds the row norms and NaN); scikit-learn: "
             "`randomized_svd` (uncentred) on the matrix loaded into memory, load time "

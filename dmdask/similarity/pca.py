@@ -246,7 +246,7 @@ def pca(datamodels, n_components: int, *, fit_on: str | None = None,
     K = int(n_components)
     if K < 1:
         raise InputError(f"n_components must be >= 1, got {n_components}")
-    q = int(config.get("embed.n-power-iter", 6) if n_power_iter is None else n_power_iter)
+    q = int(config.get("embed.n-power-iter", 5) if n_power_iter is None else n_power_iter)
     p = int(config.get("embed.n-oversamples", 10) if n_oversamples is None else n_oversamples)
     if q < 0 or p < 0:
         raise InputError(f"n_power_iter and n_oversamples must be >= 0, got {q} and {p}")
