@@ -274,3 +274,15 @@ def test_report_section_draws_spectra_and_extreme_targets():
     no_img = sec_embeddings(emb, None, False)
     assert "fig-embeddings-spectrum" in no_img and "switched off" in no_img
     assert "No embeddings given" in sec_embeddings(None, None, None)
+
+
+def test_on_a_distributed_cluster_equals_the_local_scheduler(zarr_dm):
+    from distributed import Client, LocalCluster
+
+    p, w = zarr_dm
+    want = pca(p, 4, n_power_iter=2)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=":0", silence_logs=40) as c, Client(c) as cl:
+        got = pca(p, 4, n_power_iter=2, client=cl)
+    np.testing.assert_allclose(got.projection.values, want.projection.values, atol=1e-10)
+    np.testing.assert_allclose(got.components.values, want.components.values, atol=1e-10)
