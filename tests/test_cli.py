@@ -16,7 +16,9 @@ from dmdask.cli import main
 COMMANDS = ["init", "add", "train", "info", "fit", "import", "export", "quickstart", "evaluate",
             "compare", "sample-complexity", "lemma", "report", "counterfactual", "support",
             "mislabel", "select", "neighbors", "values", "alpha-sim", "loo", "import-datamodels",
-            "export-scores"]
+            "export-scores", "leakage", "cluster", "embed", "faithfulness"]
+# every registered command, so a new one cannot skip the --help check below
+ALL_COMMANDS = sorted(set(COMMANDS) | set(main.commands))
 
 
 def run(*args, timeout=300):
@@ -24,7 +26,7 @@ def run(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("cmd", ALL_COMMANDS)
 def test_every_command_explains_itself(cmd):
     r = CliRunner().invoke(main, [cmd, "--help"])
     assert r.exit_code == 0
@@ -121,21 +123,22 @@ def test_quickstart_on_a_small_job(tmp_path):
         "random": 64, "heldout": 12, "replicate": 12}
     assert kinds["control"] == 10 and kinds["counterfactual"] > 0 and kinds["selected"] > 0
     assert ds.completed.values.all()
-    for stage in range(1, 8):
-        assert f"[{stage}/7]" in r.stdout
+    for stage in range(1, 9):
+        assert f"[{stage}/8]" in r.stdout
     # the job has no train_logits hook: the mislabel search says so and the rest goes on
     assert "mislabel skipped" in r.stdout and "train_logits" in r.stdout
     for out in ("datamodels.zarr", "evaluation.zarr", "comparison.zarr",
                 "sample_complexity.zarr", "counterfactuals.zarr", "support.zarr",
-                "selection.zarr", "report.html"):
+                "selection.zarr", "neighbors.zarr", "leakage.zarr", "embeddings.zarr",
+                "clusters.zarr", "report.html"):
         assert (tmp_path / "q" / out).exists(), out
     assert str((tmp_path / "q" / "report.html").resolve()) in r.stdout
-    assert "| lasso |" not in r.stdout and "lasso" in r.stdout.split("[4/7]")[1]
+    assert "| lasso |" not in r.stdout and "lasso" in r.stdout.split("[4/8]")[1]
     n = dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"]
     r2 = run(*args)
     assert r2.returncode == 0 and "trained" not in r2.stdout.split("[2/")[0]  # resumed, no work
     assert dmdask.store_info(tmp_path / "q" / "runs.zarr")["n_models"] == n  # nothing re-added
-    assert "0 models trained" in r2.stdout.split("[6/7]")[1]  # counterfactuals found again
+    assert "0 models trained" in r2.stdout.split("[6/8]")[1]  # counterfactuals found again
 
 
 class _Killed(BaseException):
@@ -186,9 +189,11 @@ def test_quickstart_default_job(tmp_path):
     r = run("quickstart", "--dir", tmp_path / "q", "-n", 512, "--heldout", 40, "--replicates",
             1, "--no-curves", "--no-progress", timeout=900)
     assert r.returncode == 0, r.stderr
-    assert "trak" in r.stdout.split("[4/7]")[1] and "--no-curves" in r.stdout
+    assert "trak" in r.stdout.split("[4/8]")[1] and "--no-curves" in r.stdout
     page = (tmp_path / "q" / "report.html").read_text()
-    for fig in ("fig-counterfactuals", "fig-support", "fig-mislabel", "fig-selection"):
+    for fig in ("fig-counterfactuals", "fig-support", "fig-mislabel", "fig-selection",
+                "fig-neighbors", "fig-leakage-pairs", "fig-embeddings-spectrum",
+                "fig-embeddings-extremes", "fig-clusters-purity", "fig-clusters-images"):
         assert f'id="{fig}"' in page, fig
     assert not (tmp_path / "q" / "sample_complexity.zarr").exists()
     ds = dmdask.open_store(tmp_path / "q" / "runs.zarr")
@@ -276,3 +281,24 @@ def test_compare_sample_complexity_lemma_commands(planted, tmp_path):
     assert "c = 0.950000" in r.output  # (N - 1)/N with N = 20
     r = run("compare", planted, "--row", "nope")
     assert r.returncode == 2 and "unknown estimator" in r.stderr
+
+
+def test_a_result_never_overwrites_a_run_store_or_datamodels(tmp_path):
+    import xarray as xr
+
+    from dmdask.cli.commands import _save_result
+    from dmdask.errors import DmdaskError
+
+    p = dmdask.create_store(tmp_path / "s", "testjobs:RidgeDigits", 8, 0.5,
+                            params={"n_train": 20})
+    dm = tmp_path / "dm.zarr"
+    xr.Dataset({"weight": (("target", "train"), np.ones((2, 3)))},
+               attrs={"dmdask_datamodels": 1}).to_zarr(dm)
+    result = xr.Dataset({"x": ("a", np.arange(3))})
+    for target, what in ((p, "run store"), (dm, "fitted datamodels")):
+        with pytest.raises(DmdaskError, match=what):
+            _save_result(result, str(target))
+    assert dmdask.store_info(p)["n_models"] == 8  # untouched
+    assert "weight" in xr.open_zarr(dm)
+    _save_result(result, str(tmp_path / "r.zarr"))
+    _save_result(result, str(tmp_path / "r.zarr"))  # a result may be recomputed in place

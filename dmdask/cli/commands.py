@@ -384,9 +384,11 @@ def _client(scheduler):
 
 
 def _save_result(ds, out: str | None, overwrite: bool = True) -> None:
-    """Write an xarray result as Zarr (or netCDF for a .nc path)."""
+    """Write an xarray result as Zarr (or netCDF for a .nc path). A run store or fitted
+    datamodels at ``out`` are refused: results are recomputable, they are not."""
     if not out:
         return
+    _refuse_out_over_source(out)
     if out.endswith(".nc"):
         ds.to_netcdf(out)
     else:
@@ -394,6 +396,22 @@ def _save_result(ds, out: str | None, overwrite: bool = True) -> None:
 
         write_zarr(ds, out, overwrite=overwrite)
     click.echo(f"saved     {out}")
+
+
+def _refuse_out_over_source(out: str) -> None:
+    if not os.path.isdir(out):
+        return
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(out, mode="r").attrs)
+    except Exception:  # not a Zarr group: write_zarr says what it finds there
+        return
+    what = ("a run store" if isinstance(attrs.get("dmdask"), dict) and "job" in attrs["dmdask"]
+            else "fitted datamodels" if "dmdask_datamodels" in attrs else None)
+    if what:
+        raise DmdaskError(f"--out {out} is {what}: refusing to overwrite it with a result; "
+                          "choose another path")
 
 
 def _load_result(path: str | None):
@@ -735,27 +753,32 @@ def _report(store, out, *, datamodels=None, evaluation=None, comparison=None,
 @click.option("--counterfactuals/--no-counterfactuals", default=True, show_default=True,
               help="Run small versions of the counterfactual analyses (removals, data "
                    "support, mislabelling, data selection), training their models.")
+@click.option("--similarity/--no-similarity", default=True, show_default=True,
+              help="Draw the datamodels' nearest neighbours, leakage candidates, principal "
+                   "components and spectral clusters (beside the job's representation).")
 @click.option("--workers", type=int, default=None, help="Local worker processes (default: one per core).")
 @click.option("--job", default=DEFAULT_JOB, show_default=True, help="Job to run.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_refusals
 def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, counterfactuals,
-               workers, job, progress):
+               similarity, workers, job, progress):
     """Run the whole job end to end on the embedded default (digits MLP, local cluster, CPU).
 
     Creates DIR/runs.zarr with the random models to fit on, held-out models and their
     replicates; trains them on a LocalCluster; fits the datamodels; evaluates them on the
     held-out models; compares the estimators (the paper's Table 5); computes the
     sample-complexity curves; runs small counterfactual analyses (predicted vs actual removal
-    effects, data support, mislabel brittleness, data selection); and writes DIR/report.html. Rerunning adds whatever models the
-    store still lacks, resumes the training where it stopped and recomputes the rest.
+    effects, data support, mislabel brittleness, data selection); draws the datamodels'
+    nearest neighbours, leakage candidates, principal components and spectral clusters; and
+    writes DIR/report.html. Rerunning adds whatever models the store still lacks, resumes the
+    training where it stopped and recomputes the rest.
     """
     from ..train import train as run
 
     os.makedirs(workdir, exist_ok=True)
     store = os.path.join(workdir, "runs.zarr")
     path = lambda name: os.path.join(workdir, name)  # noqa: E731
-    click.echo(f"[1/7] run store {store} ({job}, {n_models} random + {heldout} held-out x "
+    click.echo(f"[1/8] run store {store} ({job}, {n_models} random + {heldout} held-out x "
                f"{1 + replicates} runs, alpha = 0.5)")
     _quickstart_store(store, job, n_models, heldout, replicates)
     rep = run(store, workers=workers, progress=progress,
@@ -771,13 +794,13 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, c
     from ..analysis.complexity import sample_complexity
     from ..analysis.evaluate import evaluate
 
-    click.echo(f"[3/7] evaluation on the held-out models -> {path('evaluation.zarr')}")
+    click.echo(f"[3/8] evaluation on the held-out models -> {path('evaluation.zarr')}")
     ev = evaluate(store, dm)
     for line in _evaluation_summary(ev):
         click.echo("      " + line)
     _save_quiet(ev, path("evaluation.zarr"))
     rows = default_rows(store, include_model_based=not no_model_based)
-    click.echo(f"[4/7] estimator comparison ({len(rows)} rows) -> {path('comparison.zarr')}")
+    click.echo(f"[4/8] estimator comparison ({len(rows)} rows) -> {path('comparison.zarr')}")
     cmp = compare(store, rows, datamodels=dm, progress=False, on_row=lambda i, r, sec: (
         click.echo(f"      {r[0]} ({r[1]} models): {sec:.1f} s") if progress else None))
     for line in format_table(cmp, markdown=False).splitlines():
@@ -785,7 +808,7 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, c
     _save_quiet(cmp, path("comparison.zarr"))
     sc = None
     if curves:
-        click.echo(f"[5/7] sample complexity -> {path('sample_complexity.zarr')}")
+        click.echo(f"[5/8] sample complexity -> {path('sample_complexity.zarr')}")
         sc = sample_complexity(store, estimators=("lasso", "dom_margin"))
         last = sc.isel(n_models=-1)
         click.echo(f"      OPT {float(sc.opt):.4f}; lasso MSE "
@@ -796,19 +819,25 @@ def quickstart(workdir, n_models, heldout, replicates, no_model_based, curves, c
                    f"{float(last.lds.sel(estimator='lasso')):.3f}")
         _save_quiet(sc, path("sample_complexity.zarr"))
     else:
-        click.echo("[5/7] sample complexity skipped (--no-curves)")
+        click.echo("[5/8] sample complexity skipped (--no-curves)")
     cfr = {}
     if counterfactuals:
-        click.echo(f"[6/7] counterfactuals, data support, mislabelling, data selection -> "
+        click.echo(f"[6/8] counterfactuals, data support, mislabelling, data selection -> "
                    f"{path('counterfactuals.zarr')}, ...")
         cfr = _quickstart_counterfactuals(store, path, dm, workers, progress)
     else:
-        click.echo("[6/7] counterfactuals skipped (--no-counterfactuals)")
+        click.echo("[6/8] counterfactuals skipped (--no-counterfactuals)")
+    if similarity:
+        click.echo(f"[7/8] neighbours, leakage candidates, embeddings, clusters -> "
+                   f"{path('neighbors.zarr')}, ...")
+        cfr.update(_quickstart_similarity(store, path, dm, not no_model_based, progress))
+    else:
+        click.echo("[7/8] similarity skipped (--no-similarity)")
     from ..report.page import write_report
 
     out = write_report(path("report.html"), store=store, datamodels=dm, evaluation=ev,
                        comparison=cmp, sample_complexity=sc, **cfr)
-    click.echo(f"[7/7] report {os.path.abspath(out)}")
+    click.echo(f"[8/8] report {os.path.abspath(out)}")
 
 
 def _quickstart_counterfactuals(store, path, dm, workers, progress) -> dict:
@@ -865,6 +894,49 @@ def _quickstart_counterfactuals(store, path, dm, workers, progress) -> dict:
     return _quickstart_save(out, path)
 
 
+def _quickstart_similarity(store, path, dm, representation: bool, progress: bool) -> dict:
+    """Neighbours, leakage candidates, PCA and spectral clusters of the datamodels, beside the
+    job's penultimate-layer representation where it has one; the Datasets by report keyword."""
+    import numpy as np
+
+    from ..errors import InputError, JobError
+    from ..similarity import cluster, leakage, neighbors, pca
+
+    rep = {"store": store, "representation": representation}
+    try:
+        nn = neighbors(dm, 10, **rep)
+    except (InputError, JobError) as e:  # a job without a penultimate layer: datamodels alone
+        click.echo(f"      representation baseline skipped: {e}")
+        rep["representation"] = False
+        nn = neighbors(dm, 10, **rep)
+    tl = nn.target_label.values[:, None] if "target_label" in nn.coords else None
+    if tl is not None:
+        shares = [f"{name} {float((nn[f'{name}_label'].values == tl)[nn[name].values >= 0].mean()):.3f}"
+                  for name in ("positive", "negative", "nearest") if f"{name}_label" in nn]
+        click.echo("      neighbours sharing the target's label: " + ", ".join(shares))
+    leak = leakage(store, dm, 10, representation=rep["representation"])
+    top = leak.isel(pair=0)
+    click.echo(f"      top leakage candidate: target {int(top.pair_target)} with training "
+               f"example {int(top.pair_candidate)} (score {float(top.pair_score):.3f})")
+    n_fit = dm.sizes["target"]
+    emb = pca(dm, max(1, min(50, n_fit // 2)), progress=False, **rep)
+    a = emb.attrs
+    click.echo(f"      {emb.sizes['component']} principal components explain "
+               f"{float(emb.explained_variance_ratio.sum()):.3f} of the embeddings' variance "
+               f"(participation ratio {a['participation_ratio']:.1f})")
+    labels = np.unique(np.asarray(dm["target_label"].values)) if "target_label" in dm.coords \
+        else np.arange(8)
+    clu = cluster(dm, int(min(len(labels), max(2, n_fit // 4))), **rep)
+    line = f"      {clu.attrs['n_clusters']} spectral clusters"
+    if "purity_overall" in clu.attrs:
+        line += f", label purity {clu.attrs['purity_overall']:.3f}"
+    if "representation_purity_overall" in clu.attrs:
+        line += f" (representation {clu.attrs['representation_purity_overall']:.3f})"
+    click.echo(line)
+    return _quickstart_save({"neighbors": nn, "leakage": leak, "embeddings": emb,
+                             "clusters": clu}, path)
+
+
 def _quickstart_save(out: dict, path) -> dict:
     for key, ds in out.items():
         _save_quiet(ds, path(f"{key}.zarr"))
@@ -911,7 +983,7 @@ def _save_quiet(ds, out):
 def _quickstart_fit(store: str, out: str, progress: bool):
     from ..fit.datamodels import fit_datamodels, save_datamodels
 
-    click.echo(f"[2/7] datamodels {out}")
+    click.echo(f"[2/8] datamodels {out}")
     dm = fit_datamodels(store, progress=progress)
     save_datamodels(dm, out, overwrite=True)
     for line in _fit_summary(dm):

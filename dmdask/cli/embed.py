@@ -39,7 +39,8 @@ def _pct(x) -> str:
 @click.option("--top", type=int, default=10, show_default=True,
               help="Targets listed per component with the most positive/negative projections.")
 @click.option("--store", type=click.Path(exists=True), default=None,
-              help="The run store the datamodels were fitted on (for --representation).")
+              help="The run store the datamodels were fitted on (needed by the representation "
+                   "spectrum).")
 @click.option("--representation", is_flag=True,
               help="Also the PCA spectrum of the penultimate-layer features of the store's "
                    "job on the same examples (needs --store).")
