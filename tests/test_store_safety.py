@@ -269,24 +269,28 @@ def test_create_store_rerun_with_other_arguments_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- item 3: torn chunks
 
-_WRITER = """
-import sys
-import numpy as np
-import dmdask
-p, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-print("ready", flush=True)
-for g in range(first, last + 1):
-    for b in range(4):
-        x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
-        x[:, 0] = g
-        dmdask.write_block(p, b, x, overwrite=True)
-"""
-
-
 def _block(g, b):
     x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
     x[:, 0] = g
     return x
+
+
+def _write_generations(p, first, last, ready):
+    """A writer process: generations first..last of all four blocks, block by block."""
+    ready.set()
+    for g in range(first, last + 1):
+        for b in range(4):
+            dmdask.write_block(p, b, _block(g, b), overwrite=True)
+
+
+def _writers():
+    """Writer processes forked from a server that has imported dmdask once: each is a whole
+    process of its own to SIGKILL, without an interpreter start-up and imports each time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["dmdask", "numpy"])
+    return ctx
 
 
 @pytest.mark.slow
@@ -294,14 +298,17 @@ def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
     p = dmdask.create_jobless_store(tmp_path / "s", 8, 4096, block_size=64, alpha=0.5)
     dmdask.add_models(p, "random", n=256)  # four blocks of 1 MiB incompressible chunks
     rng = np.random.default_rng(0)
+    ctx = _writers()
     g = 1
     for _ in range(12):
-        w = subprocess.Popen([sys.executable, "-c", _WRITER, p, str(g), str(g + 1000)],
-                             stdout=subprocess.PIPE, text=True)
-        assert w.stdout.readline().strip() == "ready"
+        ready = ctx.Event()
+        w = ctx.Process(target=_write_generations, args=(p, g, g + 1000, ready))
+        w.start()
+        assert ready.wait(60)
         time.sleep(rng.uniform(0.05, 1.0))
-        w.send_signal(signal.SIGKILL)
-        w.wait(30)
+        os.kill(w.pid, signal.SIGKILL)
+        w.join(30)
+        assert w.exitcode == -signal.SIGKILL
         ds = dmdask.open_store(p)  # opens
         m, done = ds.margin.values, ds.completed.values
         for b in range(4):
@@ -314,9 +321,11 @@ def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
             assert 1 <= gen < g + 1001
         seen = [int(m[64 * b, 0]) for b in range(4) if not np.isnan(m[64 * b, 0])]
         g = max(seen + [g]) + 1
-    w = subprocess.run([sys.executable, "-c", _WRITER, p, str(g), str(g)], timeout=120,
-                       capture_output=True, text=True)
-    assert w.returncode == 0, w.stderr
+    ready = ctx.Event()  # kept referenced until the writer has it
+    w = ctx.Process(target=_write_generations, args=(p, g, g, ready))
+    w.start()
+    w.join(120)
+    assert w.exitcode == 0
     ds = dmdask.open_store(p)
     assert ds.completed.values.all()
     np.testing.assert_array_equal(ds.margin.values,
