@@ -153,8 +153,9 @@ def test_cli_verify_prints_the_decision_and_both_sides_trainings(source, tmp_pat
     _, bound = training.scale_of(source, np.array([0]))
     eps = bound ** 2  # the coarsest ε: the CLI's plumbing, not the statistics, is tested here
     args = ["verify", "--store", source, "--scores", f, "--targets", "0", "--epsilon", str(eps),
-            "--delta", str(DELTA), "--workers", "1", "--workdir", str(tmp_path / "w"),
-            "--no-progress"]
+            "--delta", str(DELTA), "--workdir", str(tmp_path / "w"), "--no-progress",
+            # the module's running cluster: no LocalCluster start-up per command
+            "--scheduler", TRAIN["client"].scheduler.address]
     r = _cli(*args, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
