@@ -332,20 +332,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         (["support", p, dmp, "--targets", "2", "--k", "5,99"], "outside [1, 60]"),
         (["select", p, dmp, "--k", "5"], "target class or explicit"),
     ]
-    from click.testing import CliRunner
+    from cli_inprocess import invoke
 
-    from dmdask.cli import main
-
-    try:  # click 8.1 mixes stderr into the output unless told; 8.2 keeps it apart always
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
     # the first through a real process (its whole stderr is the one line), the rest through
     # the same command in process: an interpreter start-up each was most of their time
     first = _cli(*cases[0][0])
     runs = [(first.returncode, first.stderr)]
     for args, _ in cases[1:]:
-        r = runner.invoke(main, args)
+        r = invoke(*args)
         runs.append((r.exit_code, r.stderr))
     for (args, msg), (code, err) in zip(cases, runs, strict=True):
         assert code == 2, (args, err)

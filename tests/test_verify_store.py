@@ -197,16 +197,10 @@ def test_cli_refuses_bad_input_in_one_line(source, tmp_path, args, match):
         args += ["--scores", f]
     # the click command in process: a refusal needs no interpreter start-up of its own
     # (tests/test_counterfactual.py checks a refusal's whole stderr through a real process)
-    from click.testing import CliRunner
+    from cli_inprocess import invoke
 
-    from dmdask.cli import main
-
-    try:  # click 8.1 mixes stderr into the output unless told; 8.2 keeps it apart always
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:
-        runner = CliRunner()
-    r = runner.invoke(main, ["verify", "--store", source, "--targets", "0", "--bound", "1",
-                             "--workdir", str(tmp_path / "w"), *args])
+    r = invoke("verify", "--store", source, "--targets", "0", "--bound", "1",
+               "--workdir", tmp_path / "w", *args)
     assert r.exit_code == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], r.stderr
