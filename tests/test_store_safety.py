@@ -207,24 +207,31 @@ def test_leases_of_other_hosts_expire_with_their_heartbeat(tmp_path):
 
 # --------------------------------------------------------------------------- item 2: creation
 
-_CREATE_KILLED = KILL_AT_WRITE.replace("KILL_AT", "int(sys.argv[2])") + """
-import dmdask
-dmdask.create_store(sys.argv[1], "testjobs:RidgeDigits", 10, 0.3, seed=5, block_size=4,
-                    params={"n_train": 40, "n_target": 12})
-print(calls[0])
-"""
+def _create_killed(path, kill_at, count_file):
+    """A process that creates the store and SIGKILLs itself at its kill_at-th zarr write
+    (0: never); it writes how many writes it made to count_file."""
+    ns = {}
+    exec(KILL_AT_WRITE.replace("KILL_AT", str(int(kill_at))), ns)  # patches zarr here only
+    dmdask.create_store(path, RIDGE, 10, 0.3, seed=5, block_size=4,
+                        params={"n_train": 40, "n_target": 12})
+    Path(count_file).write_text(str(ns["calls"][0]))
 
 
 def _create(path, kill_at):
-    return subprocess.run([sys.executable, "-c", _CREATE_KILLED, str(path), str(kill_at)],
-                          capture_output=True, text=True, timeout=120)
+    """Run _create_killed in a process of its own (forked from a server that has imported
+    dmdask, see _writers); its exit code, and the writes it counted when it finished."""
+    ctx = _writers()
+    count = Path(f"{path}.count")
+    w = ctx.Process(target=_create_killed, args=(str(path), kill_at, str(count)))
+    w.start()
+    w.join(120)
+    return w.exitcode, int(count.read_text()) if count.exists() else None
 
 
 @pytest.mark.slow
 def test_interrupted_create_store_is_finished_by_a_rerun(tmp_path):
-    full = _create(tmp_path / "ref", 0)
-    assert full.returncode == 0, full.stderr
-    writes = int(full.stdout)
+    code, writes = _create(tmp_path / "ref", 0)
+    assert code == 0 and writes
     ref = dmdask.open_store(tmp_path / "ref")
     args = dict(params={"n_train": 40, "n_target": 12}, seed=5, block_size=4)
     # kill points: while the arrays are made, right after the store appears at its path,
@@ -232,8 +239,8 @@ def test_interrupted_create_store_is_finished_by_a_rerun(tmp_path):
     points = sorted({1, writes // 3, writes // 2, writes - 8, writes - 1, writes})
     for k in points:
         p = tmp_path / f"k{k}"
-        r = _create(p, k)
-        assert r.returncode == -signal.SIGKILL, (k, r.stderr)
+        code, _ = _create(p, k)
+        assert code == -signal.SIGKILL, (k, code)
         if p.exists():
             assert read_meta(p)["n_models"] in (0, 10)  # nothing half committed
             for other, what in [(dict(n_models=12), "n_models 10 (not 12)"),
