@@ -37,6 +37,15 @@ def knn_store(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def default_fit(knn_store):
+    """The default fit, shared by the tests that assert on it; on this store it must finish
+    within its budget (a BudgetWarning is an error here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BudgetWarning)
+        return dmdask.fit_datamodels(knn_store)
+
+
 def _arrays(path):
     ds = dmdask.open_store(path)
     return ds["mask"].values.astype(np.float64), ds["margin"].values.astype(np.float64)
@@ -52,11 +61,9 @@ def test_store_is_saturated(knn_store):
     assert ((distinct > 1) & (distinct <= 3)).any()  # one or two models off the constant
 
 
-def test_default_fit_constant_targets_get_no_path(knn_store):
+def test_default_fit_constant_targets_get_no_path(knn_store, default_fit):
     X, Y = _arrays(knn_store)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", BudgetWarning)
-        dm = dmdask.fit_datamodels(knn_store)
+    dm = default_fit
     const = np.ptp(Y, axis=0) == 0
     w = dm["weight"].values
     assert (w[const] == 0).all()
@@ -68,14 +75,14 @@ def test_default_fit_constant_targets_get_no_path(knn_store):
     assert np.allclose(dm["val_mse"].values[const], 0, atol=1e-20)
 
 
-def test_default_fit_matches_sklearn_at_chosen_lambda(knn_store):
+def test_default_fit_matches_sklearn_at_chosen_lambda(knn_store, default_fit):
     """Every non-constant target against scikit-learn's Lasso on the standardised masks at the
     λ dmdask chose. The default stop is gap ≤ tol·‖y_c‖²/(2n); for the LASSO the primal excess
     bounds the prediction error, P(w) − P(w*) ≥ ‖X̃(w − w*)‖²/(2n), so the in-sample
     predictions differ by an RMS of at most √tol·std(y). Asserted at twice that: the float32
     statistics of the default perturb the problem by ~1e-7 of each column's scale."""
     X, Y = _arrays(knn_store)
-    dm = dmdask.fit_datamodels(knn_store)
+    dm = default_fit
     tol = dm.attrs["opt_tol"]
     mu, sd = X.mean(0), X.std(0)
     Xs = (X - mu) / np.where(sd > 0, sd, 1.0)

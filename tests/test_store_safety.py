@@ -207,24 +207,31 @@ def test_leases_of_other_hosts_expire_with_their_heartbeat(tmp_path):
 
 # --------------------------------------------------------------------------- item 2: creation
 
-_CREATE_KILLED = KILL_AT_WRITE.replace("KILL_AT", "int(sys.argv[2])") + """
-import dmdask
-dmdask.create_store(sys.argv[1], "testjobs:RidgeDigits", 10, 0.3, seed=5, block_size=4,
-                    params={"n_train": 40, "n_target": 12})
-print(calls[0])
-"""
+def _create_killed(path, kill_at, count_file):
+    """A process that creates the store and SIGKILLs itself at its kill_at-th zarr write
+    (0: never); it writes how many writes it made to count_file."""
+    ns = {}
+    exec(KILL_AT_WRITE.replace("KILL_AT", str(int(kill_at))), ns)  # patches zarr here only
+    dmdask.create_store(path, RIDGE, 10, 0.3, seed=5, block_size=4,
+                        params={"n_train": 40, "n_target": 12})
+    Path(count_file).write_text(str(ns["calls"][0]))
 
 
 def _create(path, kill_at):
-    return subprocess.run([sys.executable, "-c", _CREATE_KILLED, str(path), str(kill_at)],
-                          capture_output=True, text=True, timeout=120)
+    """Run _create_killed in a process of its own (forked from a server that has imported
+    dmdask, see _writers); its exit code, and the writes it counted when it finished."""
+    ctx = _writers()
+    count = Path(f"{path}.count")
+    w = ctx.Process(target=_create_killed, args=(str(path), kill_at, str(count)))
+    w.start()
+    w.join(120)
+    return w.exitcode, int(count.read_text()) if count.exists() else None
 
 
 @pytest.mark.slow
 def test_interrupted_create_store_is_finished_by_a_rerun(tmp_path):
-    full = _create(tmp_path / "ref", 0)
-    assert full.returncode == 0, full.stderr
-    writes = int(full.stdout)
+    code, writes = _create(tmp_path / "ref", 0)
+    assert code == 0 and writes
     ref = dmdask.open_store(tmp_path / "ref")
     args = dict(params={"n_train": 40, "n_target": 12}, seed=5, block_size=4)
     # kill points: while the arrays are made, right after the store appears at its path,
@@ -232,8 +239,8 @@ def test_interrupted_create_store_is_finished_by_a_rerun(tmp_path):
     points = sorted({1, writes // 3, writes // 2, writes - 8, writes - 1, writes})
     for k in points:
         p = tmp_path / f"k{k}"
-        r = _create(p, k)
-        assert r.returncode == -signal.SIGKILL, (k, r.stderr)
+        code, _ = _create(p, k)
+        assert code == -signal.SIGKILL, (k, code)
         if p.exists():
             assert read_meta(p)["n_models"] in (0, 10)  # nothing half committed
             for other, what in [(dict(n_models=12), "n_models 10 (not 12)"),
@@ -269,24 +276,28 @@ def test_create_store_rerun_with_other_arguments_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- item 3: torn chunks
 
-_WRITER = """
-import sys
-import numpy as np
-import dmdask
-p, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-print("ready", flush=True)
-for g in range(first, last + 1):
-    for b in range(4):
-        x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
-        x[:, 0] = g
-        dmdask.write_block(p, b, x, overwrite=True)
-"""
-
-
 def _block(g, b):
     x = np.random.default_rng([g, b]).standard_normal((64, 4096)).astype(np.float32)
     x[:, 0] = g
     return x
+
+
+def _write_generations(p, first, last, ready):
+    """A writer process: generations first..last of all four blocks, block by block."""
+    ready.set()
+    for g in range(first, last + 1):
+        for b in range(4):
+            dmdask.write_block(p, b, _block(g, b), overwrite=True)
+
+
+def _writers():
+    """Writer processes forked from a server that has imported dmdask once: each is a whole
+    process of its own to SIGKILL, without an interpreter start-up and imports each time."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["dmdask", "numpy"])
+    return ctx
 
 
 @pytest.mark.slow
@@ -294,14 +305,17 @@ def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
     p = dmdask.create_jobless_store(tmp_path / "s", 8, 4096, block_size=64, alpha=0.5)
     dmdask.add_models(p, "random", n=256)  # four blocks of 1 MiB incompressible chunks
     rng = np.random.default_rng(0)
+    ctx = _writers()
     g = 1
     for _ in range(12):
-        w = subprocess.Popen([sys.executable, "-c", _WRITER, p, str(g), str(g + 1000)],
-                             stdout=subprocess.PIPE, text=True)
-        assert w.stdout.readline().strip() == "ready"
+        ready = ctx.Event()
+        w = ctx.Process(target=_write_generations, args=(p, g, g + 1000, ready))
+        w.start()
+        assert ready.wait(60)
         time.sleep(rng.uniform(0.05, 1.0))
-        w.send_signal(signal.SIGKILL)
-        w.wait(30)
+        os.kill(w.pid, signal.SIGKILL)
+        w.join(30)
+        assert w.exitcode == -signal.SIGKILL
         ds = dmdask.open_store(p)  # opens
         m, done = ds.margin.values, ds.completed.values
         for b in range(4):
@@ -314,9 +328,11 @@ def test_sigkilled_block_writes_leave_whole_chunks(tmp_path):
             assert 1 <= gen < g + 1001
         seen = [int(m[64 * b, 0]) for b in range(4) if not np.isnan(m[64 * b, 0])]
         g = max(seen + [g]) + 1
-    w = subprocess.run([sys.executable, "-c", _WRITER, p, str(g), str(g)], timeout=120,
-                       capture_output=True, text=True)
-    assert w.returncode == 0, w.stderr
+    ready = ctx.Event()  # kept referenced until the writer has it
+    w = ctx.Process(target=_write_generations, args=(p, g, g, ready))
+    w.start()
+    w.join(120)
+    assert w.exitcode == 0
     ds = dmdask.open_store(p)
     assert ds.completed.values.all()
     np.testing.assert_array_equal(ds.margin.values,

@@ -242,8 +242,10 @@ def test_dask_scheduler_and_workers_as_separate_commands(tmp_path, reference):
 
 def test_unreachable_scheduler_is_one_line(tmp_path):
     p = dmdask.create_store(tmp_path / "s", RIDGE, 8, 0.5, block_size=8)
-    r = subprocess.run([sys.executable, "-m", "dmdask.cli", "train", str(p), "--scheduler",
-                        f"tcp://127.0.0.1:{_free_port()}"], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "DASK_DMDASK__TRAIN__CONNECT_TIMEOUT": "2s"})
-    assert r.returncode == 2 and "cannot reach dask scheduler" in r.stderr
-    assert "Traceback" not in r.stderr
+    import dask
+    from cli_inprocess import invoke
+
+    with dask.config.set({"dmdask.train.connect-timeout": "2s"}):  # a refusal: in process
+        r = invoke("train", p, "--scheduler", f"tcp://127.0.0.1:{_free_port()}")
+    assert r.exit_code == 2 and "cannot reach dask scheduler" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
