@@ -64,7 +64,7 @@ from ..backend import dask_to_backend, get_namespace, namespace, to_numpy
 from ..errors import InputError
 from ..outputs import portable_attrs
 from . import metrics as M
-from .scores import load_scores
+from .scores import block_targets, load_scores
 
 __all__ = ["calibration", "evaluate", "evaluation_runs"]
 
@@ -199,7 +199,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     if sc.sizes["train"] != ds.sizes["train"]:
         raise InputError(f"scores have {sc.sizes['train']} training columns, the store "
                          f"{ds.sizes['train']}")
-    tau = np.array(sc.transpose("target", "train").values, dtype=np.float64)
+    scores_tt = sc.transpose("target", "train").data  # NumPy, or dask read by blocks
     if "target_train_index" in ds.coords:
         tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
     else:
@@ -208,18 +208,6 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         tti_eff = np.full_like(tti, -1)
     else:
         tti_eff = tti
-    bad = np.isnan(tau)
-    if bad.any():
-        own = np.zeros_like(bad)
-        t_own = np.flatnonzero(tti_eff >= 0)
-        own[t_own, tti_eff[t_own]] = True
-        if (bad & ~own).any():
-            raise InputError(f"scores contain {int((bad & ~own).sum())} NaN entries (in "
-                             f"{int((bad & ~own).any(1).sum())} targets) outside the eq. 9 "
-                             "self-columns; fill or drop them first")
-        tau[bad] = 0.0
-    if np.isinf(tau).any():
-        raise InputError("scores contain ±inf")
     bias = sc.coords["bias"].values.astype(np.float64) if "bias" in sc.coords else None
     sc_output = str(sc.attrs.get("output", "margin"))
     output = sc_output if output is None else output
@@ -238,33 +226,61 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     from ..scheduling import compute
 
     Xs = ds["mask"].data[subsets]
-    # predictions z = mask @ τᵀ on the backend's chunks (dmdask.array.backend); the margins
-    # and the per-target metrics below are read/computed on the host
-    xp = namespace()
-    z_dask = da.dot(dask_to_backend(Xs).astype(np.float64), xp.asarray(tau.T))
     own_cols = tti_eff[tti_eff >= 0]
     in_own = Xs[:, own_cols] if own_cols.size else None
     Y_dask = ds["margin"].data[runs][:, tpos]
-    objs = [z_dask, Y_dask] + ([in_own] if in_own is not None else [])
-    res = compute(objs, client=client)
-    z = to_numpy(res[0])
-    y = np.asarray(to_numpy(res[1]), dtype=np.float64)
+    res = compute([Y_dask] + ([in_own] if in_own is not None else []), client=client)
+    y = np.asarray(to_numpy(res[0]), dtype=np.float64)
     if output == "correctness":
         y = M.correctness(y)
     if in_own is not None:
         contains = np.zeros((subsets.size, tpos.size), bool)
-        contains[:, tti_eff >= 0] = to_numpy(res[2])
+        contains[:, tti_eff >= 0] = to_numpy(res[1])
         y = np.where(contains[group], np.nan, y)
 
+    # the scores are read by blocks of targets (setting dmdask.evaluate.block-targets):
+    # predictions z = mask @ τ_blockᵀ on the backend's chunks (dmdask.array.backend) and
+    # the calibration per block, so no [targets, train] array is ever held
+    xp = namespace()
+    Xs64 = dask_to_backend(Xs).astype(np.float64)
+    step = block_targets(ds.sizes["train"])
+    z = np.empty((subsets.size, tpos.size))
+    a, c, n_cal = np.ones(tpos.size), np.zeros(tpos.size), np.zeros(tpos.size)
+    n_bad, t_bad, n_inf = 0, 0, 0
+    for b0 in range(0, tpos.size, step):
+        sl = slice(b0, min(b0 + step, tpos.size))
+        tau = scores_tt[sl]
+        tau = np.array(tau.compute() if hasattr(tau, "compute") else tau, dtype=np.float64)
+        bad = np.isnan(tau)
+        if bad.any():
+            own = np.zeros_like(bad)
+            t_own = np.flatnonzero(tti_eff[sl] >= 0)
+            own[t_own, tti_eff[sl][t_own]] = True
+            n_bad += int((bad & ~own).sum())
+            t_bad += int((bad & ~own).any(1).sum())
+            tau[bad] = 0.0
+        n_inf += int(np.isinf(tau).sum())
+        if n_bad or n_inf:
+            continue  # refused below, with the counts over every block
+        (zb,) = compute([da.dot(Xs64, xp.asarray(np.ascontiguousarray(tau.T)))],
+                        client=client)
+        z[:, sl] = to_numpy(zb)
+        if do_cal:
+            a[sl], c[sl], n_cal[sl] = _calibration(
+                ds, tau, tpos[sl], tti_eff[sl], eq9, client, alpha, output=output,
+                n_models=calibration_models)
+    if n_bad:
+        raise InputError(f"scores contain {n_bad} NaN entries (in {t_bad} targets) outside "
+                         "the eq. 9 self-columns; fill or drop them first")
+    if n_inf:
+        raise InputError("scores contain ±inf")
     if do_cal:
-        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client, alpha, output=output,
-                                   n_models=calibration_models)
         cal_method = ("affine least squares, slope >= 0, on the "
                       + (f"first {int(calibration_models)} " if calibration_models else "")
                       + "random (fitting) models")
     else:
-        a, c = np.ones(tpos.size), (bias if bias is not None else np.zeros(tpos.size))
-        n_cal = np.zeros(tpos.size)
+        if bias is not None:
+            c = bias
         cal_method = "none (scores' own bias)" if bias is not None else "none (bias 0)"
     g_sub = a * z + c
     g = g_sub[group]
