@@ -226,17 +226,6 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     from ..scheduling import compute
 
     Xs = ds["mask"].data[subsets]
-    own_cols = tti_eff[tti_eff >= 0]
-    in_own = Xs[:, own_cols] if own_cols.size else None
-    Y_dask = ds["margin"].data[runs][:, tpos]
-    res = compute([Y_dask] + ([in_own] if in_own is not None else []), client=client)
-    y = np.asarray(to_numpy(res[0]), dtype=np.float64)
-    if output == "correctness":
-        y = M.correctness(y)
-    if in_own is not None:
-        contains = np.zeros((subsets.size, tpos.size), bool)
-        contains[:, tti_eff >= 0] = to_numpy(res[1])
-        y = np.where(contains[group], np.nan, y)
 
     # the scores are read by blocks of targets (setting dmdask.evaluate.block-targets):
     # predictions z = mask @ τ_blockᵀ on the backend's chunks (dmdask.array.backend) and
@@ -244,8 +233,11 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     xp = namespace()
     Xs64 = dask_to_backend(Xs).astype(np.float64)
     step = block_targets(ds.sizes["train"])
-    z = np.empty((subsets.size, tpos.size))
     a, c, n_cal = np.ones(tpos.size), np.zeros(tpos.size), np.zeros(tpos.size)
+    # per (run, target): only the calibrated prediction and its label, for the pooled AUC
+    g = np.empty((runs.size, tpos.size))
+    label = np.empty((runs.size, tpos.size))
+    per: dict[str, np.ndarray] = {}
     n_bad, t_bad, n_inf = 0, 0, 0
     for b0 in range(0, tpos.size, step):
         sl = slice(b0, min(b0 + step, tpos.size))
@@ -264,11 +256,20 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
             continue  # refused below, with the counts over every block
         (zb,) = compute([da.dot(Xs64, xp.asarray(np.ascontiguousarray(tau.T)))],
                         client=client)
-        z[:, sl] = to_numpy(zb)
+        z = to_numpy(zb)
         if do_cal:
             a[sl], c[sl], n_cal[sl] = _calibration(
                 ds, tau, tpos[sl], tti_eff[sl], eq9, client, alpha, output=output,
                 n_models=calibration_models)
+        elif bias is not None:
+            c[sl] = bias[sl]
+        del tau
+        y = _heldout_outputs(ds, Xs, runs, group, tpos[sl], tti_eff[sl], output, client)
+        g[:, sl] = a[sl] * z[group] + c[sl]
+        label[:, sl] = M.correctness(y)
+        for k, v in _block_metrics(z, g[:, sl], y, label[:, sl], group, ci,
+                                   level).items():
+            per.setdefault(k, np.full(tpos.size, np.nan))[sl] = v
     if n_bad:
         raise InputError(f"scores contain {n_bad} NaN entries (in {t_bad} targets) outside "
                          "the eq. 9 self-columns; fill or drop them first")
@@ -279,40 +280,20 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
                       + (f"first {int(calibration_models)} " if calibration_models else "")
                       + "random (fitting) models")
     else:
-        if bias is not None:
-            c = bias
         cal_method = "none (scores' own bias)" if bias is not None else "none (bias 0)"
-    g_sub = a * z + c
-    g = g_sub[group]
-
-    per = {}
-    per["mse"] = np.atleast_1d(M.mse(g, y))
-    var_f = np.atleast_1d(M.variance(y))
-    per["r2"] = np.atleast_1d(M.r2(g, y))
-    # correlations and AUC on the raw predictions: the calibration's per-target slope
-    # must not decide their sign
-    per["pearson"] = np.atleast_1d(M.pearson(z[group], y))
-    per["spearman"] = np.atleast_1d(M.spearman(z[group], y))
-    label = M.correctness(y)
-    per["auc"] = np.atleast_1d(M.auc(z[group], label))
-    _, fbar, cnt = M.group_means(y, group)
-    lds = M.lds_from_predictions(z, fbar, ci=ci, level=level)
-    per["lds"] = lds.per_target
-    opt, n_opt = M.opt_floor(y, group)
-    per["opt"] = opt
-    per["excess_mse"] = M.excess_error(per["mse"], opt)
-    per["r2_noise_adjusted"] = M.noise_adjusted_r2(per["mse"], var_f, opt)
 
     coords = {"target": sc["target"].values}
     for cname in ("target_label", "target_train_index"):
         if cname in ds.coords:
             coords[cname] = ("target", np.asarray(ds[cname].values)[tpos])
+    extra = {k: per.pop(k) for k in ("var_actual", "n_runs", "n_subsets", "n_opt_subsets")}
     data = {k: ("target", np.asarray(v, np.float64)) for k, v in per.items()}
+    per.update(extra)
     data.update({
-        "var_actual": ("target", var_f),
-        "n_runs": ("target", (~np.isnan(y)).sum(0).astype(np.int64)),
-        "n_subsets": ("target", (cnt > 0).sum(0).astype(np.int64)),
-        "n_opt_subsets": ("target", np.asarray(n_opt, np.int64)),
+        "var_actual": ("target", per.pop("var_actual")),
+        "n_runs": ("target", per.pop("n_runs").astype(np.int64)),
+        "n_subsets": ("target", per.pop("n_subsets").astype(np.int64)),
+        "n_opt_subsets": ("target", per.pop("n_opt_subsets").astype(np.int64)),
         "calib_slope": ("target", np.asarray(a, np.float64)),
         "calib_intercept": ("target", np.asarray(c, np.float64)),
         "calib_n_models": ("target", np.asarray(n_cal, np.float64)),
@@ -343,6 +324,48 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         for f in ("mean", "ci_low", "ci_high", "n_used", "n_skipped"):
             attrs[f"{k}_{f}"] = s[f]
     return xr.Dataset(data, coords=coords, attrs=portable_attrs(attrs))
+
+
+def _heldout_outputs(ds, Xs, runs, group, tpos, tti, output, client) -> np.ndarray:
+    """Every held-out run's output for targets ``tpos`` ``[runs, targets]``: margin or
+    correctness, NaN where a training-example target's own subset contains it (eq. 9)."""
+    from ..scheduling import compute
+
+    own = tti >= 0
+    objs = [ds["margin"].data[runs][:, tpos]] + ([Xs[:, tti[own]]] if own.any() else [])
+    res = compute(objs, client=client)
+    y = np.asarray(to_numpy(res[0]), dtype=np.float64)
+    if output == "correctness":
+        y = M.correctness(y)
+    if own.any():
+        contains = np.zeros((Xs.shape[0], tpos.size), bool)
+        contains[:, own] = to_numpy(res[1])
+        y = np.where(contains[group], np.nan, y)
+    return y
+
+
+def _block_metrics(z, g, y, label, group, ci, level) -> dict[str, np.ndarray]:
+    """The per-target metrics of one block of targets (every metric is per column)."""
+    per = {"mse": np.atleast_1d(M.mse(g, y))}
+    var_f = np.atleast_1d(M.variance(y))
+    per["r2"] = np.atleast_1d(M.r2(g, y))
+    # correlations and AUC on the raw predictions: the calibration's per-target slope
+    # must not decide their sign
+    zr = z[group]
+    per["pearson"] = np.atleast_1d(M.pearson(zr, y))
+    per["spearman"] = np.atleast_1d(M.spearman(zr, y))
+    per["auc"] = np.atleast_1d(M.auc(zr, label))
+    _, fbar, cnt = M.group_means(y, group)
+    per["lds"] = M.lds_from_predictions(z, fbar, ci=ci, level=level).per_target
+    opt, n_opt = M.opt_floor(y, group)
+    per["opt"] = opt
+    per["excess_mse"] = M.excess_error(per["mse"], opt)
+    per["r2_noise_adjusted"] = M.noise_adjusted_r2(per["mse"], var_f, opt)
+    per["var_actual"] = var_f
+    per["n_runs"] = (~np.isnan(y)).sum(0)
+    per["n_subsets"] = (cnt > 0).sum(0)
+    per["n_opt_subsets"] = np.asarray(n_opt)
+    return per
 
 
 def _is_schema(obj) -> bool:
