@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from dask.callbacks import Callback
+from sklearn.metrics import roc_auc_score
 
 import dmdask
 from dmdask.analysis.compare import compare
@@ -101,6 +102,9 @@ def test_lazy_zarr_evaluates_by_blocks_equal_to_in_memory(setup):
     g = ds.mask.values[subsets].astype(np.float64) @ w.T + b
     y = ds.margin.values[runs].astype(np.float64)
     np.testing.assert_allclose(mem["mse"].values, ((g[group] - y) ** 2).mean(0), rtol=1e-10)
+    # the pooled AUC (kept over every (run, target) pair) against scikit-learn's
+    np.testing.assert_allclose(mem.attrs["auc_pooled"],
+                               roc_auc_score((y > 0).ravel(), g[group].ravel()), rtol=1e-12)
 
 
 def test_guard_catches_a_deliberate_values(setup):

@@ -236,7 +236,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     a, c, n_cal = np.ones(tpos.size), np.zeros(tpos.size), np.zeros(tpos.size)
     # per (run, target): only the calibrated prediction and its label, for the pooled AUC
     g = np.empty((runs.size, tpos.size))
-    label = np.empty((runs.size, tpos.size))
+    label = np.empty((runs.size, tpos.size), np.int8)  # 1, 0; -1: no output
     per: dict[str, np.ndarray] = {}
     n_bad, t_bad, n_inf = 0, 0, 0
     for b0 in range(0, tpos.size, step):
@@ -266,9 +266,9 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         del tau
         y = _heldout_outputs(ds, Xs, runs, group, tpos[sl], tti_eff[sl], output, client)
         g[:, sl] = a[sl] * z[group] + c[sl]
-        label[:, sl] = M.correctness(y)
-        for k, v in _block_metrics(z, g[:, sl], y, label[:, sl], group, ci,
-                                   level).items():
+        lab = M.correctness(y)
+        label[:, sl] = np.where(np.isnan(lab), -1, lab)
+        for k, v in _block_metrics(z, g[:, sl], y, lab, group, ci, level).items():
             per.setdefault(k, np.full(tpos.size, np.nan))[sl] = v
     if n_bad:
         raise InputError(f"scores contain {n_bad} NaN entries (in {t_bad} targets) outside "
@@ -312,7 +312,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         "n_heldout_subsets": int(subsets.size),
         "n_heldout_runs": int(runs.size),
         "n_replicate_runs": int(runs.size - subsets.size),
-        "auc_pooled": M.auc_pooled(g, label),
+        "auc_pooled": _pooled_auc(g, label),
         "ci_method": "student-t over targets" if ci == "t" else "percentile bootstrap over "
                      "targets",
         "ci_level": float(level),
@@ -366,6 +366,22 @@ def _block_metrics(z, g, y, label, group, ci, level) -> dict[str, np.ndarray]:
     per["n_subsets"] = (cnt > 0).sum(0)
     per["n_opt_subsets"] = np.asarray(n_opt)
     return per
+
+
+def _pooled_auc(g, label) -> float:
+    """:func:`dmdask.analysis.metrics.auc_pooled` of every (run, target) pair from the
+    prediction and an int8 label (-1: missing), without its float64 copies of the pool."""
+    from scipy.stats import rankdata
+
+    valid = (label >= 0) & ~np.isnan(g)
+    s, pos = g[valid], label[valid] == 1
+    del valid
+    npos = int(pos.sum())
+    nneg = pos.size - npos
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    u = rankdata(s, method="average")[pos].sum() - npos * (npos + 1) / 2.0
+    return float(u / (npos * nneg))
 
 
 def _is_schema(obj) -> bool:
