@@ -242,9 +242,11 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     for b0 in range(0, tpos.size, step):
         sl = slice(b0, min(b0 + step, tpos.size))
         tau = scores_tt[sl]
-        tau = np.array(tau.compute() if hasattr(tau, "compute") else tau, dtype=np.float64)
+        # no copy of a block that is float64 already (the dask read casts it)
+        tau = np.asarray(tau.compute() if hasattr(tau, "compute") else tau, dtype=np.float64)
         bad = np.isnan(tau)
         if bad.any():
+            tau = tau.copy()  # may be a view of the caller's array
             own = np.zeros_like(bad)
             t_own = np.flatnonzero(tti_eff[sl] >= 0)
             own[t_own, tti_eff[sl][t_own]] = True
@@ -254,8 +256,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         n_inf += int(np.isinf(tau).sum())
         if n_bad or n_inf:
             continue  # refused below, with the counts over every block
-        (zb,) = compute([da.dot(Xs64, xp.asarray(np.ascontiguousarray(tau.T)))],
-                        client=client)
+        (zb,) = compute([da.dot(Xs64, xp.asarray(tau.T))], client=client)
         z = to_numpy(zb)
         if do_cal:
             a[sl], c[sl], n_cal[sl] = _calibration(
