@@ -25,6 +25,12 @@ model blocks. Then, per target:
   ``calib_slope``/``calib_intercept``/``calib_n_models``. ``calibrate=True`` forces it,
   ``False`` forbids it (then a missing bias counts as 0).
 
+**By blocks of targets.** The scores are read one block of targets at a time (setting
+``dmdask.evaluate.block-targets``, else ``dmdask.evaluate.block-bytes`` of float64 rows): its
+predictions, calibration, held-out outputs and per-target metrics, then the next; only the
+pooled AUC's (prediction, label) pairs span every target. No ``[targets, train]`` array is
+made from lazy scores (docs/evaluation.md, *Memory*).
+
 **Metrics per target** (all NaN-aware; undefined → NaN, counted in the attrs):
 
 * ``mse``, ``r2``: g against every held-out run's output (the runs of one subset are

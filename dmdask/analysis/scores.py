@@ -35,6 +35,11 @@ TRAK ``scores/<exp>.mmap``, or a TRAK        ``[n_train, n_targets]`` float32/fl
                                              ``"train_target"`` unless told otherwise
 ==========================================  ==============================================
 
+**Lazy where the input is.** A Dataset variable backed by dask (a datamodels Zarr opened
+lazily), a Zarr array, a memmap (``.npy``, TRAK ``.mmap``) or a dask array gives a dask-backed
+``score`` chunked by blocks of targets (:func:`block_targets`; float64 per chunk when read):
+nothing of the whole ``[n_target, n_train]`` size is read here. In-memory arrays stay NumPy.
+
 **Shape detection** (``layout="auto"``) needs the run store (``ds``) to know ``n_train`` and
 ``n_target``: a ``[n_target, n_train]`` array is read as is, ``[n_train, n_target]`` is
 transposed, and a square array (``n_train == n_target``) is refused as ambiguous unless
