@@ -245,7 +245,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     label = np.empty((runs.size, tpos.size), np.int8)  # 1, 0; -1: no output
     per: dict[str, np.ndarray] = {}
     n_bad, t_bad, n_inf = 0, 0, 0
-    for b0 in range(0, tpos.size, step):
+    for b0 in range(0, tpos.size or 1, step):  # one empty block for no targets
         sl = slice(b0, min(b0 + step, tpos.size))
         tau = scores_tt[sl]
         # no copy of a block that is float64 already (the dask read casts it)
