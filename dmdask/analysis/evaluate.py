@@ -25,6 +25,12 @@ model blocks. Then, per target:
   ``calib_slope``/``calib_intercept``/``calib_n_models``. ``calibrate=True`` forces it,
   ``False`` forbids it (then a missing bias counts as 0).
 
+**By blocks of targets.** The scores are read one block of targets at a time (setting
+``dmdask.evaluate.block-targets``, else ``dmdask.evaluate.block-bytes`` of float64 rows): its
+predictions, calibration, held-out outputs and per-target metrics, then the next; only the
+pooled AUC's (prediction, label) pairs span every target. No ``[targets, train]`` array is
+made from lazy scores (docs/evaluation.md, *Memory*).
+
 **Metrics per target** (all NaN-aware; undefined → NaN, counted in the attrs):
 
 * ``mse``, ``r2``: g against every held-out run's output (the runs of one subset are
@@ -64,7 +70,7 @@ from ..backend import dask_to_backend, get_namespace, namespace, to_numpy
 from ..errors import InputError
 from ..outputs import portable_attrs
 from . import metrics as M
-from .scores import load_scores
+from .scores import block_targets, load_scores
 
 __all__ = ["calibration", "evaluate", "evaluation_runs"]
 
@@ -199,7 +205,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     if sc.sizes["train"] != ds.sizes["train"]:
         raise InputError(f"scores have {sc.sizes['train']} training columns, the store "
                          f"{ds.sizes['train']}")
-    tau = np.array(sc.transpose("target", "train").values, dtype=np.float64)
+    scores_tt = sc.transpose("target", "train").data  # NumPy, or dask read by blocks
     if "target_train_index" in ds.coords:
         tti = np.asarray(ds["target_train_index"].values, dtype=np.int64)[tpos]
     else:
@@ -208,18 +214,6 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         tti_eff = np.full_like(tti, -1)
     else:
         tti_eff = tti
-    bad = np.isnan(tau)
-    if bad.any():
-        own = np.zeros_like(bad)
-        t_own = np.flatnonzero(tti_eff >= 0)
-        own[t_own, tti_eff[t_own]] = True
-        if (bad & ~own).any():
-            raise InputError(f"scores contain {int((bad & ~own).sum())} NaN entries (in "
-                             f"{int((bad & ~own).any(1).sum())} targets) outside the eq. 9 "
-                             "self-columns; fill or drop them first")
-        tau[bad] = 0.0
-    if np.isinf(tau).any():
-        raise InputError("scores contain ±inf")
     bias = sc.coords["bias"].values.astype(np.float64) if "bias" in sc.coords else None
     sc_output = str(sc.attrs.get("output", "margin"))
     output = sc_output if output is None else output
@@ -238,65 +232,75 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
     from ..scheduling import compute
 
     Xs = ds["mask"].data[subsets]
-    # predictions z = mask @ τᵀ on the backend's chunks (dmdask.array.backend); the margins
-    # and the per-target metrics below are read/computed on the host
-    xp = namespace()
-    z_dask = da.dot(dask_to_backend(Xs).astype(np.float64), xp.asarray(tau.T))
-    own_cols = tti_eff[tti_eff >= 0]
-    in_own = Xs[:, own_cols] if own_cols.size else None
-    Y_dask = ds["margin"].data[runs][:, tpos]
-    objs = [z_dask, Y_dask] + ([in_own] if in_own is not None else [])
-    res = compute(objs, client=client)
-    z = to_numpy(res[0])
-    y = np.asarray(to_numpy(res[1]), dtype=np.float64)
-    if output == "correctness":
-        y = M.correctness(y)
-    if in_own is not None:
-        contains = np.zeros((subsets.size, tpos.size), bool)
-        contains[:, tti_eff >= 0] = to_numpy(res[2])
-        y = np.where(contains[group], np.nan, y)
 
+    # the scores are read by blocks of targets (setting dmdask.evaluate.block-targets):
+    # predictions z = mask @ τ_blockᵀ on the backend's chunks (dmdask.array.backend) and
+    # the calibration per block, so no [targets, train] array is ever held
+    xp = namespace()
+    Xs64 = dask_to_backend(Xs).astype(np.float64)
+    step = block_targets(ds.sizes["train"])
+    a, c, n_cal = np.ones(tpos.size), np.zeros(tpos.size), np.zeros(tpos.size)
+    # per (run, target): only the calibrated prediction and its label, for the pooled AUC
+    g = np.empty((runs.size, tpos.size))
+    label = np.empty((runs.size, tpos.size), np.int8)  # 1, 0; -1: no output
+    per: dict[str, np.ndarray] = {}
+    n_bad, t_bad, n_inf = 0, 0, 0
+    for b0 in range(0, tpos.size or 1, step):  # one empty block for no targets
+        sl = slice(b0, min(b0 + step, tpos.size))
+        tau = scores_tt[sl]
+        # no copy of a block that is float64 already (the dask read casts it)
+        tau = np.asarray(tau.compute() if hasattr(tau, "compute") else tau, dtype=np.float64)
+        bad = np.isnan(tau)
+        if bad.any():
+            tau = tau.copy()  # may be a view of the caller's array
+            own = np.zeros_like(bad)
+            t_own = np.flatnonzero(tti_eff[sl] >= 0)
+            own[t_own, tti_eff[sl][t_own]] = True
+            n_bad += int((bad & ~own).sum())
+            t_bad += int((bad & ~own).any(1).sum())
+            tau[bad] = 0.0
+        n_inf += int(np.isinf(tau).sum())
+        if n_bad or n_inf:
+            continue  # refused below, with the counts over every block
+        (zb,) = compute([da.dot(Xs64, xp.asarray(tau.T))], client=client)
+        z = to_numpy(zb)
+        if do_cal:
+            a[sl], c[sl], n_cal[sl] = _calibration(
+                ds, tau, tpos[sl], tti_eff[sl], eq9, client, alpha, output=output,
+                n_models=calibration_models)
+        elif bias is not None:
+            c[sl] = bias[sl]
+        del tau
+        y = _heldout_outputs(ds, Xs, runs, group, tpos[sl], tti_eff[sl], output, client)
+        g[:, sl] = a[sl] * z[group] + c[sl]
+        lab = M.correctness(y)
+        label[:, sl] = np.where(np.isnan(lab), -1, lab)
+        for k, v in _block_metrics(z, g[:, sl], y, lab, group, ci, level).items():
+            per.setdefault(k, np.full(tpos.size, np.nan))[sl] = v
+    if n_bad:
+        raise InputError(f"scores contain {n_bad} NaN entries (in {t_bad} targets) outside "
+                         "the eq. 9 self-columns; fill or drop them first")
+    if n_inf:
+        raise InputError("scores contain ±inf")
     if do_cal:
-        a, c, n_cal = _calibration(ds, tau, tpos, tti_eff, eq9, client, alpha, output=output,
-                                   n_models=calibration_models)
         cal_method = ("affine least squares, slope >= 0, on the "
                       + (f"first {int(calibration_models)} " if calibration_models else "")
                       + "random (fitting) models")
     else:
-        a, c = np.ones(tpos.size), (bias if bias is not None else np.zeros(tpos.size))
-        n_cal = np.zeros(tpos.size)
         cal_method = "none (scores' own bias)" if bias is not None else "none (bias 0)"
-    g_sub = a * z + c
-    g = g_sub[group]
-
-    per = {}
-    per["mse"] = np.atleast_1d(M.mse(g, y))
-    var_f = np.atleast_1d(M.variance(y))
-    per["r2"] = np.atleast_1d(M.r2(g, y))
-    # correlations and AUC on the raw predictions: the calibration's per-target slope
-    # must not decide their sign
-    per["pearson"] = np.atleast_1d(M.pearson(z[group], y))
-    per["spearman"] = np.atleast_1d(M.spearman(z[group], y))
-    label = M.correctness(y)
-    per["auc"] = np.atleast_1d(M.auc(z[group], label))
-    _, fbar, cnt = M.group_means(y, group)
-    lds = M.lds_from_predictions(z, fbar, ci=ci, level=level)
-    per["lds"] = lds.per_target
-    opt, n_opt = M.opt_floor(y, group)
-    per["opt"] = opt
-    per["excess_mse"] = M.excess_error(per["mse"], opt)
-    per["r2_noise_adjusted"] = M.noise_adjusted_r2(per["mse"], var_f, opt)
 
     coords = {"target": sc["target"].values}
     for cname in ("target_label", "target_train_index"):
         if cname in ds.coords:
             coords[cname] = ("target", np.asarray(ds[cname].values)[tpos])
+    extra = {k: per.pop(k) for k in ("var_actual", "n_runs", "n_subsets", "n_opt_subsets")}
     data = {k: ("target", np.asarray(v, np.float64)) for k, v in per.items()}
+    per.update(extra)
     data.update({
-        "var_actual": ("target", var_f),
-        "n_runs": ("target", (~np.isnan(y)).sum(0).astype(np.int64)),
-        "n_subsets": ("target", (cnt > 0).sum(0).astype(np.int64)),
-        "n_opt_subsets": ("target", np.asarray(n_opt, np.int64)),
+        "var_actual": ("target", per.pop("var_actual")),
+        "n_runs": ("target", per.pop("n_runs").astype(np.int64)),
+        "n_subsets": ("target", per.pop("n_subsets").astype(np.int64)),
+        "n_opt_subsets": ("target", per.pop("n_opt_subsets").astype(np.int64)),
         "calib_slope": ("target", np.asarray(a, np.float64)),
         "calib_intercept": ("target", np.asarray(c, np.float64)),
         "calib_n_models": ("target", np.asarray(n_cal, np.float64)),
@@ -315,7 +319,7 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         "n_heldout_subsets": int(subsets.size),
         "n_heldout_runs": int(runs.size),
         "n_replicate_runs": int(runs.size - subsets.size),
-        "auc_pooled": M.auc_pooled(g, label),
+        "auc_pooled": _pooled_auc(g, label),
         "ci_method": "student-t over targets" if ci == "t" else "percentile bootstrap over "
                      "targets",
         "ci_level": float(level),
@@ -327,6 +331,64 @@ def evaluate(ds, scores, *, calibrate="auto", output: str | None = None, eq9: bo
         for f in ("mean", "ci_low", "ci_high", "n_used", "n_skipped"):
             attrs[f"{k}_{f}"] = s[f]
     return xr.Dataset(data, coords=coords, attrs=portable_attrs(attrs))
+
+
+def _heldout_outputs(ds, Xs, runs, group, tpos, tti, output, client) -> np.ndarray:
+    """Every held-out run's output for targets ``tpos`` ``[runs, targets]``: margin or
+    correctness, NaN where a training-example target's own subset contains it (eq. 9)."""
+    from ..scheduling import compute
+
+    own = tti >= 0
+    objs = [ds["margin"].data[runs][:, tpos]] + ([Xs[:, tti[own]]] if own.any() else [])
+    res = compute(objs, client=client)
+    y = np.asarray(to_numpy(res[0]), dtype=np.float64)
+    if output == "correctness":
+        y = M.correctness(y)
+    if own.any():
+        contains = np.zeros((Xs.shape[0], tpos.size), bool)
+        contains[:, own] = to_numpy(res[1])
+        y = np.where(contains[group], np.nan, y)
+    return y
+
+
+def _block_metrics(z, g, y, label, group, ci, level) -> dict[str, np.ndarray]:
+    """The per-target metrics of one block of targets (every metric is per column)."""
+    per = {"mse": np.atleast_1d(M.mse(g, y))}
+    var_f = np.atleast_1d(M.variance(y))
+    per["r2"] = np.atleast_1d(M.r2(g, y))
+    # correlations and AUC on the raw predictions: the calibration's per-target slope
+    # must not decide their sign
+    zr = z[group]
+    per["pearson"] = np.atleast_1d(M.pearson(zr, y))
+    per["spearman"] = np.atleast_1d(M.spearman(zr, y))
+    per["auc"] = np.atleast_1d(M.auc(zr, label))
+    _, fbar, cnt = M.group_means(y, group)
+    per["lds"] = M.lds_from_predictions(z, fbar, ci=ci, level=level).per_target
+    opt, n_opt = M.opt_floor(y, group)
+    per["opt"] = opt
+    per["excess_mse"] = M.excess_error(per["mse"], opt)
+    per["r2_noise_adjusted"] = M.noise_adjusted_r2(per["mse"], var_f, opt)
+    per["var_actual"] = var_f
+    per["n_runs"] = (~np.isnan(y)).sum(0)
+    per["n_subsets"] = (cnt > 0).sum(0)
+    per["n_opt_subsets"] = np.asarray(n_opt)
+    return per
+
+
+def _pooled_auc(g, label) -> float:
+    """:func:`dmdask.analysis.metrics.auc_pooled` of every (run, target) pair from the
+    prediction and an int8 label (-1: missing), without its float64 copies of the pool."""
+    from scipy.stats import rankdata
+
+    valid = (label >= 0) & ~np.isnan(g)
+    s, pos = g[valid], label[valid] == 1
+    del valid
+    npos = int(pos.sum())
+    nneg = pos.size - npos
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    u = rankdata(s, method="average")[pos].sum() - npos * (npos + 1) / 2.0
+    return float(u / (npos * nneg))
 
 
 def _is_schema(obj) -> bool:

@@ -35,6 +35,11 @@ TRAK ``scores/<exp>.mmap``, or a TRAK        ``[n_train, n_targets]`` float32/fl
                                              ``"train_target"`` unless told otherwise
 ==========================================  ==============================================
 
+**Lazy where the input is.** A Dataset variable backed by dask (a datamodels Zarr opened
+lazily), a Zarr array, a memmap (``.npy``, TRAK ``.mmap``) or a dask array gives a dask-backed
+``score`` chunked by blocks of targets (:func:`block_targets`; float64 per chunk when read):
+nothing of the whole ``[n_target, n_train]`` size is read here. In-memory arrays stay NumPy.
+
 **Shape detection** (``layout="auto"``) needs the run store (``ds``) to know ``n_train`` and
 ``n_target``: a ``[n_target, n_train]`` array is read as is, ``[n_train, n_target]`` is
 transposed, and a square array (``n_train == n_target``) is refused as ambiguous unless
@@ -49,12 +54,14 @@ import json
 import os
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .. import config
 from ..errors import InputError
 
-__all__ = ["LAYOUTS", "load_scores", "make_scores", "read_trak_scores"]
+__all__ = ["LAYOUTS", "block_targets", "load_scores", "make_scores", "read_trak_scores"]
 
 LAYOUTS = ("auto", "target_train", "train_target")
 
@@ -63,8 +70,9 @@ def make_scores(score, *, bias=None, estimator: str = "custom", source: str = "a
                 output: str = "margin", ds: xr.Dataset | None = None, attrs=None,
                 layout: str = "target_train") -> xr.DataArray:
     """Wrap a ``[n_target, n_train]`` array (and optional ``bias [n_target]``) in the score
-    schema; with ``ds`` the store's ``target``/``train`` coordinates are attached."""
-    score = np.asarray(score, dtype=np.float64)
+    schema; with ``ds`` the store's ``target``/``train`` coordinates are attached. A dask
+    array stays lazy (cast to float64 chunk by chunk when read)."""
+    score = _float64(score)
     if score.ndim != 2:
         raise InputError(f"scores must be 2-d, got shape {score.shape}")
     coords = {}
@@ -210,10 +218,10 @@ def load_scores(obj, *, ds: xr.Dataset | None = None, layout: str = "auto",
         b = obj["bias"] if ("bias" in obj and bias is None) else bias
         est = estimator or obj.attrs.get("estimator") or (
             "datamodels" if name == "weight" else "custom")
-        da = obj[name]
+        var = obj[name]
         if isinstance(b, xr.DataArray):
             b = b.values
-        out = load_scores(da, ds=ds, layout=layout, bias=b, estimator=est,
+        out = load_scores(var, ds=ds, layout=layout, bias=b, estimator=est,
                           output=output or obj.attrs.get("output", "margin"))
         out.attrs["source"] = src if src != "Dataset" else out.attrs["source"]
         return out
@@ -228,7 +236,7 @@ def load_scores(obj, *, ds: xr.Dataset | None = None, layout: str = "auto",
             out_kind = output or a.pop("output", "margin")
             for k in ("source", "layout", "sign"):
                 a.pop(k, None)
-            values = np.asarray(arr.values, dtype=np.float64)
+            values = _float64(arr.data)  # lazy stays lazy: read by target blocks
             sub = ds
             if ds is not None:
                 if values.shape[1] != ds.sizes["train"]:
@@ -244,14 +252,24 @@ def load_scores(obj, *, ds: xr.Dataset | None = None, layout: str = "auto",
             return make_scores(values, bias=bias, estimator=est, source=src, output=out_kind,
                                ds=sub, attrs=a, layout="target_train")
         obj = obj.values
-    if hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, np.ndarray):
-        obj = np.asarray(obj[...])  # zarr array
-    arr = np.asarray(obj)
+    lazy = isinstance(obj, (np.memmap, da.Array)) or (
+        hasattr(obj, "shape") and hasattr(obj, "dtype") and not isinstance(obj, np.ndarray))
+    arr = obj if lazy else np.asarray(obj)
     if not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"{src}: scores must be numeric, got dtype {arr.dtype}")
-    arr, used = _orient(arr, ds=ds, layout=layout, what=src,
-                        square_ok_as="train_target" if trak else None)
-    return make_scores(np.asarray(arr, dtype=np.float64), bias=bias,
+    # the layout from the shape alone (a zero-stride stand-in: nothing is read)
+    shape = tuple(arr.shape)
+    stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, np.int8), shape, (0,) * len(shape))
+    _, used = _orient(stand_in, ds=ds, layout=layout, what=src,
+                      square_ok_as="train_target" if trak else None)
+    if lazy:
+        # a memmap, a Zarr array or a dask array is read later, by blocks of targets
+        t_ax = 0 if used == "target_train" else 1
+        step = block_targets(shape[1 - t_ax])
+        arr = (arr.rechunk({t_ax: step, 1 - t_ax: -1}) if isinstance(arr, da.Array)
+               else da.from_array(arr, chunks={t_ax: step, 1 - t_ax: -1}, asarray=True))
+    arr = arr if used == "target_train" else arr.T
+    return make_scores(arr, bias=bias,
                        estimator=estimator or ("trak" if trak else "custom"), source=src,
                        output=output or "margin", ds=ds, layout=used)
 
@@ -266,3 +284,23 @@ def _open_zarr_any(p: Path):
     if isinstance(node, zarr.Array):
         return node
     return xr.open_zarr(str(p), consolidated=False)
+
+
+def block_targets(n_train: int) -> int:
+    """Targets per block when a lazy score matrix is read (setting
+    ``dmdask.evaluate.block-targets``; ``null``: as many as fit in
+    ``dmdask.evaluate.block-bytes`` of float64 rows of ``n_train`` columns)."""
+    n = config.get("evaluate.block-targets", None)
+    if n is None:
+        n = int(config.get("evaluate.block-bytes", 256 * 2**20)) // max(8 * int(n_train), 1)
+    n = int(n)
+    if n < 1:
+        raise InputError(f"dmdask.evaluate.block-targets must be >= 1, not {n}")
+    return n
+
+
+def _float64(a):
+    """float64 view of scores: lazily for a dask array, else as a NumPy array."""
+    if isinstance(a, da.Array):
+        return a if a.dtype == np.float64 else a.astype(np.float64)
+    return np.asarray(a, dtype=np.float64)
