@@ -20,6 +20,20 @@ def _modules():
     return out
 
 
+def _parse(source: str) -> ast.Module:
+    # CPython 3.11 keeps the AST constructor's recursion counter in per-interpreter state, so
+    # a parse that races another thread's compile (FFCV's Loader compiles its pipelines in
+    # background threads, test_beton.py) fails with "AST constructor recursion depth
+    # mismatch"; the parse of an unchanged file is pure, so try it again
+    for attempt in range(3):
+        try:
+            return ast.parse(source)
+        except SystemError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _graph(top_level_only: bool) -> dict[str, set[str]]:
     """Module -> the dmdask modules it imports (``from pkg import mod`` counts as ``pkg.mod``);
     with ``top_level_only``, imports inside functions (run on call, not on import) are left
@@ -27,7 +41,7 @@ def _graph(top_level_only: bool) -> dict[str, set[str]]:
     mods = _modules()
     graph = {}
     for mod, (f, is_pkg) in mods.items():
-        tree = ast.parse(f.read_text(encoding="utf-8"))
+        tree = _parse(f.read_text(encoding="utf-8"))
         nodes = tree.body if top_level_only else ast.walk(tree)
         deps = set()
         for node in nodes:

@@ -37,11 +37,10 @@ from .dataset import (
     _assemble,
     _block_values,
     _dataset_attrs,
-    _open,
     _own_rows_error,
     _warn_budget,
     choose_selection,
-    select_models,
+    fit_inputs,
 )
 from .output import FitOutput, open_fit
 from .solve import PathOptions, Split, get_solver
@@ -81,15 +80,8 @@ def fit_to_zarr(ds, out, *, alpha=None, selection="auto", folds=5, val_fraction=
     """The body of ``fit_datamodels(..., out=)`` (see the module docstring); returns the
     lazy Dataset of the finished output."""
     t0 = time.perf_counter()
-    ds = _open(ds)
-    if solver not in ("auto", "gram", "saga"):
-        raise InputError(f"solver must be 'auto', 'gram' or 'saga', not {solver!r}")
-    rows, alpha = select_models(ds, alpha, n_models)
+    ds, rows, alpha, tpos = fit_inputs(ds, solver, alpha, n_models, targets)
     n = rows.size
-    n_target = ds.sizes["target"]
-    tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
-    if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
-        raise InputError(f"targets must be positions in [0, {n_target})")
     block = int(block_targets or config.get("fit.out-block-targets", 1024))
     if block < 1:
         raise InputError(f"block_targets must be positive, not {block}")

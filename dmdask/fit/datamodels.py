@@ -42,6 +42,7 @@ from .dataset import (  # noqa: F401 - select_models, _open, SOLVER_CODES: used 
     _versions,
     _warn_budget,
     choose_selection,
+    fit_inputs,
     select_models,
 )
 from .solve import PathOptions, PathResult, Split, get_solver
@@ -113,15 +114,8 @@ def fit_datamodels(
 def _fit(ds, alpha, selection, folds, val_fraction, n_lambdas, lambda_ratio, solver, targets,
          client, tol, max_iter, early_stop, progress, n_models) -> xr.Dataset:
     t0 = time.perf_counter()
-    ds = _open(ds)
-    if solver not in ("auto", "gram", "saga"):
-        raise InputError(f"solver must be 'auto', 'gram' or 'saga', not {solver!r}")
-    rows, alpha = select_models(ds, alpha, n_models)
+    ds, rows, alpha, tpos = fit_inputs(ds, solver, alpha, n_models, targets)
     n = rows.size
-    n_target = ds.sizes["target"]
-    tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
-    if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
-        raise InputError(f"targets must be positions in [0, {n_target})")
     sel_kind = choose_selection(selection, n, val_fraction)
     X = ds["mask"].data[rows]
     Y = ds["margin"].data[rows][:, tpos]

@@ -176,3 +176,18 @@ def _assemble(ds, tpos, vals: dict[str, np.ndarray], attrs: dict) -> xr.Dataset:
                                               "flag_meanings": " ".join(SOLVER_CODES)}),
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def fit_inputs(ds, solver: str, alpha: float | None, n_models: int | None, targets
+               ) -> tuple[xr.Dataset, np.ndarray, float, np.ndarray]:
+    """The checked inputs of a fit: the opened store, the fitting rows, their α and the target
+    positions (all targets when ``targets`` is None)."""
+    ds = _open(ds)
+    if solver not in ("auto", "gram", "saga"):
+        raise InputError(f"solver must be 'auto', 'gram' or 'saga', not {solver!r}")
+    rows, alpha = select_models(ds, alpha, n_models)
+    n_target = ds.sizes["target"]
+    tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
+    if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
+        raise InputError(f"targets must be positions in [0, {n_target})")
+    return ds, rows, alpha, tpos

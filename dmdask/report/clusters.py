@@ -8,21 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig
+from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig, show_image
 
 __all__ = ["sec_clusters"]
 
 _DM, _REP = "#1f6feb", "#bc4c00"
-
-
-def _show(ax, img) -> None:
-    scale = {"vmin": 0, "vmax": 255} if img.dtype == np.uint8 else {}
-    if img.ndim == 2:
-        ax.imshow(img, cmap="gray_r", interpolation="nearest", **scale)
-    else:
-        ax.imshow(img, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _purity_figure(clu) -> str:
@@ -150,7 +140,7 @@ def _grids(clu, ds, images, per: int = 6, most: int = 8) -> str:
                 ax.axis("off")
                 continue
             t = int(picks[c][i])
-            _show(ax, got[t])
+            show_image(ax, got[t])
             ax.set_title(f"{t}" + (f" ({tl[t]})" if tl else ""), fontsize=7)
         axes[r, 0].set_ylabel(f"cluster {c}", fontsize=8)
     cap = (f"Up to {per} targets of each of the {len(order)} largest clusters (one row each), "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig
+from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig, show_image
 from .images import image_source
 
 __all__ = ["sec_embeddings", "sec_faithfulness"]
@@ -17,16 +17,6 @@ _GRID_COMPONENTS = 4  # components drawn as image grids
 _GRID_TARGETS = 6  # targets per side of a component
 
 _COLORS = {"top": "#1f6feb", "bottom": "#bc4c00", "all": "#57606a"}
-
-
-def _show(ax, img) -> None:
-    scale = {"vmin": 0, "vmax": 255} if img.dtype == np.uint8 else {}
-    if img.ndim == 2:
-        ax.imshow(img, cmap="gray_r", interpolation="nearest", **scale)
-    else:
-        ax.imshow(img, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def _spectrum(emb) -> str:
@@ -130,7 +120,7 @@ def _grids(emb, ds, images) -> str:
             for off, ids, vals, col in ((0, top, tv, "#1f6feb"), (nt, bot, bv, "#bc4c00")):
                 ax = axes[c, off + i]
                 t = int(ids[c, i])
-                _show(ax, img[t])
+                show_image(ax, img[t])
                 extra = f" ({lab[t]})" if lab is not None and t in lab else ""
                 ax.set_title(f"{vals[c, i]:+.2f}{extra}", fontsize=7, color=col)
         axes[c, 0].set_ylabel(f"PC {int(emb.component.values[c])}", fontsize=8)

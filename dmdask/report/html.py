@@ -91,3 +91,16 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 def _section(sec_id: str, title: str, body: str) -> str:
     return f'<section id="{sec_id}"><h2>{_esc(title)}</h2>{body}</section>'
+
+
+def show_image(ax, img) -> None:
+    """Draw one example image on a matplotlib axis, without ticks."""
+    # uint8 (the job hook's type) on its full 0..255 scale, so images are comparable;
+    # anything else autoscaled per image
+    scale = {"vmin": 0, "vmax": 255} if img.dtype == np.uint8 else {}
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray_r", interpolation="nearest", **scale)
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig
+from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig, show_image
 from .images import image_source
 
 __all__ = ["sec_leakage", "sec_neighbors"]
@@ -111,7 +111,6 @@ def sec_neighbors(nn, ds=None, images=None, *, n_targets: int = 4, show: int = 4
     except Exception as e:  # noqa: BLE001 - the job's own code: its failure is a note
         return _missing(f"The images could not be read from {_esc(src.source)} "
                         f"({_esc(type(e).__name__)}: {_esc(e)}).") + table
-    from .page import _show_image
 
     ncol = 1 + show * len(kinds)
     fig = _new_fig(1.0 * ncol + 0.4, 1.5 * picks.size)
@@ -119,7 +118,7 @@ def sec_neighbors(nn, ds=None, images=None, *, n_targets: int = 4, show: int = 4
     for r, t in enumerate(picks):
         ax = axes[r, 0]
         if tg is not None:
-            _show_image(ax, tg[int(tnames[t])])
+            show_image(ax, tg[int(tnames[t])])
         else:
             _blank(ax, "no image")
         lab = (f"\nlabel {int(nn['target_label'].values[t])}"
@@ -132,7 +131,7 @@ def sec_neighbors(nn, ds=None, images=None, *, n_targets: int = 4, show: int = 4
                 if j < 0:
                     ax.axis("off")
                     continue
-                _show_image(ax, tr[j])
+                show_image(ax, tr[j])
                 v = float(nn[val].values[t, i])
                 head = f"d {v:.2f}" if kind == "nearest" else f"{v:+.3f}"
                 ax.set_title(head + _label(nn, f"{kind}_label", t, i), fontsize=8,
@@ -230,7 +229,6 @@ def _top_pairs(leak, src, n_pairs: int) -> str:
     except Exception as e:  # noqa: BLE001 - the job's own code: its failure is a note
         return _missing(f"The images could not be read from {_esc(src.source)} "
                         f"({_esc(type(e).__name__)}: {_esc(e)}).") + table
-    from .page import _show_image
 
     ncol = max(shown.values())
     fig = _new_fig(1.0 * ncol + 0.6, 1.55 * 2 * len(methods))
@@ -245,11 +243,11 @@ def _top_pairs(leak, src, n_pairs: int) -> str:
                 bot.axis("off")
                 continue
             if tg is not None:
-                _show_image(top, tg[int(ts[i])])
+                show_image(top, tg[int(ts[i])])
             else:
                 _blank(top, "no image")
             top.set_title(f"{_SHORT[m]} #{i + 1}\ntarget {ts[i]}", fontsize=7, color=_TGT)
-            _show_image(bot, tr[int(js[i])])
+            show_image(bot, tr[int(js[i])])
             mark = "\nplanted" if hit is not None and hit[i] else ""
             bot.set_title(f"{short} {vals[i]:.3g}{mark}", fontsize=7,
                           color=_METHOD_COLORS[m] if not mark else _POS)

@@ -54,6 +54,7 @@ from .html import (
     _new_fig,
     _no_minor_labels,
     _section,
+    show_image,
 )
 from .images import ImagesArg, image_source, resolve_images
 from .inputs import store_and_path as _open_store
@@ -516,17 +517,6 @@ def _sec_lambda_path(dm, n_examples: int) -> str:
     return _figure("fig-lambda-path", fig, cap, "validation curves along the lambda path")
 
 
-def _show_image(ax, img: np.ndarray) -> None:
-    # uint8 (the job hook's type) on its full 0..255 scale, so images are comparable;
-    # anything else autoscaled per image
-    scale = {"vmin": 0, "vmax": 255} if img.dtype == np.uint8 else {}
-    if img.ndim == 2:
-        ax.imshow(img, cmap="gray_r", interpolation="nearest", **scale)
-    else:
-        ax.imshow(img, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
 
 def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
     if images is False:
@@ -575,7 +565,7 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
         w = W[t]
         ax = axes[r, 0]
         if tg_img is not None:
-            _show_image(ax, tg_img[int(tnames[t])])
+            show_image(ax, tg_img[int(tnames[t])])
         else:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -589,7 +579,7 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
                     ax.axis("off")
                     continue
                 j = js[i]
-                _show_image(ax, tr_img[int(j)])
+                show_image(ax, tr_img[int(j)])
                 lab = f"\nlabel {trlab[j]}" if trlab is not None else ""
                 ax.set_title(f"{w[j]:+.3f}{lab}", fontsize=8,
                              color="#1a7f37" if w[j] > 0 else "#d1242f")

@@ -14,13 +14,12 @@ estimator: smallest L2 distance first), side by side.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import xarray as xr
 
 from ..errors import InputError
 from ..outputs import portable_attrs
+from .embeddings import open_datamodels
 
 __all__ = ["neighbors", "representation_nearest", "top_k_rows"]
 
@@ -50,13 +49,7 @@ def top_k_rows(w, k: int, *, sign: int = 1):
 def _weights(dm) -> tuple[xr.Dataset, object]:
     import dask.array as da
 
-    if not isinstance(dm, xr.Dataset):
-        p = os.fspath(dm)
-        if not os.path.exists(p):
-            raise InputError(f"{p}: no such datamodels store")
-        dm = xr.open_zarr(p)
-    if "weight" not in dm:
-        raise InputError("the datamodels Dataset has no weight variable (fit it with `dmdask fit`)")
+    dm = open_datamodels(dm)
     w = dm["weight"].transpose("target", "train").data
     if not isinstance(w, da.Array):
         w = da.from_array(np.asarray(w), chunks=(1024, -1))

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import config, optional
+from .. import optional
 from ..errors import InputError, StoreError
-from .madrylab import _fill, _tqdm, check_heldout_rows
+from .madrylab import _fill, _tqdm, check_heldout_rows, import_options
 from .runstore import (
     KIND_CODE,
     KINDS,
@@ -40,7 +40,6 @@ from .runstore import (
     building,
     jobless_description,
 )
-from .sampling import check_alpha
 
 __all__ = ["BetonFile", "export_beton", "import_beton", "read_image_beton",
            "write_image_beton", "REGRESSION_FIELDS"]
@@ -238,14 +237,7 @@ def import_beton(
     ``0..n-1``, non-finite targets, an existing ``store_path``; a failed import leaves nothing.
     """
     src = os.path.abspath(os.fspath(beton))
-    path = os.fspath(store_path)
-    if os.path.lexists(path):
-        raise InputError(f"{path}: already exists; refusing to import over it")
-    if alpha is not None:
-        alpha = check_alpha(alpha)
-    block = int(block_size or config.get("store.block-size", 256))
-    if block < 1:
-        raise InputError(f"block_size must be positive, got {block}")
+    path, alpha, block = import_options(store_path, alpha, block_size)
     bf, order = _open_regression(src)
     try:
         heldout_rows = check_heldout_rows(heldout_rows, bf.n, src)

@@ -174,6 +174,21 @@ def _open_source(src: str, margins_key: str) -> tuple[_NpyRows, _NpyRows, _NpyRo
     return masks, margins, completed
 
 
+def import_options(store_path, alpha: float | None, block_size: int | None
+                   ) -> tuple[str, float | None, int]:
+    """The checked options of an import into a new store: its path (refused if anything is
+    there), α and the block size (default the setting ``dmdask.store.block-size``)."""
+    path = os.fspath(store_path)
+    if os.path.lexists(path):
+        raise InputError(f"{path}: already exists; refusing to import over it")
+    if alpha is not None:
+        alpha = check_alpha(alpha)
+    block = int(block_size or config.get("store.block-size", 256))
+    if block < 1:
+        raise InputError(f"block_size must be positive, got {block}")
+    return path, alpha, block
+
+
 def import_madrylab(
     src_dir: str | os.PathLike,
     store_path: str | os.PathLike,
@@ -205,14 +220,7 @@ def import_madrylab(
     import that is killed leaves nothing there, and rerunning it does the import afresh.
     """
     src = os.path.abspath(os.fspath(src_dir))
-    path = os.fspath(store_path)
-    if os.path.lexists(path):
-        raise InputError(f"{path}: already exists; refusing to import over it")
-    if alpha is not None:
-        alpha = check_alpha(alpha)
-    block = int(block_size or config.get("store.block-size", 256))
-    if block < 1:
-        raise InputError(f"block_size must be positive, got {block}")
+    path, alpha, block = import_options(store_path, alpha, block_size)
     masks, margins, completed = _open_source(src, margins_key)
     n, n_train = masks.shape
     try:
