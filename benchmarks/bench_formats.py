@@ -2,7 +2,7 @@
 time and peak RSS per step (each step in its own process), at several numbers of models.
 
     python benchmarks/bench_formats.py [--models 20000,60000] [--train 5000] [--targets 1000]
-                                       [--dir SCRATCH] [--no-record]
+                                       [--dir SCRATCH] [--record]
 
 A synthetic MadryLab directory (fixed α = 0.5 masks, float16 margins) is imported first
 (``import_madrylab``), then ``export_beton`` writes the ``.beton`` (one FFCV writer process)
@@ -76,13 +76,15 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=5000)
     ap.add_argument("--targets", type=int, default=1000)
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
-    ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--record", action="store_true", help="write the section to RESULTS.md")
     a = ap.parse_args()
     rows = []
     base = _step("modules", tempfile.gettempdir())
     rows.append({"models": "modules only", "step": "-", "seconds": "-",
                  "peak RSS MB": round(base["rss_mb"])})
     for n in (int(x) for x in a.models.split(",")):
+        if a.dir:
+            os.makedirs(a.dir, exist_ok=True)
         d = tempfile.mkdtemp(prefix="dmdask-bench-formats-", dir=a.dir)
         try:
             _make(d, n, a.train, a.targets)
@@ -101,7 +103,7 @@ def main() -> None:
            f"process.\n\n" + table(rows, ["models", "step", "seconds", "peak RSS MB",
                                           "file MB"]))
     print(out)
-    if not a.no_record:
+    if a.record:
         record("MadryLab .beton export and import", out)
 
 
