@@ -3,7 +3,7 @@ the same number of training examples (issue 18, item 1): each evaluation runs in
 child process and reports its peak RSS (getrusage) and tracemalloc's peak.
 
     python benchmarks/bench_eval_memory.py --train 20000 --targets 500 5000 \
-        --block-targets 250 --dir /work/scratch/lazyeval
+        --block-targets 250 --dir SCRATCH
 
 Prints one line per (targets, block) setting; nothing is recorded (not a timed benchmark).
 """

@@ -9,7 +9,7 @@ one half), fits LASSO datamodels on all 500 test targets, scores the candidates
 precision of each global ranking, and the times. ``--record`` writes the section of
 benchmarks/RESULTS.md. Resumable: an existing store is trained on, not rebuilt.
 
-    flock /work/heavy.lock python benchmarks/bench_leakage.py --workdir /tmp/leak --record
+    python benchmarks/bench_leakage.py --workdir DIR --record
 """
 
 from __future__ import annotations

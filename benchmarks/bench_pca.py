@@ -27,6 +27,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -353,8 +354,9 @@ def main(argv=None):
                     default=[0, 1, 2, 3, 4, 6, 8, 12])
     ap.add_argument("--tolerance", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default="/work/scratch/pca")
-    ap.add_argument("--digits-store", default="/work/bench/cf3")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dmdask-bench-pca"))
+    ap.add_argument("--digits-store", default="dmdask-quickstart",
+                    help="a folder with runs.zarr and datamodels.zarr of a digits job")
     ap.add_argument("--faith-k", type=lambda s: [int(x) for x in s.split(",")],
                     default=[50, 200])
     ap.add_argument("--runs", type=int, default=5)

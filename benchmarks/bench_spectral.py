@@ -7,7 +7,7 @@
    scikit-learn's ``SpectralClustering`` (RBF affinity, same γ and cluster count): time, peak
    RSS and ARI side by side, the time ratio printed.
 3. On digits: cluster purity of the datamodel embeddings against the clustering of the job's
-   penultimate-layer features (a run store and its datamodels: the lead's /work/bench/cf3 if
+   penultimate-layer features (a run store and its datamodels: --store/--datamodels if
    it exists, else ``--store``/``--datamodels``).
 
 Every measured run is a child process (``--child``), so each peak RSS (``ru_maxrss``) is that
@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results  # noqa: E402
 
 GB = 1e9
-CF3 = "/work/bench/cf3"
 
 
 def make(path: str, n: int, p: int, c: int, noise: float, seed: int) -> None:
@@ -125,7 +124,8 @@ def digits(store: str, datamodels: str, clusters: int, per_class: int,
 
 
 def record_digits(args) -> None:
-    if not (os.path.exists(args.store) and os.path.exists(args.datamodels)):
+    if not (args.store and args.datamodels and os.path.exists(args.store)
+            and os.path.exists(args.datamodels)):
         print(f"no digits store at {args.store} / {args.datamodels}: skipped")
         return
     start_load = load()
@@ -156,8 +156,9 @@ def main() -> None:
     ap.add_argument("--gamma", type=float, default=1.0)
     ap.add_argument("--landmarks", type=int, default=1000)
     ap.add_argument("--neighbors", type=int, default=10)
-    ap.add_argument("--store", default=os.path.join(CF3, "runs.zarr"))
-    ap.add_argument("--datamodels", default=os.path.join(CF3, "datamodels.zarr"))
+    ap.add_argument("--store", default=None,
+                    help="a digits run store (e.g. a `dmdask quickstart` store) for the purity table")
+    ap.add_argument("--datamodels", default=None, help="its fitted datamodels")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--digits-only", action="store_true", help="only the digits purity table")
