@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +143,7 @@ def main(argv=None):
                     "RSS comparison (comma-separated)")
     ap.add_argument("--rss-models", type=int, default=10000)
     ap.add_argument("--no-rss", action="store_true", help="skip the targets-vs-RSS runs")
-    ap.add_argument("--workdir", default="/work/scratch/fitscale/bench")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "dmdask-bench-scale"))
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
