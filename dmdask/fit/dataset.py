@@ -186,8 +186,13 @@ def fit_inputs(ds, solver: str, alpha: float | None, n_models: int | None, targe
     if solver not in ("auto", "gram", "saga"):
         raise InputError(f"solver must be 'auto', 'gram' or 'saga', not {solver!r}")
     rows, alpha = select_models(ds, alpha, n_models)
-    n_target = ds.sizes["target"]
+    return ds, rows, alpha, target_positions(ds.sizes["target"], targets)
+
+
+def target_positions(n_target: int, targets) -> np.ndarray:
+    """``targets`` as int64 positions in ``[0, n_target)`` (all of them when None); an empty
+    or out-of-range selection is an :class:`InputError`."""
     tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
     if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
         raise InputError(f"targets must be positions in [0, {n_target})")
-    return ds, rows, alpha, tpos
+    return tpos

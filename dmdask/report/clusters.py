@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
 from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig, show_image
 
 __all__ = ["sec_clusters"]
@@ -106,14 +105,9 @@ def _table(clu) -> str:
 
 
 def _grids(clu, ds, images, per: int = 6, most: int = 8) -> str:
-    from .images import image_source
+    from .images import usable_images
 
-    if images is False:
-        return _missing("Images were switched off (<code>images=False</code>).")
-    try:
-        src, note = image_source(ds, images)
-    except InputError as e:
-        return _missing(_esc(e))
+    src, note = usable_images(ds, images)
     if src is None:
         return _missing(note)
     if src.n_target is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig, show_image
-from .images import image_source
+from .images import usable_images
 
 __all__ = ["sec_embeddings", "sec_faithfulness"]
 
@@ -83,13 +83,11 @@ def _dims_table(emb) -> str:
 
 
 def _grids(emb, ds, images) -> str:
-    if images is False:
-        return _missing("Images were switched off (<code>images=False</code>).")
     if ds is None and images is None:
         return _missing("No run store given: the targets with extreme projections are drawn "
                         "from the store's job images.")
     try:
-        src, note = image_source(ds, images)
+        src, note = usable_images(ds, images)
     except Exception as e:  # noqa: BLE001 - a note, not an error of the page
         return _missing(_esc(e))
     if src is None:

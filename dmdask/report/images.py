@@ -145,6 +145,23 @@ def image_source(store, images: ImagesArg = None) -> tuple[ImageSource | None, s
     return _from_arrays(ds, tr, tg, source), ""
 
 
+def usable_images(store, images: ImagesArg = None, *, n_train: int | None = None
+                  ) -> tuple[ImageSource | None, str]:
+    """``(source, note HTML)`` for a report section: None and why where images are switched
+    off (``images=False``), refused, unavailable or for another number of training examples
+    than ``n_train``."""
+    if images is False:
+        return None, "Images were switched off (<code>images=False</code>)."
+    try:
+        src, note = image_source(store, images)
+    except InputError as e:
+        return None, html.escape(str(e), quote=True)
+    if src is not None and n_train is not None and src.n_train != n_train:
+        return None, (f"{src.n_train} training images for datamodels of "
+                      f"{n_train} training examples.")
+    return src, note
+
+
 def resolve_images(store, images: ImagesArg = None
                    ) -> tuple[np.ndarray, np.ndarray | None, str] | None:
     """``(train_images, target_images, source)``: every image of the store, or None where

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
 from .html import _esc, _figure, _fmt, _malformed, _missing, _new_fig, show_image
-from .images import image_source
+from .images import usable_images
 
 __all__ = ["sec_leakage", "sec_neighbors"]
 
@@ -21,20 +20,6 @@ _SHORT = {"datamodels": "DM", "representation": "rep."}
 
 def _spread(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
-
-
-def _source(ds, images, n_train: int | None):
-    """``(ImageSource or None, note HTML)``."""
-    if images is False:
-        return None, "Images were switched off (<code>images=False</code>)."
-    try:
-        src, note = image_source(ds, images)
-    except InputError as e:
-        return None, _esc(e)
-    if src is not None and n_train is not None and src.n_train != n_train:
-        return None, (f"{src.n_train} training images for a Dataset indexing "
-                      f"{n_train} training examples.")
-    return src, note
 
 
 def _blank(ax, text: str = "") -> None:
@@ -99,7 +84,7 @@ def sec_neighbors(nn, ds=None, images=None, *, n_targets: int = 4, show: int = 4
                  "</thead><tbody>"
                  + "".join(f"<tr><td class='l'>{_esc(k)}</td><td>{_fmt(s)}</td><td>{n}</td>"
                            "</tr>" for k, s, n in rows) + "</tbody></table>")
-    src, note = _source(ds, images, None)
+    src, note = usable_images(ds, images)
     if src is None:
         return _missing(note) + table
     picks = _spread(nn.sizes["target"], n_targets)
@@ -276,7 +261,7 @@ def sec_leakage(leak, ds=None, images=None, *, n_pairs: int = 8) -> str:
     else:
         out += _missing("No planted ground truth (the store's job records no planted pairs), "
                         "so no recall or precision: the candidates are ranked below.")
-    src, note = _source(ds, images, None)
+    src, note = usable_images(ds, images)
     if src is None:
         out += _missing(note)
     return out + _top_pairs(leak, src, n_pairs)

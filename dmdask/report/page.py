@@ -56,7 +56,7 @@ from .html import (
     _section,
     show_image,
 )
-from .images import ImagesArg, image_source, resolve_images
+from .images import ImagesArg, resolve_images, usable_images
 from .inputs import store_and_path as _open_store
 
 __all__ = [
@@ -524,15 +524,9 @@ def _sec_images(ds, dm, images: ImagesArg, n_examples: int, top_k: int) -> str:
     if dm is None:
         return _missing("No datamodels given: the images shown are those with the largest "
                         "datamodel weights.")
-    try:
-        src, note = image_source(ds, images)
-    except InputError as e:
-        return _missing(_esc(e))
+    src, note = usable_images(ds, images, n_train=dm.sizes["train"])
     if src is None:
         return _missing(note)
-    if src.n_train != dm.sizes["train"]:
-        return _missing(f"{src.n_train} training images for datamodels of "
-                        f"{dm.sizes['train']} training examples.")
     tnames = np.asarray(dm["target"].values, np.int64)
     picks = _example_targets(dm.sizes["target"], n_examples)
     # only the rows shown are read (a lazy, blockwise-written weight matrix stays on disk)

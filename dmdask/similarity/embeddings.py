@@ -20,13 +20,20 @@ from ..errors import InputError
 __all__ = ["Embeddings", "embeddings", "open_datamodels"]
 
 
+def open_input(obj, what: str) -> xr.Dataset:
+    """``obj`` if a Dataset, else the Zarr store at that path opened lazily; a missing path
+    is an :class:`InputError` naming ``what`` it should hold."""
+    if isinstance(obj, xr.Dataset):
+        return obj
+    p = os.fspath(obj)
+    if not os.path.exists(p):
+        raise InputError(f"{p}: no such {what} store")
+    return xr.open_zarr(p)
+
+
 def open_datamodels(datamodels) -> xr.Dataset:
     """A datamodels Dataset (opened lazily from a Zarr path) with a ``weight(target, train)``."""
-    if not isinstance(datamodels, xr.Dataset):
-        p = os.fspath(datamodels)
-        if not os.path.exists(p):
-            raise InputError(f"{p}: no such datamodels store")
-        datamodels = xr.open_zarr(p)
+    datamodels = open_input(datamodels, "datamodels")
     if "weight" not in datamodels:
         raise InputError("the datamodels Dataset has no weight variable (fit it with `dmdask fit`)")
     return datamodels

@@ -27,6 +27,7 @@ import xarray as xr
 
 from ..errors import InputError
 from ..outputs import portable_attrs
+from .embeddings import open_input
 
 __all__ = ["DIRECTIONS", "GROUPS", "faithfulness", "removal_sets"]
 
@@ -35,13 +36,7 @@ GROUPS = ("top", "bottom", "all")
 
 
 def _open_embeddings(emb) -> xr.Dataset:
-    import os
-
-    if not isinstance(emb, xr.Dataset):
-        p = os.fspath(emb)
-        if not os.path.exists(p):
-            raise InputError(f"{p}: no such embeddings (PCA) store")
-        emb = xr.open_zarr(p)
+    emb = open_input(emb, "embeddings (PCA)")
     lack = [v for v in ("components", "projection") if v not in emb]
     if lack:
         raise InputError(f"the embeddings Dataset lacks {', '.join(lack)} (make it with "

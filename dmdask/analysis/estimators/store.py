@@ -163,6 +163,7 @@ def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
     ``n_models``: only the first n fitting models (by model index). ``folds``: also keep
     the statistics of each of that many contiguous folds (ridge's cross-validation).
     """
+    from ...fit.dataset import target_positions
     from ...fit.splits import fold_bounds
     from ...fit.stats import compute_stats
     from ...scheduling import compute
@@ -170,10 +171,7 @@ def store_statistics(ds, *, output: str = "margin", alpha: float | None = None,
     if output not in ("margin", "correctness"):
         raise InputError(f"output must be 'margin' or 'correctness', not {output!r}")
     rows, alpha = _select_rows(ds, alpha, n_models)
-    n_target = ds.sizes["target"]
-    tpos = np.arange(n_target) if targets is None else np.asarray(targets, dtype=np.int64)
-    if tpos.ndim != 1 or tpos.size == 0 or tpos.min() < 0 or tpos.max() >= n_target:
-        raise InputError(f"targets must be positions in [0, {n_target})")
+    tpos = target_positions(ds.sizes["target"], targets)
     X = ds["mask"].data[rows]
     Y = ds["margin"].data[rows][:, tpos].astype(np.float64)
     if output == "correctness":
